@@ -1,0 +1,35 @@
+# The README's commands. `make test` and `make data` set up .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH := torch==2.13.0
+
+.PHONY: setup test test-all data lint bench
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)    # pinned first: an open torch requirement pulls a CUDA build
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+test: setup
+	$(PY) -m pytest
+
+test-all: setup
+	$(PY) -m pytest -m ""
+
+data: setup
+	$(PY) cli.py data build --ticker GSPC --tier a25 --version 1
+	$(PY) cli.py data build --ticker GSPC --tier c --version 1
+	$(PY) cli.py data verify
+	$(PY) cli.py data list
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+bench: setup
+	$(PY) bench/bench_data.py

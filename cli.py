@@ -1,0 +1,82 @@
+"""finscale command line: argument parsing and dispatch only.
+
+python cli.py data build --ticker GSPC --tier a25 --version 1
+python cli.py data verify | list
+python cli.py data import --csv FILE --ticker SPY
+python cli.py data download --ticker SPY
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from datamodules.errors import DataError
+from datamodules.features import TIERS
+from datamodules.sources import DATA_DIR
+
+USER_ERRORS = (DataError,)  # one line on stderr, exit code 2, no traceback
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own usage errors: one line, exit 2
+        print(f"error: {self.prog}: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _data_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cli.py data", description="Raw sources and versioned processed datasets.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    build = commands.add_parser("build", help="compute features and register a processed version")
+    build.add_argument("--ticker", default="GSPC")
+    build.add_argument("--tier", default="a25", choices=sorted(TIERS))
+    build.add_argument("--version", type=int, default=None, help="default: latest if identical, else the next")
+    commands.add_parser("verify", help="check every manifest entry against its file")
+    commands.add_parser("list", help="show registered datasets")
+    imp = commands.add_parser("import", help="validate and register an OHLCV CSV")
+    imp.add_argument("--csv", type=Path, required=True)
+    imp.add_argument("--ticker", required=True)
+    imp.add_argument("--no-volume", action="store_true", help="the series has no Volume column (e.g. VIX)")
+    down = commands.add_parser("download", help="fetch daily OHLCV through yfinance, then import it")
+    down.add_argument("--ticker", required=True)
+    down.add_argument("--symbol", default=None, help="yfinance symbol if it differs (e.g. ^GSPC)")
+    for sub in commands.choices.values():
+        sub.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    return parser
+
+
+def data_main(argv: list[str]) -> int:
+    from datamodules import commands
+
+    args = _data_parser().parse_args(argv)
+    if args.command == "build":
+        return commands.build(args.ticker, args.tier, args.version, args.data_dir)
+    if args.command == "verify":
+        return commands.verify(args.data_dir)
+    if args.command == "list":
+        return commands.list_datasets(args.data_dir)
+    if args.command == "import":
+        return commands.import_file(args.csv, args.ticker, args.data_dir, args.no_volume)
+    return commands.download_ticker(args.ticker, args.symbol, args.data_dir)
+
+
+COMMANDS = {"data": data_main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: python cli.py {{{','.join(COMMANDS)}}} ... (got {argv[:1] or 'nothing'})", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

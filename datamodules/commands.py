@@ -1,0 +1,83 @@
+"""The `cli.py data …` commands: each a plain function that prints and returns an exit code."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from datamodules.manifest import PROCESSED, RAW, Entry, Manifest
+from datamodules.processed import build_dataset, verify_all
+from datamodules.sources import download, import_csv
+
+console = Console(width=None if sys.stdout.isatty() else 160)  # piped output: do not squeeze tables to 80
+
+
+def _describe(entry: Entry) -> str:
+    return (
+        f"{entry.label}: {entry.rows} rows {entry.first_date} → {entry.last_date}, "
+        f"{len(entry.columns)} columns, {entry.hash[:19]}…"
+    )
+
+
+def build(ticker: str, tier: str, version: int | None, data_dir: Path) -> int:
+    result = build_dataset(ticker, tier, version, data_dir)
+    entry, notes = result.entry, result.entry.notes
+    if not result.written:
+        console.print(f"{entry.label} is up to date (identical content; nothing written)")
+        return 0
+    console.print(f"built {_describe(entry)}")
+    console.print(
+        f"  dropped {notes['warmup_rows_dropped']} warm-up rows and {notes['tail_rows_dropped']} trailing rows"
+        + (f"; VIX carried forward on {notes['vix_filled_days']} days" if "vix_filled_days" in notes else "")
+    )
+    console.print(f"  wrote {Path(data_dir) / entry.path}")
+    return 0
+
+
+def verify(data_dir: Path) -> int:
+    problems = verify_all(data_dir)
+    count = sum(len(Manifest(data_dir, kind).entries) for kind in (RAW, PROCESSED))
+    for line in problems:
+        console.print(f"[red]MISMATCH[/red] {line}", highlight=False)
+    if problems:
+        console.print(f"{len(problems)} of {count} entries do not match")
+        return 1
+    console.print(f"all {count} entries match their manifests")
+    return 0
+
+
+def import_file(csv: Path, ticker: str, data_dir: Path, no_volume: bool) -> int:
+    entry = import_csv(csv, ticker, data_dir, require_volume=not no_volume)
+    console.print(f"registered {_describe(entry)}; repaired {entry.notes['repaired_rows']} High/Low rows")
+    return 0
+
+
+def download_ticker(ticker: str, symbol: str | None, data_dir: Path) -> int:
+    entry = download(ticker, data_dir, symbol)
+    console.print(f"downloaded and registered {_describe(entry)}")
+    return 0
+
+
+def list_datasets(data_dir: Path) -> int:
+    table = Table(title=f"datasets in {data_dir}")
+    for column in ("kind", "name", "version", "tier", "rows", "first", "last", "columns", "sha256", "created"):
+        table.add_column(column)
+    for kind in (RAW, PROCESSED):
+        for e in Manifest(data_dir, kind).entries:
+            table.add_row(
+                kind,
+                e.name,
+                str(e.version),
+                e.tier,
+                str(e.rows),
+                e.first_date,
+                e.last_date,
+                str(len(e.columns)),
+                e.hash[7:19],
+                e.created[:19],
+            )
+    console.print(table)
+    return 0

@@ -1,0 +1,134 @@
+"""Dataset manifests: one JSON file per kind (raw, processed), entries keyed by name and version.
+
+Raw files are hashed by their bytes (they are never regenerated). Processed files are hashed by
+their canonical content (dates + column names + float64 values), so a rebuild with another
+pyarrow version that writes different parquet bytes still verifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from datamodules.errors import DataError
+
+RAW, PROCESSED = "raw", "processed"
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, as 'sha256:<hex>'."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def frame_sha256(frame: pd.DataFrame) -> str:
+    """sha256 of a processed frame's canonical content: date index, column names, float64 values.
+
+    Independent of the file format and of library versions: only the numbers and names count.
+    """
+    digest = hashlib.sha256()
+    header = {"index": frame.index.name, "columns": [str(c) for c in frame.columns]}
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    dates = pd.DatetimeIndex(frame.index).as_unit("ns").asi8
+    digest.update(np.ascontiguousarray(dates, dtype="<i8").tobytes())
+    for column in frame.columns:
+        values = frame[column].to_numpy(dtype=np.float64)
+        digest.update(np.ascontiguousarray(values, dtype="<f8").tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+@dataclass
+class Entry:
+    """One registered dataset version."""
+
+    name: str  # e.g. GSPC.OHLCV.daily (raw) or GSPC.dataset.a25 (processed)
+    version: int
+    tier: str  # "raw" for raw files, else the feature tier (a20, a25, c)
+    path: str  # relative to the data directory
+    hash: str  # raw: file bytes; processed: canonical content (see frame_sha256)
+    rows: int
+    first_date: str
+    last_date: str
+    columns: list[str]
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    sources: list[dict] = field(default_factory=list)  # processed: name, version, hash of each input
+    notes: dict = field(default_factory=dict)  # counts the build or import reported (repairs, warm-up)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} v{self.version}"
+
+
+class Manifest:
+    """A JSON list of entries at `<data_dir>/<kind>/manifest.json`."""
+
+    def __init__(self, data_dir: Path, kind: str):
+        self.data_dir = Path(data_dir)
+        self.kind = kind
+        self.path = self.data_dir / kind / "manifest.json"
+        self.entries: list[Entry] = self._read()
+
+    def _read(self) -> list[Entry]:
+        if not self.path.exists():
+            return []
+        try:
+            payload = json.loads(self.path.read_text())
+            return [Entry(**item) for item in payload["entries"]]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DataError(f"{self.path}: corrupt manifest ({err})") from None
+
+    def find(self, name: str, version: int | None = None) -> Entry | None:
+        """The entry for name (and version; latest version when None), or None."""
+        matches = [e for e in self.entries if e.name == name and version in (None, e.version)]
+        return max(matches, key=lambda e: e.version) if matches else None
+
+    def get(self, name: str, version: int | None = None) -> Entry:
+        """Like find, but an unknown name or version is a DataError listing what exists."""
+        entry = self.find(name, version)
+        if entry is None:
+            known = ", ".join(e.label for e in self.entries) or "none"
+            wanted = name if version is None else f"{name} v{version}"
+            raise DataError(f"unknown {self.kind} dataset {wanted} (registered: {known})")
+        return entry
+
+    def next_version(self, name: str) -> int:
+        return max((e.version for e in self.entries if e.name == name), default=0) + 1
+
+    def register(self, entry: Entry) -> None:
+        """Add entry, replacing any entry with the same key (raw: name; processed: name + version)."""
+        same_key = (
+            (lambda e: e.name == entry.name)
+            if self.kind == RAW
+            else (lambda e: e.name == entry.name and e.version == entry.version)
+        )
+        self.entries = [e for e in self.entries if not same_key(e)] + [entry]
+        self.entries.sort(key=lambda e: (e.name, e.version))
+        payload = {"kind": self.kind, "entries": [asdict(e) for e in self.entries]}
+        atomic_write_bytes(self.path, (json.dumps(payload, indent=2) + "\n").encode())
+
+    def file(self, entry: Entry) -> Path:
+        return self.data_dir / entry.path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write data to path via a temporary file and rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

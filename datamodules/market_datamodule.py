@@ -1,0 +1,203 @@
+"""MarketDataModule: a verified dataset version → labelled, purged, scaled sliding windows.
+
+Order of operations matters and is fixed here: verify hash → labels from raw prices → stationary
+transforms → purged chronological splits → train-only scaling → windows (B, L, C).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.errors import DataError
+from datamodules.features import TIERS
+from datamodules.labels import make_labels
+from datamodules.manifest import PROCESSED, Manifest
+from datamodules.processed import load_dataset
+from datamodules.scaling import Standardizer, stationary
+from datamodules.sources import DATA_DIR
+from datamodules.splits import Splits, split_ends
+
+log = logging.getLogger(__name__)
+
+MIN_VAL_SAMPLES = 100  # below this, validation ranks noise (LESSONS #2)
+# Splits each Lightning stage prepares. Test data is touched only by `test` (and `predict`).
+STAGES_FOR = {
+    None: ["train", "val"],
+    "fit": ["train", "val"],
+    "validate": ["val"],
+    "test": ["test"],
+    "predict": ["test"],
+}
+
+
+class WindowDataset(Dataset):
+    """Sliding windows x[t-L+1..t] (L, C) with label y[t], for the given end indices t."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, ends: np.ndarray, context_length: int):
+        self.x, self.y, self.context_length = x, y, context_length
+        self.ends = torch.as_tensor(ends, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        t = int(self.ends[i])
+        return self.x[t - self.context_length + 1 : t + 1], self.y[t]  # (L, C), ()
+
+
+class MarketDataModule(pl.LightningDataModule):
+    """Windows of a registered processed dataset with labels at one horizon."""
+
+    def __init__(
+        self,
+        dataset: str = "GSPC.dataset.a25",
+        version: int = 1,
+        horizon: int = 1,
+        threshold: float = 0.01,
+        label_price: str = "high",
+        context_length: int = 80,
+        features: list[str] | None = None,
+        splits: Splits = Splits(),
+        batch_size: int = 256,
+        seed: int = 0,
+        data_dir: str | None = None,
+    ):
+        """
+        Args:
+            dataset: processed dataset name, e.g. GSPC.dataset.a25 (see `cli.py data list`).
+            version: its registered version.
+            horizon: trading days the label looks ahead; the one horizon of the run.
+            threshold: relative rise over today's close that makes a positive label.
+            label_price: "high" (intraday high reaches the threshold) or "close".
+            context_length: days per input window (L).
+            features: input channels; None uses the tier's list.
+            splits: chronological split boundaries.
+            batch_size: samples per batch.
+            seed: seed of the training shuffle.
+            data_dir: data folder (default: the repository's data/).
+        """
+        super().__init__()
+        self.save_hyperparameters(ignore=["splits"])
+        self.hparams["splits"] = asdict(splits)  # primitives only in checkpoints
+        self.dataset, self.version, self.horizon = dataset, version, horizon
+        self.threshold, self.label_price, self.context_length = threshold, label_price, context_length
+        self.splits, self.batch_size, self.seed = splits, batch_size, seed
+        self.data_dir = Path(data_dir) if data_dir else DATA_DIR
+        self.features = list(features) if features else None
+        self.entry = None
+        self.stats: dict[str, dict] = {}
+        self._datasets: dict[str, WindowDataset] = {}
+
+    @property
+    def columns(self) -> list[str]:
+        """Input channels in order (reads the manifest only)."""
+        if self.features:
+            return self.features
+        return TIERS[Manifest(self.data_dir, PROCESSED).get(self.dataset, self.version).tier]
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.columns)
+
+    def setup(self, stage: str | None = None) -> None:
+        frame, self.entry = load_dataset(self.dataset, self.version, self.data_dir)
+        columns = self.columns
+        if len(set(columns)) != len(columns):
+            raise DataError(f"duplicate feature columns in {columns}")
+        labels = make_labels(frame, self.horizon, self.threshold, self.label_price)  # raw prices, before scaling
+        inputs = stationary(frame, columns).to_numpy(np.float64)
+        first_valid = self._first_valid_row(inputs, frame.index, columns)
+        first_end = first_valid + self.context_length - 1
+        if first_end + self.horizon >= len(frame):
+            raise DataError(
+                f"too few rows: {len(frame) - first_valid} usable rows in {self.entry.label}, "
+                f"need more than context_length {self.context_length} + horizon {self.horizon}"
+            )
+        ends = split_ends(frame.index, first_end, self.horizon, self.splits)
+        stages = STAGES_FOR[stage]
+        self._check_sizes(ends, stages)
+        self.scaler = Standardizer.fit(inputs[first_valid : ends["train"][-1] + 1])  # training rows only
+        x = torch.from_numpy(np.nan_to_num(self.scaler.transform(inputs)))  # (T, C); NaN rows precede every window
+        y = torch.from_numpy(np.nan_to_num(labels).astype(np.float32))  # (T,)
+        self._datasets.update({s: WindowDataset(x, y, ends[s], self.context_length) for s in stages})
+        for s in stages:
+            self.stats[s] = self._describe(frame.index, labels, ends[s])
+            self.stats[s]["drift"] = self._drift(x, ends[s], columns)
+            log.info(
+                "%s: %d samples, %s → %s, positive rate %.3f",
+                s,
+                self.stats[s]["n"],
+                self.stats[s]["first"],
+                self.stats[s]["last"],
+                self.stats[s]["positive_rate"],
+            )
+            far = {c: round(z, 2) for c, z in self.stats[s]["drift"].items() if abs(z) > 3}
+            if far:
+                log.warning("%s: channels drifted beyond 3 training std: %s", s, far)
+        train_pos = float(labels[ends["train"]].mean())
+        self.pos_weight = (1 - train_pos) / train_pos if 0 < train_pos < 1 else 1.0
+
+    @staticmethod
+    def _first_valid_row(inputs: np.ndarray, dates: pd.DatetimeIndex, columns: list[str]) -> int:
+        finite = np.isfinite(inputs).all(axis=1)
+        if not finite.any():
+            raise DataError("no row has finite values in every input channel")
+        first = int(np.argmax(finite))
+        if not finite[first:].all():
+            row, col = np.argwhere(~np.isfinite(inputs[first:]))[0]
+            raise DataError(f"input channel {columns[col]} is not finite on {dates[first + row].date()}")
+        return first
+
+    def _check_sizes(self, ends: dict[str, np.ndarray], stages: list[str]) -> None:
+        for s in {"train", *stages}:
+            if len(ends[s]) == 0:
+                raise DataError(
+                    f"the {s} split has no samples (splits {asdict(self.splits)}, horizon {self.horizon}, "
+                    f"data {self.entry.first_date} → {self.entry.last_date})"
+                )
+        if "val" in stages and len(ends["val"]) < MIN_VAL_SAMPLES:
+            raise DataError(
+                f"the val split has {len(ends['val'])} samples, fewer than {MIN_VAL_SAMPLES}: "
+                "widen it (data.splits) rather than rank noise"
+            )
+
+    @staticmethod
+    def _describe(dates: pd.DatetimeIndex, labels: np.ndarray, ends: np.ndarray) -> dict:
+        return {
+            "n": len(ends),
+            "first": dates[ends[0]].date().isoformat(),
+            "last": dates[ends[-1]].date().isoformat(),
+            "positive_rate": float(labels[ends].mean()),
+        }
+
+    @staticmethod
+    def _drift(x: torch.Tensor, ends: np.ndarray, columns: list[str]) -> dict[str, float]:
+        """Mean of each scaled channel over a split's days, in training standard deviations."""
+        means = x[torch.as_tensor(ends)].double().mean(dim=0)
+        return {c: float(m) for c, m in zip(columns, means, strict=True)}
+
+    def _loader(self, stage: str, shuffle: bool) -> DataLoader:
+        if stage not in self._datasets:
+            raise RuntimeError(f"setup() did not prepare the {stage} split")
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self._datasets[stage], batch_size=self.batch_size, shuffle=shuffle, generator=generator)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,179 @@
+"""Processed dataset versions: build (raw → features → parquet), register, and load with verification.
+
+A version is immutable: rebuilding it with identical content is a no-op, with different content
+it is refused and the next free version is named.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from datamodules.errors import DataError
+from datamodules.features import OHLCV_COLUMNS, TIERS, a20_features, vix_features
+from datamodules.manifest import PROCESSED, RAW, Entry, Manifest, atomic_write_bytes, file_sha256, frame_sha256
+from datamodules.sources import DATA_DIR, raw_name, read_ohlcv
+
+VIX_TICKER = "VIX"
+VIX_FILL_LIMIT = 5  # a GSPC day without a VIX print takes the last VIX value at most this many days old
+
+
+def dataset_name(ticker: str, tier: str) -> str:
+    return f"{ticker.lstrip('^').upper()}.dataset.{tier}"
+
+
+@dataclass
+class BuildResult:
+    entry: Entry
+    written: bool  # False: identical content was already registered under this version
+
+
+def _load_raw(ticker: str, data_dir: Path, require_volume: bool) -> tuple[pd.DataFrame, Entry]:
+    manifest = Manifest(data_dir, RAW)
+    entry = manifest.get(raw_name(ticker))
+    path = manifest.file(entry)
+    if not path.exists():
+        raise DataError(f"{path}: raw file of {entry.label} is missing (restore data/raw or re-import it)")
+    actual = file_sha256(path)
+    if actual != entry.hash:
+        raise DataError(
+            f"{path}: hash mismatch for {entry.label} (expected {entry.hash}, got {actual}); "
+            "restore the file or re-import it with data import"
+        )
+    return read_ohlcv(path, require_volume).frame, entry
+
+
+def compute_dataset(ticker: str, tier: str, data_dir: Path = DATA_DIR) -> tuple[pd.DataFrame, list[Entry], dict]:
+    """Raw prices + the tier's features, warm-up rows dropped. Returns frame, source entries, counts."""
+    if tier not in TIERS:
+        raise DataError(f"unknown tier {tier!r} (choose from {', '.join(TIERS)})")
+    ohlcv, source = _load_raw(ticker, data_dir, require_volume=True)
+    frame = pd.concat([ohlcv[OHLCV_COLUMNS], a20_features(ohlcv)], axis=1)
+    sources, notes = [source], {"ticker": ticker.lstrip("^").upper()}
+    if tier == "c":
+        vix, vix_source = _load_raw(VIX_TICKER, data_dir, require_volume=False)
+        aligned = vix_features(vix).reindex(frame.index, method="ffill", limit=VIX_FILL_LIMIT)
+        notes["vix_filled_days"] = int((~frame.index.isin(vix.index)).sum())
+        frame = pd.concat([frame, aligned], axis=1)
+        sources.append(vix_source)
+    return _trim(frame, notes), sources, notes
+
+
+def _trim(frame: pd.DataFrame, notes: dict) -> pd.DataFrame:
+    """Drop leading warm-up rows (and trailing rows past a source's end); any other gap is an error."""
+    complete = frame.notna().all(axis=1).to_numpy()
+    if not complete.any():
+        raise DataError(f"too few rows: {len(frame)} rows do not cover the features' warm-up (sma_200 needs 200)")
+    first, last = np.flatnonzero(complete)[[0, -1]]
+    notes["warmup_rows_dropped"] = int(first)
+    notes["tail_rows_dropped"] = int(len(frame) - 1 - last)
+    frame = frame.iloc[first : last + 1]
+    holes = frame.isna().any(axis=0)
+    if holes.any():
+        column = holes.index[holes][0]
+        date = frame.index[frame[column].isna().to_numpy()][0].date()
+        raise DataError(f"feature {column} is NaN on {date} after warm-up (gap in the source data?)")
+    values = frame.to_numpy(np.float64)
+    if not np.isfinite(values).all():
+        row, col = np.argwhere(~np.isfinite(values))[0]
+        raise DataError(f"feature {frame.columns[col]} is infinite on {frame.index[row].date()}")
+    return frame.astype(np.float64)
+
+
+def build_dataset(ticker: str, tier: str, version: int | None = None, data_dir: Path = DATA_DIR) -> BuildResult:
+    """Compute a dataset and register it as `version` (default: the latest if identical, else the next)."""
+    frame, sources, notes = compute_dataset(ticker, tier, data_dir)
+    digest = frame_sha256(frame)
+    manifest = Manifest(data_dir, PROCESSED)
+    name = dataset_name(ticker, tier)
+    existing = manifest.find(name, version)
+    if version is None:
+        version = existing.version if existing and existing.hash == digest else manifest.next_version(name)
+        existing = manifest.find(name, version)
+    if version < 1:
+        raise DataError(f"version must be ≥ 1, got {version}")
+    path = Path(PROCESSED) / name / f"v{version}" / "data.parquet"
+    if existing and existing.hash != digest:
+        raise DataError(
+            f"{name} v{version} already exists with different content (registered {existing.hash[:19]}…, "
+            f"built {digest[:19]}…); versions are immutable: use --version {manifest.next_version(name)}"
+        )
+    if (
+        existing
+        and (Path(data_dir) / existing.path).exists()
+        and _content_hash(Path(data_dir) / existing.path) == digest
+    ):
+        return BuildResult(existing, written=False)
+    if existing is None and (Path(data_dir) / path).exists():
+        raise DataError(
+            f"{Path(data_dir) / path} exists but is not registered; move it away or choose another --version"
+        )
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=True)
+    atomic_write_bytes(Path(data_dir) / path, buffer.getvalue())
+    entry = Entry(
+        name=name,
+        version=version,
+        tier=tier,
+        path=str(path),
+        hash=digest,
+        rows=len(frame),
+        first_date=frame.index[0].date().isoformat(),
+        last_date=frame.index[-1].date().isoformat(),
+        columns=list(frame.columns),
+        sources=[{"name": s.name, "version": s.version, "hash": s.hash} for s in sources],
+        notes=notes,
+    )
+    manifest.register(entry)
+    return BuildResult(entry, written=True)
+
+
+def _content_hash(path: Path) -> str | None:
+    try:
+        return frame_sha256(pd.read_parquet(path))
+    except Exception:  # an unreadable file simply does not match
+        return None
+
+
+def rebuild_hint(entry: Entry) -> str:
+    ticker = entry.notes.get("ticker", entry.name.split(".")[0])
+    return f"rebuild with: python cli.py data build --ticker {ticker} --tier {entry.tier} --version {entry.version}"
+
+
+def load_dataset(name: str, version: int, data_dir: Path = DATA_DIR) -> tuple[pd.DataFrame, Entry]:
+    """Read a registered processed version after checking its content hash against the manifest."""
+    manifest = Manifest(data_dir, PROCESSED)
+    entry = manifest.get(name, version)
+    path = manifest.file(entry)
+    if not path.exists():
+        raise DataError(f"{path}: file of {entry.label} is missing; {rebuild_hint(entry)}")
+    try:
+        frame = pd.read_parquet(io.BytesIO(path.read_bytes()))
+    except Exception as err:  # pyarrow raises several types for damaged files
+        raise DataError(f"{path}: unreadable or corrupt ({type(err).__name__}); {rebuild_hint(entry)}") from None
+    actual = frame_sha256(frame)
+    if actual != entry.hash:
+        raise DataError(
+            f"{path}: hash mismatch for {entry.label} (expected {entry.hash}, got {actual}); {rebuild_hint(entry)}"
+        )
+    return frame, entry
+
+
+def verify_all(data_dir: Path = DATA_DIR) -> list[str]:
+    """Check every raw and processed entry; return one line per problem (empty when all match)."""
+    problems = []
+    for entry in Manifest(data_dir, RAW).entries:
+        path = Path(data_dir) / entry.path
+        actual = file_sha256(path) if path.exists() else "missing"
+        if actual != entry.hash:
+            problems.append(f"raw {entry.label}: {path} expected {entry.hash}, got {actual}")
+    for entry in Manifest(data_dir, PROCESSED).entries:
+        path = Path(data_dir) / entry.path
+        actual = (_content_hash(path) or "unreadable") if path.exists() else "missing"
+        if actual != entry.hash:
+            problems.append(f"processed {entry.label}: {path} expected {entry.hash}, got {actual}")
+    return problems

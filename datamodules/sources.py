@@ -1,0 +1,187 @@
+"""Raw OHLCV sources: read and validate a CSV, register it in the raw manifest, import, download.
+
+A raw file is kept byte for byte as it came (so its hash matches its upstream); every read applies
+the same validation and repair, and the repair count is recorded when the file is registered.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from datamodules.errors import DataError
+from datamodules.manifest import RAW, Entry, Manifest, file_sha256
+
+PRICE_COLUMNS = ["Open", "High", "Low", "Close"]
+OPTIONAL_COLUMNS = ["Adj Close", "Volume"]
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+def raw_name(ticker: str) -> str:
+    """Raw dataset name for a ticker: '^GSPC' → 'GSPC.OHLCV.daily'."""
+    return f"{ticker.lstrip('^').upper()}.OHLCV.daily"
+
+
+@dataclass
+class OHLCV:
+    """A validated daily OHLCV frame (DatetimeIndex 'Date', float64 columns) and its repair count."""
+
+    frame: pd.DataFrame
+    repaired_rows: int
+
+
+def read_ohlcv(path: Path, require_volume: bool = True) -> OHLCV:
+    """Read a daily OHLCV CSV (optionally gzipped; headers case-insensitive) and validate it.
+
+    Rows whose High or Low contradicts Open or Close are repaired by clipping (High raised to
+    max(Open, Close), Low lowered to min(Open, Close)) and counted. Anything else that is wrong
+    is a DataError naming the file and the first offending date.
+    """
+    path = Path(path)
+    try:
+        raw = pd.read_csv(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except Exception as err:  # pandas raises many types for unreadable input
+        raise DataError(f"{path}: unreadable or corrupt ({type(err).__name__}: {_first_line(err)})") from None
+    return OHLCV(*_validate(raw, path, require_volume))
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else "no details"
+
+
+def _validate(raw: pd.DataFrame, path: Path, require_volume: bool) -> tuple[pd.DataFrame, int]:
+    canonical = {c.lower(): c for c in ["Date", *PRICE_COLUMNS, *OPTIONAL_COLUMNS]}
+    renamed = raw.rename(columns=lambda c: canonical.get(str(c).strip().lower(), str(c).strip()))
+    required = ["Date", *PRICE_COLUMNS] + (["Volume"] if require_volume else [])
+    missing = [c for c in required if c not in renamed.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(map(str, raw.columns))})")
+    keep = [c for c in [*PRICE_COLUMNS, *OPTIONAL_COLUMNS] if c in renamed.columns]
+    dates = _parse_dates(renamed["Date"], path)
+    try:
+        frame = renamed[keep].astype(np.float64)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{path}: non-numeric price or volume ({_first_line(err)})") from None
+    frame.index = pd.DatetimeIndex(dates, name="Date")
+    _check_rows(frame, path)
+    return _repair(frame)
+
+
+def _parse_dates(column: pd.Series, path: Path) -> pd.DatetimeIndex:
+    text = column.astype(str)
+    for fmt in ("ISO8601", "%m/%d/%Y"):
+        try:
+            return pd.DatetimeIndex(pd.to_datetime(text, format=fmt)).tz_localize(None).normalize()
+        except (ValueError, TypeError):
+            continue
+    raise DataError(f"{path}: unparseable dates (expected YYYY-MM-DD or MM/DD/YYYY, e.g. {text.iloc[0]!r})")
+
+
+def _check_rows(frame: pd.DataFrame, path: Path) -> None:
+    def first(mask: np.ndarray) -> str:
+        return frame.index[np.flatnonzero(mask)[0]].date().isoformat()
+
+    if len(frame) == 0:
+        raise DataError(f"{path}: no rows")
+    prices = frame[PRICE_COLUMNS].to_numpy()
+    bad = ~np.isfinite(prices).all(axis=1)
+    if bad.any():
+        raise DataError(f"{path}: {bad.sum()} row(s) with NaN or inf in OHLC (first {first(bad)})")
+    if "Volume" in frame:
+        volume = frame["Volume"].to_numpy()
+        bad = ~np.isfinite(volume) | (volume < 0)
+        if bad.any():
+            raise DataError(f"{path}: {bad.sum()} row(s) with missing or negative Volume (first {first(bad)})")
+    bad = (frame["High"] < frame["Low"]).to_numpy()
+    if bad.any():
+        raise DataError(f"{path}: {bad.sum()} row(s) with High < Low (first {first(bad)})")
+    bad = (prices <= 0).any(axis=1)
+    if bad.any():
+        raise DataError(f"{path}: {bad.sum()} row(s) with a non-positive price (first {first(bad)})")
+    duplicated = frame.index.duplicated()
+    if duplicated.any():
+        raise DataError(f"{path}: {duplicated.sum()} duplicate date(s) (first {first(duplicated)})")
+    steps = np.diff(frame.index.asi8)
+    if (steps < 0).any():
+        raise DataError(f"{path}: dates not sorted ascending (first out of order {first(np.r_[False, steps < 0])})")
+
+
+def _repair(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    body_high = frame[["Open", "Close"]].max(axis=1)
+    body_low = frame[["Open", "Close"]].min(axis=1)
+    broken = (frame["High"] < body_high) | (frame["Low"] > body_low)
+    frame["High"] = np.maximum(frame["High"], body_high)
+    frame["Low"] = np.minimum(frame["Low"], body_low)
+    return frame, int(broken.sum())
+
+
+def register_raw(path: Path, ticker: str, data_dir: Path = DATA_DIR, require_volume: bool = True) -> Entry:
+    """Validate a raw file already inside `<data_dir>/raw/` and (re)register it in the raw manifest."""
+    manifest = Manifest(data_dir, RAW)
+    data = read_ohlcv(path, require_volume)
+    name = raw_name(ticker)
+    digest = file_sha256(path)
+    previous = manifest.find(name)
+    version = previous.version if previous and previous.hash == digest else manifest.next_version(name)
+    entry = Entry(
+        name=name,
+        version=version,
+        tier=RAW,
+        path=str(Path(path).resolve().relative_to(Path(data_dir).resolve())),
+        hash=digest,
+        rows=len(data.frame),
+        first_date=data.frame.index[0].date().isoformat(),
+        last_date=data.frame.index[-1].date().isoformat(),
+        columns=list(data.frame.columns),
+        notes={"repaired_rows": data.repaired_rows},
+    )
+    manifest.register(entry)
+    return entry
+
+
+def import_csv(csv: Path, ticker: str, data_dir: Path = DATA_DIR, require_volume: bool = True) -> Entry:
+    """Validate a user's OHLCV CSV, copy it into `<data_dir>/raw/` and register it.
+
+    Validation runs on the user's file first: a bad file writes nothing.
+    """
+    csv = Path(csv)
+    read_ohlcv(csv, require_volume)
+    suffix = ".csv.gz" if csv.name.endswith(".gz") else ".csv"
+    target = Path(data_dir) / RAW / f"{raw_name(ticker)}{suffix}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if csv.resolve() != target.resolve():
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as tmp:
+            shutil.copyfile(csv, tmp.name)
+        Path(tmp.name).replace(target)
+    return register_raw(target, ticker, data_dir, require_volume)
+
+
+def download(ticker: str, data_dir: Path = DATA_DIR, symbol: str | None = None) -> Entry:
+    """Fetch daily OHLCV through yfinance (optional extra) and import it like a CSV."""
+    try:
+        import yfinance
+    except ImportError:
+        raise DataError(
+            "data download needs yfinance: pip install 'finscale[download]' (or use data import --csv)"
+        ) from None
+    symbol = symbol or ticker
+    try:
+        history = yfinance.Ticker(symbol).history(period="max", interval="1d", auto_adjust=False)
+    except Exception as err:  # network failures surface as many exception types
+        raise DataError(f"download of {symbol} failed ({type(err).__name__}: {_first_line(err)})") from None
+    if history is None or len(history) == 0:
+        raise DataError(f"download of {symbol} returned no rows (offline, or unknown symbol)")
+    history.index = pd.DatetimeIndex(history.index).tz_localize(None).normalize()
+    columns = [c for c in [*PRICE_COLUMNS, *OPTIONAL_COLUMNS] if c in history.columns]
+    with tempfile.TemporaryDirectory() as tmp:
+        csv = Path(tmp) / f"{raw_name(ticker)}.csv"
+        history[columns].rename_axis("Date").to_csv(csv, date_format="%Y-%m-%d")
+        return import_csv(csv, ticker, data_dir)

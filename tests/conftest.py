@@ -1,0 +1,43 @@
+"""Shared fixtures: an isolated copy of the shipped data folder and small synthetic OHLCV frames."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_DATA = ROOT / "data"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A private copy of data/ (raw + processed + manifests) that a test may modify."""
+    target = tmp_path / "data"
+    shutil.copytree(SHIPPED_DATA, target)
+    return target
+
+
+def synthetic_ohlcv(n: int = 600, seed: int = 0, start: str = "2001-01-01") -> pd.DataFrame:
+    """A geometric random walk on business days with consistent Open/High/Low/Close/Volume."""
+    rng = np.random.default_rng(seed)
+    dates = pd.bdate_range(start, periods=n, name="Date")
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
+    open_ = close * np.exp(rng.normal(0, 0.003, n))
+    high = np.maximum(open_, close) * (1 + rng.uniform(0, 0.01, n))
+    low = np.minimum(open_, close) * (1 - rng.uniform(0, 0.01, n))
+    volume = rng.uniform(1e6, 3e6, n).round()
+    return pd.DataFrame({"Open": open_, "High": high, "Low": low, "Close": close, "Volume": volume}, index=dates)
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    frame.rename_axis("Date").to_csv(path, date_format="%Y-%m-%d")
+    return path
+
+
+@pytest.fixture
+def ohlcv() -> pd.DataFrame:
+    return synthetic_ohlcv()

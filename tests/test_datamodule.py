@@ -1,0 +1,163 @@
+"""MarketDataModule: windows, labels from raw prices, train-only scaling, drift, refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import synthetic_ohlcv, write_csv
+
+from datamodules.errors import DataError
+from datamodules.features import TIERS, a20_features
+from datamodules.labels import make_labels
+from datamodules.market_datamodule import MarketDataModule
+from datamodules.processed import build_dataset, load_dataset
+from datamodules.scaling import stationary
+from datamodules.sources import import_csv
+from datamodules.splits import Splits
+
+SYNTHETIC_SPLITS = Splits(train_end="2004-12-31", val_end="2005-12-31", test_end=None)
+
+
+def _register(frame: pd.DataFrame, ticker: str, data_dir, tmp_path) -> str:
+    import_csv(write_csv(frame, tmp_path / f"{ticker}.csv"), ticker, data_dir)
+    return build_dataset(ticker, "a25", None, data_dir).entry.name
+
+
+def _train_batches(dm: MarketDataModule) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return list(dm.train_dataloader())
+
+
+def test_batches_are_float32_windows_with_one_label_each(data_dir):
+    dm = MarketDataModule(context_length=80, batch_size=32, data_dir=str(data_dir))
+    dm.setup("fit")
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (32, 80, 25) and x.dtype == torch.float32
+    assert y.shape == (32,) and y.dtype == torch.float32 and set(y.unique().tolist()) <= {0.0, 1.0}
+    assert dm.n_channels == 25 and dm.columns == TIERS["a25"]
+
+
+def test_order_is_deterministic_for_a_seed(data_dir):
+    def first_batches(seed: int) -> list[torch.Tensor]:
+        dm = MarketDataModule(batch_size=64, seed=seed, data_dir=str(data_dir))
+        dm.setup("fit")
+        return [x for x, _ in list(dm.train_dataloader())[:3]]
+
+    same_a, same_b, other = first_batches(7), first_batches(7), first_batches(8)
+    assert all(torch.equal(a, b) for a, b in zip(same_a, same_b, strict=True))
+    assert not torch.equal(same_a[0], other[0])
+
+
+def test_configured_features_are_exactly_the_inputs(data_dir):
+    dm = MarketDataModule(
+        dataset="GSPC.dataset.c", features=["Close", "rsi_daily", "vix_close"], data_dir=str(data_dir)
+    )
+    dm.setup("fit")
+    x, _ = next(iter(dm.val_dataloader()))
+    assert x.shape[-1] == 3 == dm.n_channels
+
+
+@pytest.mark.parametrize("horizon", [1, 3, 5])
+def test_labels_come_from_raw_prices_at_the_run_horizon(data_dir, horizon):
+    dm = MarketDataModule(horizon=horizon, data_dir=str(data_dir))
+    dm.setup("fit")
+    frame, _ = load_dataset("GSPC.dataset.a25", 1, data_dir)
+    high, close = frame["High"].to_numpy(), frame["Close"].to_numpy()
+    dataset = dm._datasets["val"]
+    for i in (0, 17, len(dataset) - 1):
+        t = int(dataset.ends[i])
+        expected = float(high[t + 1 : t + 1 + horizon].max() >= close[t] * 1.01)
+        assert float(dataset[i][1]) == expected
+    train_ends = dm._datasets["train"].ends.numpy()
+    assert (
+        frame.index[train_ends[-1] + horizon] <= pd.Timestamp("2014-12-31") < frame.index[train_ends[-1] + horizon + 1]
+    )
+    assert dm.hparams.horizon == horizon
+    np.testing.assert_array_equal(
+        dm._datasets["train"].y[train_ends].numpy(), make_labels(frame, horizon, 0.01)[train_ends].astype(np.float32)
+    )
+
+
+def test_scaling_uses_training_rows_only(data_dir, tmp_path):
+    base = synthetic_ohlcv(1500, seed=5)
+    changed = base.copy()
+    after = changed.index > "2005-01-03"
+    changed.loc[after, ["Open", "High", "Low", "Close"]] *= 1.7  # a different future, same past
+    changed.loc[after, "Volume"] *= 3
+    modules = []
+    for ticker, frame in (("AAA", base), ("BBB", changed)):
+        dm = MarketDataModule(dataset=_register(frame, ticker, data_dir, tmp_path), splits=SYNTHETIC_SPLITS,
+                              data_dir=str(data_dir))  # fmt: skip
+        dm.setup("fit")
+        modules.append(dm)
+    a, b = modules
+    np.testing.assert_array_equal(a.scaler.mean, b.scaler.mean)
+    np.testing.assert_array_equal(a.scaler.std, b.scaler.std)
+    for (xa, ya), (xb, yb) in zip(_train_batches(a), _train_batches(b), strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not torch.equal(next(iter(a.val_dataloader()))[0], next(iter(b.val_dataloader()))[0])
+
+
+def test_no_raw_level_reaches_the_network():
+    """Every channel's transform is scale-free: prices ×10 and volume ×7 change no input value.
+
+    Checked before the z-score, which would hide a constant factor (and not a trend).
+    """
+    base = synthetic_ohlcv(600, seed=6)
+    scaled = base.copy()
+    scaled[["Open", "High", "Low", "Close"]] *= 10.0
+    scaled["Volume"] *= 7.0
+    columns = TIERS["a25"]
+    a, b = (stationary(pd.concat([f, a20_features(f)], axis=1), columns) for f in (base, scaled))
+    assert list(a.columns) == columns
+    pd.testing.assert_frame_equal(a.dropna(), b.dropna(), rtol=1e-7)
+
+
+@pytest.mark.parametrize("dataset", ["GSPC.dataset.a25", "GSPC.dataset.c"])
+def test_every_channel_stays_within_three_training_std(data_dir, dataset):
+    dm = MarketDataModule(dataset=dataset, data_dir=str(data_dir))
+    dm.setup("fit")
+    dm.setup("test")
+    for stage in ("val", "test"):
+        drift = dm.stats[stage]["drift"]
+        assert len(drift) == dm.n_channels
+        assert max(abs(z) for z in drift.values()) < 3, (stage, drift)
+
+
+def test_split_sizes_are_logged_and_hundreds_deep(data_dir, caplog):
+    dm = MarketDataModule(data_dir=str(data_dir))
+    with caplog.at_level("INFO"):
+        dm.setup("fit")
+    assert dm.stats["val"]["n"] == 503 and dm.stats["train"]["n"] > 3000
+    assert "test" not in dm.stats  # fit never touches the test split
+    assert "val: 503 samples, 2015-01-02 → 2016-12-29, positive rate 0.181" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "stage", "message"),
+    [
+        ({"dataset": "NOPE.dataset.a25"}, "fit", "unknown processed dataset NOPE.dataset.a25"),
+        ({"version": 7}, "fit", "unknown processed dataset GSPC.dataset.a25 v7"),
+        ({"features": ["Close", "vix_close"]}, "fit", "'vix_close' is not in the dataset"),
+        ({"splits": Splits(val_end="2015-03-31")}, "fit", "fewer than 100"),
+        ({"splits": Splits(train_end="1999-06-30")}, "fit", "the train split has no samples"),
+        ({"splits": Splits(val_end="2018-12-31", test_end=None)}, "test", "the test split has no samples"),
+        ({"context_length": 5000}, "fit", "too few rows"),
+        ({"horizon": 0}, "fit", "horizon must be"),
+    ],
+)
+def test_impossible_requests_are_refused(data_dir, kwargs, stage, message):
+    dm = MarketDataModule(data_dir=str(data_dir), **kwargs)
+    with pytest.raises(DataError, match=message):
+        dm.setup(stage)
+
+
+def test_tampered_dataset_stops_setup(data_dir):
+    dm = MarketDataModule(data_dir=str(data_dir))
+    path = data_dir / "processed" / "GSPC.dataset.a25" / "v1" / "data.parquet"
+    frame = pd.read_parquet(path)
+    frame.iloc[-1, 0] += 1.0
+    frame.to_parquet(path)
+    with pytest.raises(DataError, match="hash mismatch"):
+        dm.setup("fit")

@@ -1,0 +1,108 @@
+"""Processed versions: reproducible builds, immutability, warm-up, tamper detection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import synthetic_ohlcv, write_csv
+
+from datamodules.errors import DataError
+from datamodules.features import TIERS
+from datamodules.manifest import PROCESSED, Manifest
+from datamodules.processed import build_dataset, load_dataset, verify_all
+from datamodules.sources import import_csv
+
+
+@pytest.mark.parametrize("tier", ["a25", "c"])
+def test_rebuilding_the_shipped_version_is_a_no_op(data_dir, tier):
+    entry = Manifest(data_dir, PROCESSED).get(f"GSPC.dataset.{tier}", 1)
+    before = (data_dir / entry.path).read_bytes()
+    result = build_dataset("GSPC", tier, 1, data_dir)
+    assert not result.written and result.entry.hash == entry.hash
+    assert (data_dir / entry.path).read_bytes() == before
+
+
+def test_a_deleted_version_is_rebuilt_to_the_registered_content(data_dir):
+    entry = Manifest(data_dir, PROCESSED).get("GSPC.dataset.a25", 1)
+    (data_dir / entry.path).unlink()
+    assert verify_all(data_dir)  # missing file is reported
+    result = build_dataset("GSPC", "a25", 1, data_dir)
+    assert result.written and result.entry.hash == entry.hash
+    assert verify_all(data_dir) == []
+
+
+def test_shipped_datasets_have_the_tier_columns_and_no_gaps(data_dir):
+    for tier in ("a25", "c"):
+        frame, entry = load_dataset(f"GSPC.dataset.{tier}", 1, data_dir)
+        assert list(frame.columns) == TIERS[tier]
+        assert np.isfinite(frame.to_numpy()).all()
+        assert entry.notes["warmup_rows_dropped"] == 199  # sma_200 is the longest warm-up
+        assert entry.rows == 5031 - 199 == len(frame)
+
+
+def test_a20_stores_raw_prices_for_labels_but_names_20_features(data_dir):
+    result = build_dataset("GSPC", "a20", None, data_dir)
+    assert result.entry.name == "GSPC.dataset.a20" and result.entry.version == 1
+    frame, _ = load_dataset("GSPC.dataset.a20", 1, data_dir)
+    assert {"High", "Close"} <= set(frame.columns) and len(TIERS["a20"]) == 20
+
+
+def test_a_version_with_different_content_is_refused_and_nothing_changes(data_dir, tmp_path):
+    # a newer GSPC series replaces the raw entry; the registered v1 must not be overwritten
+    import_csv(write_csv(synthetic_ohlcv(600, seed=3), tmp_path / "gspc.csv"), "GSPC", data_dir)
+    manifest_before = (data_dir / PROCESSED / "manifest.json").read_bytes()
+    entry = Manifest(data_dir, PROCESSED).get("GSPC.dataset.a25", 1)
+    file_before = (data_dir / entry.path).read_bytes()
+    with pytest.raises(DataError, match="already exists with different content.*use --version 2"):
+        build_dataset("GSPC", "a25", 1, data_dir)
+    assert (data_dir / PROCESSED / "manifest.json").read_bytes() == manifest_before
+    assert (data_dir / entry.path).read_bytes() == file_before
+    result = build_dataset("GSPC", "a25", None, data_dir)
+    assert result.entry.version == 2 and result.entry.rows == 600 - 199
+    assert [e.version for e in Manifest(data_dir, PROCESSED).entries if e.name == "GSPC.dataset.a25"] == [1, 2]
+
+
+def test_too_few_rows_for_the_warm_up(data_dir, tmp_path):
+    import_csv(write_csv(synthetic_ohlcv(150), tmp_path / "short.csv"), "TINY", data_dir)
+    with pytest.raises(DataError, match="too few rows"):
+        build_dataset("TINY", "a25", None, data_dir)
+    assert Manifest(data_dir, PROCESSED).find("TINY.dataset.a25") is None
+
+
+def test_unknown_ticker_and_tier(data_dir):
+    with pytest.raises(DataError, match="unknown raw dataset NOPE.OHLCV.daily"):
+        build_dataset("NOPE", "a25", None, data_dir)
+    with pytest.raises(DataError, match="unknown tier"):
+        build_dataset("GSPC", "z9", None, data_dir)
+
+
+def test_tampered_raw_file_is_refused(data_dir):
+    path = data_dir / "raw" / "GSPC.OHLCV.daily.csv.gz"
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(DataError, match="hash mismatch for GSPC.OHLCV.daily v1"):
+        build_dataset("GSPC", "a25", 1, data_dir)
+
+
+def test_tampered_processed_file_is_detected(data_dir):
+    entry = Manifest(data_dir, PROCESSED).get("GSPC.dataset.a25", 1)
+    frame = pd.read_parquet(data_dir / entry.path)
+    frame.iloc[1000, 3] *= 1.0001  # one close, one basis point
+    frame.to_parquet(data_dir / entry.path)
+    expected = (
+        r"hash mismatch for GSPC.dataset.a25 v1 \(expected sha256:.*got sha256:.*"
+        r"rebuild with: python cli.py data build --ticker GSPC --tier a25 --version 1"
+    )
+    with pytest.raises(DataError, match=expected):
+        load_dataset("GSPC.dataset.a25", 1, data_dir)
+    assert [p.split(":")[0] for p in verify_all(data_dir)] == ["processed GSPC.dataset.a25 v1"]
+
+
+def test_corrupt_or_missing_processed_file(data_dir):
+    entry = Manifest(data_dir, PROCESSED).get("GSPC.dataset.c", 1)
+    (data_dir / entry.path).write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(DataError, match="unreadable or corrupt"):
+        load_dataset("GSPC.dataset.c", 1, data_dir)
+    (data_dir / entry.path).unlink()
+    with pytest.raises(DataError, match="is missing; rebuild with"):
+        load_dataset("GSPC.dataset.c", 1, data_dir)

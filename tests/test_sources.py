@@ -1,0 +1,120 @@
+"""Raw OHLCV reading: the shipped files, header normalisation, repairs, and every bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import SHIPPED_DATA, write_csv
+
+from datamodules.errors import DataError
+from datamodules.sources import read_ohlcv
+
+
+def test_shipped_sp500_has_the_documented_shape():
+    data = read_ohlcv(SHIPPED_DATA / "raw" / "GSPC.OHLCV.daily.csv.gz")
+    frame = data.frame
+    assert len(frame) == 5031
+    assert (frame.index[0].date().isoformat(), frame.index[-1].date().isoformat()) == ("1999-01-04", "2018-12-31")
+    assert list(frame.columns) == ["Open", "High", "Low", "Close", "Adj Close", "Volume"]
+    assert data.repaired_rows == 0
+
+
+def test_shipped_vix_is_repaired_by_clipping():
+    data = read_ohlcv(SHIPPED_DATA / "raw" / "VIX.OHLCV.daily.csv.gz", require_volume=False)
+    frame = data.frame
+    assert len(frame) == 8695
+    assert (frame.index[0].date().isoformat(), frame.index[-1].date().isoformat()) == ("1990-01-02", "2024-06-20")
+    assert data.repaired_rows == 45
+    assert (frame["High"] >= frame[["Open", "Close"]].max(axis=1)).all()
+    assert (frame["Low"] <= frame[["Open", "Close"]].min(axis=1)).all()
+    # 1992-02-11: open 19.24 above the recorded high 18.57 → high clipped up to the open
+    assert frame.loc["1992-02-11", "High"] == 19.24
+
+
+def test_headers_are_case_insensitive_and_adj_close_optional(tmp_path, ohlcv):
+    path = write_csv(ohlcv.rename(columns=str.upper), tmp_path / "x.csv")
+    frame = read_ohlcv(path).frame
+    assert list(frame.columns) == ["Open", "High", "Low", "Close", "Volume"]
+    np.testing.assert_array_equal(frame["Close"].to_numpy(), ohlcv["Close"].to_numpy())
+
+
+def test_us_style_dates_parse(tmp_path, ohlcv):
+    path = tmp_path / "x.csv"
+    ohlcv.rename_axis("date").to_csv(path, date_format="%m/%d/%Y")
+    assert read_ohlcv(path).frame.index.equals(ohlcv.index.rename("Date"))
+
+
+def test_contradicting_high_low_are_clipped_and_counted(tmp_path, ohlcv):
+    broken = ohlcv.copy()
+    broken.iloc[10, broken.columns.get_loc("High")] = broken["Close"].iloc[10] * 0.999  # below the close
+    broken.iloc[20, broken.columns.get_loc("Low")] = max(broken["Open"].iloc[20], broken["Close"].iloc[20]) * 1.0001
+    data = read_ohlcv(write_csv(broken, tmp_path / "x.csv"))
+    assert data.repaired_rows == 2
+    assert data.frame["High"].iloc[10] == pytest.approx(max(ohlcv["Open"].iloc[10], ohlcv["Close"].iloc[10]))
+    assert data.frame["Low"].iloc[20] == pytest.approx(min(ohlcv["Open"].iloc[20], ohlcv["Close"].iloc[20]))
+
+
+def _corrupt(frame, kind):
+    frame = frame.copy()
+    if kind == "nan":
+        frame.iloc[5, 3] = np.nan
+    elif kind == "inf":
+        frame.iloc[5, 1] = np.inf
+    elif kind == "high_below_low":
+        frame.iloc[5, 1] = frame.iloc[5, 2] * 0.9
+    elif kind == "duplicate":
+        frame.index = frame.index.where(np.arange(len(frame)) != 6, frame.index[5])
+    elif kind == "unsorted":
+        frame = frame.iloc[[1, 0, *range(2, len(frame))]]
+    elif kind == "missing":
+        frame = frame.drop(columns=["Low"])
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("nan", "NaN or inf in OHLC"),
+        ("inf", "NaN or inf in OHLC"),
+        ("high_below_low", "High < Low"),
+        ("duplicate", "duplicate date"),
+        ("unsorted", "not sorted"),
+        ("missing", "missing column(s) Low"),
+    ],
+)
+def test_bad_rows_are_refused_with_a_named_reason(tmp_path, ohlcv, kind, message):
+    path = write_csv(_corrupt(ohlcv, kind), tmp_path / "bad.csv")
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
+        read_ohlcv(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_volume_is_refused_unless_not_required(tmp_path, ohlcv):
+    path = write_csv(ohlcv.drop(columns=["Volume"]), tmp_path / "novol.csv")
+    with pytest.raises(DataError, match="missing column"):
+        read_ohlcv(path)
+    assert "Volume" not in read_ohlcv(path, require_volume=False).frame
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x1f\x8b\x08\x00garbage-not-gzip", "unreadable or corrupt"),
+        (b"", "unreadable or corrupt"),
+        (b"Date,Open,High,Low,Close,Volume\nnot-a-date,1,2,0.5,1.5,10\n", "unparseable dates"),
+        (b"Date,Open,High,Low,Close,Volume\n2020-01-02,abc,2,0.5,1.5,10\n", "non-numeric"),
+    ],
+)
+def test_unreadable_files_are_refused(tmp_path, content, message):
+    path = tmp_path / ("bad.csv.gz" if content.startswith(b"\x1f\x8b") else "bad.csv")
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        read_ohlcv(path)
+
+
+def test_truncated_gzip_is_refused(tmp_path):
+    whole = (SHIPPED_DATA / "raw" / "GSPC.OHLCV.daily.csv.gz").read_bytes()
+    path = tmp_path / "cut.csv.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataError, match="unreadable or corrupt"):
+        read_ohlcv(path)
