@@ -1,19 +1,21 @@
-# The README's commands. `make test` and `make data` set up .venv on first use.
+# The README's commands. Each target sets up .venv on first use.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 
-.PHONY: setup test test-all data lint bench
+.PHONY: setup fit test test-all data lint bench
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)    # pinned first: an open torch requirement pulls a CUDA build
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
+
+fit: setup
+	$(PY) cli.py fit --config configs/2M.yaml
 
 test: setup
 	$(PY) -m pytest
@@ -33,3 +35,4 @@ lint: setup
 
 bench: setup
 	$(PY) bench/bench_data.py
+	$(PY) bench/bench_train.py --fit

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.errors import DataError
 from datamodules.features import TIERS
-from datamodules.labels import make_labels
+from datamodules.labels import LABEL_PRICES, make_labels
 from datamodules.manifest import PROCESSED, Manifest
 from datamodules.processed import load_dataset
 from datamodules.scaling import Standardizer, stationary
@@ -28,13 +28,13 @@ from datamodules.splits import Splits, split_ends
 log = logging.getLogger(__name__)
 
 MIN_VAL_SAMPLES = 100  # below this, validation ranks noise (LESSONS #2)
-# Splits each Lightning stage prepares. Test data is touched only by `test` (and `predict`).
+# Splits each Lightning stage prepares. Test metrics come only from the `test` stage.
 STAGES_FOR = {
     None: ["train", "val"],
     "fit": ["train", "val"],
     "validate": ["val"],
     "test": ["test"],
-    "predict": ["test"],
+    "predict": ["predict"],  # every window ending after val_end, labelled or not (forecasts)
 }
 
 
@@ -92,9 +92,22 @@ class MarketDataModule(pl.LightningDataModule):
         self.splits, self.batch_size, self.seed = splits, batch_size, seed
         self.data_dir = Path(data_dir) if data_dir else DATA_DIR
         self.features = list(features) if features else None
+        self._validate()
         self.entry = None
         self.stats: dict[str, dict] = {}
         self._datasets: dict[str, WindowDataset] = {}
+
+    def _validate(self) -> None:
+        """Refuse impossible settings at construction: before any data is read or directory made."""
+        if self.horizon < 1:
+            raise DataError(f"horizon must be ≥ 1 trading day, got {self.horizon}")
+        if not self.threshold > 0:
+            raise DataError(f"threshold must be > 0, got {self.threshold}")
+        if self.label_price not in LABEL_PRICES:
+            raise DataError(f"label_price must be one of {LABEL_PRICES}, got {self.label_price!r}")
+        if self.context_length < 1 or self.batch_size < 1:
+            raise DataError(f"context_length and batch_size must be ≥ 1, got {self.context_length}, {self.batch_size}")
+        self.splits.boundaries()
 
     @property
     def columns(self) -> list[str]:
@@ -122,28 +135,28 @@ class MarketDataModule(pl.LightningDataModule):
                 f"need more than context_length {self.context_length} + horizon {self.horizon}"
             )
         ends = split_ends(frame.index, first_end, self.horizon, self.splits)
+        t = np.arange(first_end, len(frame))
+        ends["predict"] = t[frame.index[t] > pd.Timestamp(self.splits.val_end)]
+        self.dates = frame.index
         stages = STAGES_FOR[stage]
         self._check_sizes(ends, stages)
         self.scaler = Standardizer.fit(inputs[first_valid : ends["train"][-1] + 1])  # training rows only
         x = torch.from_numpy(np.nan_to_num(self.scaler.transform(inputs)))  # (T, C); NaN rows precede every window
-        y = torch.from_numpy(np.nan_to_num(labels).astype(np.float32))  # (T,)
+        y = torch.from_numpy(labels.astype(np.float32))  # (T,); NaN only where the future is unknown
         self._datasets.update({s: WindowDataset(x, y, ends[s], self.context_length) for s in stages})
-        for s in stages:
-            self.stats[s] = self._describe(frame.index, labels, ends[s])
-            self.stats[s]["drift"] = self._drift(x, ends[s], columns)
-            log.info(
-                "%s: %d samples, %s → %s, positive rate %.3f",
-                s,
-                self.stats[s]["n"],
-                self.stats[s]["first"],
-                self.stats[s]["last"],
-                self.stats[s]["positive_rate"],
-            )
-            far = {c: round(z, 2) for c, z in self.stats[s]["drift"].items() if abs(z) > 3}
-            if far:
-                log.warning("%s: channels drifted beyond 3 training std: %s", s, far)
-        train_pos = float(labels[ends["train"]].mean())
-        self.pos_weight = (1 - train_pos) / train_pos if 0 < train_pos < 1 else 1.0
+        for s in (s for s in stages if s != "predict"):
+            self.stats[s] = self._describe(frame.index, labels, ends[s]) | {"drift": self._drift(x, ends[s], columns)}
+            self._log_split(s)
+        self.train_positive_rate = float(labels[ends["train"]].mean())
+        self.ends = ends
+
+    def _log_split(self, stage: str) -> None:
+        st = self.stats[stage]
+        log.info("%s: %d samples, %s → %s, positive rate %.3f", stage, st["n"], st["first"], st["last"],
+                 st["positive_rate"])  # fmt: skip
+        far = {c: round(z, 2) for c, z in st["drift"].items() if abs(z) > 3}
+        if far:
+            log.warning("%s: channels drifted beyond 3 training std: %s", stage, far)
 
     @staticmethod
     def _first_valid_row(inputs: np.ndarray, dates: pd.DatetimeIndex, columns: list[str]) -> int:
@@ -200,4 +213,8 @@ class MarketDataModule(pl.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("predict", shuffle=False)
+
+    def sample_dates(self, stage: str) -> list[str]:
+        """ISO date of each sample's last input day, in loader order (for prediction files)."""
+        return [d.date().isoformat() for d in self.dates[self.ends[stage]]]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +44,16 @@ def write_csv(frame: pd.DataFrame, path: Path) -> Path:
 @pytest.fixture
 def ohlcv() -> pd.DataFrame:
     return synthetic_ohlcv()
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python cli.py ARGS` in a real subprocess from the repository root."""
+    return subprocess.run([sys.executable, "cli.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)  # fmt: skip
+
+
+def assert_user_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    """Exit code 2 and exactly one `error: …` line on stderr containing fragment; no traceback."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr[-2000:]

@@ -144,13 +144,27 @@ def test_split_sizes_are_logged_and_hundreds_deep(data_dir, caplog):
         ({"splits": Splits(train_end="1999-06-30")}, "fit", "the train split has no samples"),
         ({"splits": Splits(val_end="2018-12-31", test_end=None)}, "test", "the test split has no samples"),
         ({"context_length": 5000}, "fit", "too few rows"),
-        ({"horizon": 0}, "fit", "horizon must be"),
     ],
 )
 def test_impossible_requests_are_refused(data_dir, kwargs, stage, message):
     dm = MarketDataModule(data_dir=str(data_dir), **kwargs)
     with pytest.raises(DataError, match=message):
         dm.setup(stage)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"horizon": 0}, "horizon must be ≥ 1"),
+        ({"threshold": -0.01}, "threshold must be > 0"),
+        ({"label_price": "open"}, "label_price must be one of"),
+        ({"batch_size": 0}, "batch_size must be ≥ 1"),
+        ({"splits": Splits(train_end="2017-01-01")}, "split dates must increase"),
+    ],
+)
+def test_impossible_settings_are_refused_at_construction(tmp_path, kwargs, message):
+    with pytest.raises(DataError, match=message):
+        MarketDataModule(data_dir=str(tmp_path / "never-read"), **kwargs)
 
 
 def test_tampered_dataset_stops_setup(data_dir):

@@ -1,0 +1,29 @@
+"""PredictionWriter: `cli.py predict` writes predictions.csv (date, probability, label) into the run dir."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+
+class PredictionWriter(BasePredictionWriter):
+    def __init__(self) -> None:
+        super().__init__(write_interval="epoch")
+
+    def write_on_epoch_end(self, trainer: pl.Trainer, pl_module, predictions, batch_indices) -> None:
+        probs = torch.cat(predictions).tolist()
+        dm = trainer.datamodule
+        dates = dm.sample_dates("predict")
+        labels = [float(y) for _, y in (dm.predict_dataloader().dataset[i] for i in range(len(probs)))]
+        path = Path(trainer.log_dir or ".") / "predictions.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["date", "probability", "label"])
+            for date, p, y in zip(dates, probs, labels, strict=True):
+                out.writerow([date, f"{p:.6f}", "" if math.isnan(y) else int(y)])

@@ -1,0 +1,165 @@
+"""RunRecordCallback: what a run was and how well it did, in `run.json` and TensorBoard's HParams tab.
+
+At fit start it writes the run's identity (dataset name/version/hash, git commit, exact parameter count,
+FLOPs, seed, split sizes) and declares the HParams with the `best/*` metrics; whenever the monitored
+metric improves it logs `best/*` scalars (TensorBoard shows their last value in HParams, never a -1);
+at fit end it writes the precision-recall curve of the best epoch and the final record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+BEST_METRICS = ("loss", "auroc", "ap", "brier", "accuracy", "pred_std", "prior_bce", "collapsed")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def git_commit() -> str:
+    """HEAD of the repository this code runs from, with '-dirty' when tracked files changed."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"net": {"d_model": 64}} → {"net.d_model": 64}; lists and None become strings (HParams types)."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, bool | int | float | str):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def run_identity(trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, Any]:
+    """Everything needed to say which run this was and to reproduce it."""
+    dm = trainer.datamodule
+    entry = getattr(dm, "entry", None)
+    return {
+        "dataset": {"name": entry.name, "version": entry.version, "hash": entry.hash} if entry else None,
+        "git_commit": git_commit(),
+        "seed": int(os.environ.get("PL_GLOBAL_SEED", -1)),
+        "n_params": getattr(module, "n_params", sum(p.numel() for p in module.parameters())),
+        "forward_flops_per_sample": getattr(module, "forward_flops", None),
+        "train_flops_per_sample": getattr(module, "train_flops", None),
+        "splits": {s: {k: v for k, v in st.items() if k != "drift"} for s, st in getattr(dm, "stats", {}).items()},
+        "command": " ".join(sys.argv),
+        "torch": torch.__version__,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+class RunRecordCallback(pl.Callback):
+    """Writes run.json and the HParams record; tracks the best epoch of the checkpoint's monitor."""
+
+    def __init__(self, monitor: str = "val/loss", mode: str = "min"):
+        self.monitor, self.mode = monitor, mode
+        self.best: dict[str, float] = {}
+        self.best_outputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.record: dict[str, Any] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = dict(state_dict.get("best", {}))
+
+    def _params(self, trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, Any]:
+        data = dict(getattr(trainer.datamodule, "hparams", {}))
+        params = flatten({"model": dict(module.hparams), "data": data})
+        params = {k: v for k, v in params.items() if not k.split(".")[-1].startswith("_")}
+        identity = self.record
+        params.update({
+            "run.n_params": identity["n_params"], "run.seed": identity["seed"],
+            "run.git_commit": identity["git_commit"],
+            "run.dataset_hash": (identity["dataset"] or {}).get("hash", ""),
+            "trainer.max_epochs": trainer.max_epochs or -1, "trainer.precision": str(trainer.precision),
+            "trainer.accumulate_grad_batches": trainer.accumulate_grad_batches,
+            "trainer.gradient_clip_val": float(trainer.gradient_clip_val or 0.0),
+        })  # fmt: skip
+        return params
+
+    def _write(self, trainer: pl.Trainer) -> None:
+        if trainer.is_global_zero and trainer.log_dir:
+            path = Path(trainer.log_dir) / "run.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.record, indent=2) + "\n")
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and getattr(checkpoint, "monitor", None):
+            self.monitor, self.mode = checkpoint.monitor, checkpoint.mode
+        self.record = {**run_identity(trainer, pl_module), "monitor": self.monitor, "mode": self.mode}
+        self._write(trainer)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+                metrics = {f"best/val_{name}": 0.0 for name in BEST_METRICS} | {"best/epoch": 0.0}
+                writer = logger.experiment._get_file_writer()
+                for summary in hparams_summary(self._params(trainer, pl_module), metrics):  # declares names only
+                    writer.add_summary(summary)
+
+    def _improved(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if "monitor" not in self.best:
+            return True
+        return value < self.best["monitor"] if self.mode == "min" else value > self.best["monitor"]
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        value = float(trainer.callback_metrics[self.monitor])
+        if not self._improved(value):
+            return
+        self.best = {"monitor": value, "epoch": float(trainer.current_epoch)}
+        for name in BEST_METRICS:
+            key = f"val/{name}"
+            if key in trainer.callback_metrics:
+                self.best[f"val_{name}"] = float(trainer.callback_metrics[key])
+        self.best_outputs = pl_module.epoch_outputs.get("val") if hasattr(pl_module, "epoch_outputs") else None
+        metrics = {f"best/{k}": v for k, v in self.best.items() if k != "monitor"}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        checkpoint = trainer.checkpoint_callback
+        self.record.update({
+            "best": self.best, "epochs_run": trainer.current_epoch,
+            "best_checkpoint": getattr(checkpoint, "best_model_path", None) or None,
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        })  # fmt: skip
+        self._write(trainer)
+        if self.best_outputs is not None and trainer.is_global_zero:
+            probs, targets = self.best_outputs
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.experiment.add_pr_curve("val/pr_curve_best", targets.int(), probs,
+                                                   global_step=int(self.best["epoch"]))  # fmt: skip
+                    logger.experiment.flush()
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        self.record = {**run_identity(trainer, pl_module), "test": metrics, "ckpt_path": trainer.ckpt_path}
+        self._write(trainer)

@@ -1,0 +1,158 @@
+"""Forecaster: the LightningModule around PatchTST. Owns loss, metrics, optimizer and logging only."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+
+from lightning_modules.accounting import count_parameters, forward_flops_per_sample, training_flops_per_sample
+from lightning_modules.metrics import StageMetrics
+from lightning_modules.patchtst import PatchTST, PatchTSTConfig
+
+STAGES = ("train", "val", "test")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay to min_lr_ratio · lr."""
+
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.05  # decoupled decay on weight matrices (not biases, norms)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW (β1, β2)
+    warmup_steps: int = 100  # optimizer steps of linear warmup from 0
+    min_lr_ratio: float = 0.1  # final learning rate as a fraction of lr
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"learning rate must be > 0, got lr={self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be ≥ 0, got {self.weight_decay}")
+        if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(
+                f"need warmup_steps ≥ 0 and 0 ≤ min_lr_ratio ≤ 1, got {self.warmup_steps}, {self.min_lr_ratio}"
+            )
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two values in [0, 1), got {self.betas}")
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """Multiplier of the peak lr at an optimizer step: linear warmup, then cosine to min_lr_ratio."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Forecaster(pl.LightningModule):
+    """Binary classifier: P(index trades ≥ θ above today's close within h days)."""
+
+    def __init__(
+        self,
+        n_channels: int,
+        context_length: int,
+        net: PatchTSTConfig = PatchTSTConfig(),
+        optim: OptimConfig = OptimConfig(),
+        pos_weight: bool = False,
+    ):
+        """
+        Args:
+            n_channels: input channels C (linked from the data).
+            context_length: days per window L (linked from the data).
+            net: the network's architecture.
+            optim: optimizer and schedule.
+            pos_weight: weight positives by negatives/positives of the training split in the training loss.
+        """
+        super().__init__()
+        net = net if isinstance(net, PatchTSTConfig) else PatchTSTConfig(**net)
+        optim = optim if isinstance(optim, OptimConfig) else OptimConfig(**optim)
+        self.save_hyperparameters(
+            {"n_channels": n_channels, "context_length": context_length, "net": asdict(net), "optim": asdict(optim),
+             "pos_weight": pos_weight},
+            logger=False,  # the run-record callback writes hparams once, with the best metrics
+        )  # fmt: skip
+        self.cfg, self.optim_cfg = net, optim
+        self.net = PatchTST(n_channels, context_length, net)
+        self.n_params = count_parameters(n_channels, context_length, net)
+        self.forward_flops = forward_flops_per_sample(n_channels, context_length, net)
+        self.train_flops = training_flops_per_sample(n_channels, context_length, net)
+        self.register_buffer("train_prior", torch.tensor(0.5, dtype=torch.float64))  # training positive rate
+        self.stage_metrics = torch.nn.ModuleDict({f"{s}_metrics": StageMetrics(s) for s in STAGES})
+        self.epoch_outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {s: [] for s in STAGES}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, C) → logits (B,)
+        return self.net(x)
+
+    def setup(self, stage: str) -> None:
+        prior = getattr(self.trainer.datamodule, "train_positive_rate", None) if self._trainer else None
+        if prior is not None:
+            self.train_prior.fill_(prior)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)  # (B,)
+        bce = F.binary_cross_entropy_with_logits(logits, y)  # plain BCE: comparable across runs and with the prior
+        loss = bce
+        if stage == "train" and self.hparams.pos_weight:
+            weight = ((1 - self.train_prior) / self.train_prior).to(logits.dtype)
+            loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=weight)
+        probs = torch.sigmoid(logits.detach().float())  # the one sigmoid (LESSONS #7)
+        self.stage_metrics[f"{stage}_metrics"].update(bce, probs, y)
+        if stage != "train":
+            self._outputs[stage].append((probs.cpu(), y.detach().cpu()))
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, "train")
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, _ = batch
+        return torch.sigmoid(self(x).float())
+
+    def _epoch_end(self, stage: str) -> None:
+        metrics = self.stage_metrics[f"{stage}_metrics"]
+        self.log_dict(metrics.compute(float(self.train_prior)), prog_bar=stage == "val")
+        metrics.reset()
+        if self._outputs[stage]:
+            probs, targets = zip(*self._outputs[stage], strict=True)
+            self.epoch_outputs[stage] = (torch.cat(probs), torch.cat(targets))
+            self._outputs[stage].clear()
+
+    def on_train_epoch_end(self) -> None:
+        self._epoch_end("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+
+    def configure_optimizers(self):
+        decay = [p for p in self.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.parameters() if p.dim() < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.optim_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.optim_cfg.lr,
+            betas=tuple(self.optim_cfg.betas),
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        o = self.optim_cfg
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, o.warmup_steps, total, o.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,145 @@
+"""PatchTST classifier in pure torch (no Lightning): a window of daily features → one logit.
+
+Legend: B batch, L context length, C channels, N patches, P patch length, S patch stride,
+D model width, H heads, F feed-forward width. Tokens per sample: N (channel mixing) or C·N.
+
+Nie et al., "A Time Series is Worth 64 Words" (ICLR 2023), adapted to classification: the channel-mixing
+mode (default) embeds each patch over all C channels into one token; the paper's channel-independent
+mode embeds each channel's patch separately and averages the C token sequences per sample.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CHANNEL_MODES = ("mixing", "independent")
+
+
+@dataclass
+class PatchTSTConfig:
+    """Architecture of the network (input geometry comes from the data: n_channels, context_length)."""
+
+    patch_length: int = 16  # P: days per patch
+    patch_stride: int = 8  # S: days between patch starts
+    d_model: int = 256  # D: token width
+    n_heads: int = 8  # H: attention heads, must divide d_model
+    n_layers: int = 3  # encoder layers
+    d_ff: int = 512  # F: feed-forward width
+    dropout: float = 0.1  # on attention output, feed-forward and embedding
+    attn_dropout: float = 0.1  # on attention weights
+    head_dropout: float = 0.1  # before the classification head
+    channel_mode: str = "mixing"  # "mixing" (one token per patch) or "independent" (one per channel-patch)
+    revin: bool = False  # per-sample, per-channel instance normalisation with learned affine
+
+    def __post_init__(self) -> None:
+        for name in ("patch_length", "patch_stride", "d_model", "n_heads", "n_layers", "d_ff"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        for name in ("dropout", "attn_dropout", "head_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.channel_mode not in CHANNEL_MODES:
+            raise ValueError(f"channel_mode must be one of {CHANNEL_MODES}, got {self.channel_mode!r}")
+
+    def n_patches(self, context_length: int) -> int:
+        """N = (L − P) // S + 1; raises if a single patch does not fit the context."""
+        if self.patch_length > context_length:
+            raise ValueError(f"patch_length {self.patch_length} > context_length {context_length}")
+        return (context_length - self.patch_length) // self.patch_stride + 1
+
+
+class RevIN(nn.Module):
+    """Reversible instance normalisation (Kim et al. 2022); a classifier needs only the forward half."""
+
+    def __init__(self, n_channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(n_channels))
+        self.bias = nn.Parameter(torch.zeros(n_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, C) → (B, L, C)
+        mean = x.mean(dim=1, keepdim=True)  # (B, 1, C)
+        std = torch.sqrt(x.var(dim=1, keepdim=True, unbiased=False) + self.eps)  # (B, 1, C)
+        return (x - mean) / std * self.weight + self.bias
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm transformer layer: x + attn(norm(x)), then x + ffn(norm(x))."""
+
+    def __init__(self, cfg: PatchTSTConfig):
+        super().__init__()
+        self.n_heads, self.attn_dropout = cfg.n_heads, cfg.attn_dropout
+        self.norm1 = nn.LayerNorm(cfg.d_model)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.norm2 = nn.LayerNorm(cfg.d_model)
+        self.ff_in = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.ff_out = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B', T, D) → (B', T, D)
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).split(d, dim=-1)  # 3 × (B', T, D)
+        q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))  # (B', H, T, D/H)
+        p = self.attn_dropout if self.training else 0.0
+        a = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B', H, T, D/H)
+        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, t, d)))  # (B', T, D)
+        return x + self.drop(self.ff_out(self.drop(F.gelu(self.ff_in(self.norm2(x))))))  # (B', T, D)
+
+
+class PatchTST(nn.Module):
+    """(B, L, C) float windows → (B,) logits. Never a sigmoid here: the loss and metrics apply it."""
+
+    def __init__(self, n_channels: int, context_length: int, cfg: PatchTSTConfig):
+        super().__init__()
+        self.cfg, self.n_channels, self.context_length = cfg, n_channels, context_length
+        self.n_patches = cfg.n_patches(context_length)
+        if n_channels < 1:
+            raise ValueError(f"n_channels must be ≥ 1, got {n_channels}")
+        self.revin = RevIN(n_channels) if cfg.revin else None
+        patch_inputs = cfg.patch_length * (n_channels if cfg.channel_mode == "mixing" else 1)
+        self.embed = nn.Linear(patch_inputs, cfg.d_model)
+        self.pos = nn.Parameter(torch.zeros(self.n_patches, cfg.d_model))
+        self.embed_drop = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.head_drop = nn.Dropout(cfg.head_dropout)
+        self.head = nn.Linear(self.n_patches * cfg.d_model, 1)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """GPT-2 style: N(0, 0.02) weights, zero biases, residual projections scaled by 1/√(2·n_layers)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.pos, std=0.02)
+        for layer in self.layers:
+            for residual_out in (layer.proj, layer.ff_out):
+                nn.init.normal_(residual_out.weight, std=0.02 / math.sqrt(2 * self.cfg.n_layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, L, C) → logits (B,)."""
+        b, length, c = x.shape
+        if self.revin is not None:
+            x = self.revin(x)  # (B, L, C)
+        patches = x.transpose(1, 2).unfold(-1, self.cfg.patch_length, self.cfg.patch_stride)  # (B, C, N, P)
+        n = patches.shape[2]
+        if self.cfg.channel_mode == "mixing":
+            tokens = patches.permute(0, 2, 1, 3).reshape(b, n, c * self.cfg.patch_length)  # (B, N, C·P)
+        else:
+            tokens = patches.reshape(b * c, n, self.cfg.patch_length)  # (B·C, N, P)
+        z = self.embed_drop(self.embed(tokens) + self.pos)  # (B', N, D)
+        for layer in self.layers:
+            z = layer(z)  # (B', N, D)
+        z = self.norm(z)  # (B', N, D)
+        if self.cfg.channel_mode == "independent":
+            z = z.view(b, c, n, -1).mean(dim=1)  # (B, N, D): pool the channels of each sample
+        return self.head(self.head_drop(z.flatten(1))).squeeze(-1)  # (B, N·D) → (B,)

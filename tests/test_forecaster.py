@@ -1,0 +1,100 @@
+"""Forecaster pieces: schedule, optimizer wiring, loss weighting, metrics and collapse flags."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import yaml
+from conftest import ROOT
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_modules.accounting import count_parameters
+from lightning_modules.forecaster import Forecaster, OptimConfig, lr_factor
+from lightning_modules.metrics import StageMetrics, constant_prior_bce
+from lightning_modules.patchtst import PatchTSTConfig
+
+NET = PatchTSTConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, dropout=0.0, attn_dropout=0.0, head_dropout=0.0)
+
+
+def test_schedule_warms_up_linearly_then_decays_by_cosine():
+    factors = [lr_factor(step, warmup_steps=4, total_steps=104, min_lr_ratio=0.1) for step in range(105)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[54] == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the decay
+    assert factors[104] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:], strict=False))
+
+
+def _fit_one_step(optim: OptimConfig, pos_weight: bool = False) -> tuple[Forecaster, pl.Trainer]:
+    pl.seed_everything(0)
+    net = PatchTSTConfig(**{**NET.__dict__, "patch_length": 8})
+    model = Forecaster(n_channels=3, context_length=16, net=net, optim=optim, pos_weight=pos_weight)
+    model.train_prior.fill_(0.2)
+    x = torch.randn(8, 16, 3)
+    y = torch.tensor([1.0, 0, 0, 0, 1, 0, 0, 0])
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, accelerator="cpu")  # fmt: skip
+    trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=8))
+    return model, trainer
+
+
+def _train_one_step(optim: OptimConfig, pos_weight: bool = False) -> dict[str, torch.Tensor]:
+    model, _ = _fit_one_step(optim, pos_weight)
+    return {k: v.clone() for k, v in model.state_dict().items() if k.startswith("net.")}
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"weight_decay": 0.5},
+        {"lr": 3e-3},
+        {"betas": [0.5, 0.9]},
+        {"warmup_steps": 1},
+    ],
+)
+def test_every_optimizer_setting_changes_the_update(changed):
+    base = OptimConfig(lr=1e-3, weight_decay=0.0, warmup_steps=10)
+    other = OptimConfig(**{**base.__dict__, **changed})
+    a, b = _train_one_step(base), _train_one_step(other)
+    assert any(not torch.equal(a[k], b[k]) for k in a), changed
+
+
+def test_pos_weight_changes_the_update():
+    base = OptimConfig(lr=1e-2, weight_decay=0.0, warmup_steps=0)
+    a, b = _train_one_step(base), _train_one_step(base, pos_weight=True)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_weight_decay_reaches_weights_but_skips_biases_and_norms():
+    _, trainer = _fit_one_step(OptimConfig(weight_decay=0.3))
+    groups = trainer.optimizers[0].param_groups
+    assert groups[0]["weight_decay"] == 0.3 and all(p.dim() >= 2 for p in groups[0]["params"])
+    assert groups[1]["weight_decay"] == 0.0 and all(p.dim() < 2 for p in groups[1]["params"])
+
+
+def test_constant_prior_bce_by_hand():
+    assert constant_prior_bce(0.2, 0.2) == pytest.approx(-(0.2 * math.log(0.2) + 0.8 * math.log(0.8)))
+    assert constant_prior_bce(0.5, 0.2) > constant_prior_bce(0.5, 0.5)
+
+
+def test_collapse_is_flagged_for_constant_predictions_and_not_for_a_real_signal():
+    target = torch.tensor([1.0, 0, 0, 0, 1, 0, 0, 0, 0, 0])
+    collapsed = StageMetrics("val")
+    probs = torch.full((10,), 0.2)
+    collapsed.update(torch.nn.functional.binary_cross_entropy(probs, target), probs, target)
+    values = collapsed.compute(train_prior=0.2)
+    assert values["val/pred_std"] == 0 and values["val/collapsed"] == 1.0
+    informative = StageMetrics("val")
+    probs = torch.where(target > 0, 0.7, 0.1)
+    informative.update(torch.nn.functional.binary_cross_entropy(probs, target), probs, target)
+    values = informative.compute(train_prior=0.2)
+    assert values["val/collapsed"] == 0.0 and values["val/auroc"] == 1.0
+    assert values["val/brier"] == pytest.approx(((probs - target) ** 2).mean())
+    assert values["val/pred_pos_share"] == pytest.approx(0.2)
+
+
+def test_the_2m_config_is_about_two_million_parameters():
+    net = yaml.safe_load((ROOT / "configs" / "2M.yaml").read_text())["model"]["net"]
+    assert abs(count_parameters(25, 80, PatchTSTConfig(**net)) - 2e6) / 2e6 < 0.05

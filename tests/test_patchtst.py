@@ -1,0 +1,87 @@
+"""The pure-torch network: shapes, logits, channel modes, validation, exact size and FLOPs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from lightning_modules.accounting import count_parameters, forward_flops_per_sample
+from lightning_modules.patchtst import PatchTST, PatchTSTConfig
+
+SMALL = {"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64}
+
+
+@pytest.mark.parametrize("channel_mode", ["mixing", "independent"])
+@pytest.mark.parametrize("revin", [False, True])
+def test_windows_in_one_logit_out(channel_mode, revin):
+    net = PatchTST(25, 80, PatchTSTConfig(**SMALL, channel_mode=channel_mode, revin=revin))
+    assert net.n_patches == 9  # (80 − 16) // 8 + 1
+    logits = net(torch.randn(7, 80, 25) * 5)
+    assert logits.shape == (7,) and logits.dtype == torch.float32
+    assert not any(isinstance(m, torch.nn.Sigmoid) for m in net.modules())
+
+
+def test_outputs_are_logits_not_probabilities():
+    torch.manual_seed(0)
+    net = PatchTST(3, 32, PatchTSTConfig(**SMALL, patch_length=8, patch_stride=4))
+    with torch.no_grad():
+        net.head.bias.fill_(-3.0)
+        assert (net(torch.randn(16, 32, 3)) < 0).all()  # a sigmoid could never be negative
+
+
+def test_channel_independent_mode_is_blind_to_channel_order_and_mixing_is_not():
+    torch.manual_seed(0)
+    x = torch.randn(4, 80, 6)
+    perm = torch.tensor([3, 1, 5, 0, 2, 4])
+    for mode, invariant in (("independent", True), ("mixing", False)):
+        net = PatchTST(6, 80, PatchTSTConfig(**SMALL, channel_mode=mode, dropout=0, attn_dropout=0, head_dropout=0))
+        net.eval()
+        same = torch.allclose(net(x), net(x[:, :, perm]), atol=1e-5)
+        assert same is invariant, mode
+
+
+def test_dropout_is_active_only_in_training():
+    torch.manual_seed(0)
+    net = PatchTST(5, 40, PatchTSTConfig(**SMALL, patch_length=8, patch_stride=8, dropout=0.5, attn_dropout=0.5))
+    x = torch.randn(8, 40, 5)
+    net.train()
+    assert not torch.equal(net(x), net(x))
+    net.eval()
+    assert torch.equal(net(x), net(x))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"d_model": 30, "n_heads": 4}, "d_model 30 is not divisible by n_heads 4"),
+        ({"dropout": 1.0}, "dropout must be in"),
+        ({"channel_mode": "both"}, "channel_mode must be one of"),
+        ({"n_layers": 0}, "n_layers must be ≥ 1"),
+    ],
+)
+def test_config_validates_itself(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PatchTSTConfig(**{**SMALL, **kwargs})
+
+
+def test_patch_longer_than_context_is_refused():
+    with pytest.raises(ValueError, match="patch_length 16 > context_length 12"):
+        PatchTST(5, 12, PatchTSTConfig(**SMALL))
+
+
+@pytest.mark.parametrize("channel_mode", ["mixing", "independent"])
+def test_meta_parameter_count_is_exact(channel_mode):
+    cfg = PatchTSTConfig(**SMALL, channel_mode=channel_mode, revin=True)
+    assert count_parameters(25, 80, cfg) == sum(p.numel() for p in PatchTST(25, 80, cfg).parameters())
+
+
+@pytest.mark.parametrize("channel_mode", ["mixing", "independent"])
+def test_analytic_flops_match_torch_flop_counter(channel_mode):
+    cfg = PatchTSTConfig(**SMALL, channel_mode=channel_mode)
+    net = PatchTST(25, 80, cfg).eval()
+    # the math backend runs attention as matmuls the counter sees (it does not count CPU flash attention)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.randn(1, 80, 25))
+    assert forward_flops_per_sample(25, 80, cfg) == counter.get_total_flops()
