@@ -78,8 +78,16 @@ def test_same_seed_gives_identical_validation_metrics(tiny_run, tmp_path):
         assert [e.value for e in first.Scalars(tag)] == [e.value for e in second.Scalars(tag)], tag
 
 
-def test_a_different_seed_changes_the_run(tiny_run, tmp_path):
-    other = fit(tmp_path / "logs", "--seed_everything", "1")
+def test_overrides_reach_labels_splits_and_the_record(tiny_run, tmp_path):
+    other = fit(tmp_path / "logs", "--seed_everything", "1", "--data.horizon", "3")
+    assert other.name.endswith("-h3-s1")
+    record = json.loads((other / "run.json").read_text())
+    assert record["seed"] == 1 and record["splits"]["train"]["last"] == "2014-12-26"  # purged 3 days before val
+    content = events(other).PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    assert (
+        plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams["data.horizon"].number_value
+        == 3
+    )
     assert [e.value for e in events(tiny_run).Scalars("val/loss")] != [
         e.value for e in events(other).Scalars("val/loss")
     ]
