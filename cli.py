@@ -4,6 +4,7 @@ python cli.py fit      --config configs/2M.yaml [--data.horizon 3] [--trainer.ma
 python cli.py validate --config configs/2M.yaml --ckpt_path logs/2M/<run>/checkpoints/best-….ckpt
 python cli.py test     --config configs/2M.yaml --ckpt_path …      (the only way to test metrics)
 python cli.py predict  --config configs/2M.yaml --ckpt_path …      (predictions.csv)
+python cli.py summary  --config configs/2B.yaml                     (size, FLOPs, memory; no allocation)
 python cli.py data     build | verify | list | import | download
 """
 
@@ -19,13 +20,13 @@ from pathlib import Path
 from datamodules.errors import DataError
 from datamodules.features import TIERS
 from datamodules.sources import DATA_DIR
+from lightning_modules.sizing import MemoryPreflightError, preflight
 
 
 class ConfigError(ValueError):
     """An impossible or unknown configuration value."""
 
 
-USER_ERRORS = (DataError, ConfigError)  # one line on stderr, exit code 2, no traceback
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
 
@@ -71,24 +72,17 @@ def data_main(argv: list[str]) -> int:
     return commands.download_ticker(args.ticker, args.symbol, args.data_dir)
 
 
-def trainer_main(argv: list[str]) -> int:
+def _cli_class():
+    """FinscaleCLI: LightningCLI with data→model links, the memory pre-flight and run naming."""
     from lightning.pytorch.cli import LightningCLI
-
-    from callbacks.prediction_writer import PredictionWriter
-    from callbacks.run_record import RunRecordCallback
-    from callbacks.throughput import ThroughputCallback
-    from datamodules.market_datamodule import MarketDataModule
-    from lightning_modules.forecaster import Forecaster
-
-    logging.getLogger("lightning").handlers.clear()  # its stderr handler would double every line; root prints
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own deprecation noise
 
     class FinscaleCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
+            limit_help = "memory the pre-flight may plan for (e.g. 16GB); default: what the device has free"
+            parser.add_argument("--memory_limit", type=str | None, default=None, help=limit_help)
             parser.link_arguments("data.context_length", "model.context_length")
-            parser.link_arguments(
-                "data", "model.n_channels", compute_fn=lambda dm: dm.n_channels, apply_on="instantiate"
-            )
+            channels = lambda dm: dm.n_channels  # noqa: E731 - known from the manifest, before any data is read
+            parser.link_arguments("data", "model.n_channels", compute_fn=channels, apply_on="instantiate")
 
         def parse_arguments(self, parser, args) -> None:
             try:
@@ -97,7 +91,11 @@ def trainer_main(argv: list[str]) -> int:
                 raise ConfigError(_one_line(err)) from None
 
         def before_instantiate_classes(self) -> None:
-            name_run(self.subcommand, self.config[self.subcommand])
+            config = self.config[self.subcommand]
+            if self.subcommand == "fit":
+                size, available, where = size_from_config(config)
+                preflight(size, available, where)  # before the model is allocated
+            name_run(self.subcommand, config)
 
         def instantiate_classes(self) -> None:
             try:
@@ -105,15 +103,99 @@ def trainer_main(argv: list[str]) -> int:
             except (ValueError, TypeError) as err:
                 raise _root_data_error(err) or ConfigError(_one_line(err)) from None
 
-    FinscaleCLI(
-        Forecaster,
-        MarketDataModule,
-        args=None if argv == sys.argv[1:] else argv,  # LightningCLI warns when both are given
-        parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
-        trainer_defaults={"callbacks": [RunRecordCallback(), ThroughputCallback(), PredictionWriter()]},
-        auto_configure_optimizers=False,
-    )
+    return FinscaleCLI
+
+
+def _trainer_defaults() -> dict:
+    from callbacks.prediction_writer import PredictionWriter
+    from callbacks.run_record import RunRecordCallback
+    from callbacks.throughput import ThroughputCallback
+
+    return {"callbacks": [RunRecordCallback(), ThroughputCallback(), PredictionWriter()]}
+
+
+def _quiet_lightning() -> None:
+    logging.getLogger("lightning").handlers.clear()  # its stderr handler would double every line; root prints
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own deprecation noise
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # we pass argv on purpose
+
+
+PARSER_KWARGS = {"parser_mode": "omegaconf", "exit_on_error": False}
+
+
+def trainer_main(argv: list[str]) -> int:
+    from datamodules.market_datamodule import MarketDataModule
+    from lightning_modules.forecaster import Forecaster, TrainingDiverged
+
+    _quiet_lightning()
+    try:
+        _cli_class()(
+            Forecaster,
+            MarketDataModule,
+            args=argv,
+            parser_kwargs=PARSER_KWARGS,
+            trainer_defaults=_trainer_defaults(),
+            auto_configure_optimizers=False,
+        )
+    except TrainingDiverged as err:
+        print(f"error: training diverged: {err}", file=sys.stderr)
+        return 1
     return 0
+
+
+def summary_main(argv: list[str]) -> int:
+    """`cli.py summary --config …`: parse the fit config (overrides included), size it, allocate nothing."""
+    from rich.console import Console
+
+    from datamodules.market_datamodule import MarketDataModule
+    from lightning_modules.forecaster import Forecaster
+    from lightning_modules.sizing import summary_table
+
+    _quiet_lightning()
+
+    class SummaryCLI(_cli_class()):
+        def before_instantiate_classes(self) -> None:
+            size, available, where = size_from_config(self.config)
+            title = f"{argv[argv.index('--config') + 1] if '--config' in argv else 'config'}: {size.budget} budget"
+            Console(width=None if sys.stdout.isatty() else 150).print(summary_table(size, available, where, title))
+
+        def instantiate_classes(self) -> None:  # nothing is built
+            pass
+
+    SummaryCLI(Forecaster, MarketDataModule, args=argv, run=False, auto_configure_optimizers=False,
+               parser_kwargs=PARSER_KWARGS, seed_everything_default=False)  # fmt: skip
+    return 0
+
+
+def size_from_config(config):
+    """RunSize, available bytes and device name for a parsed fit config, without building anything."""
+    import torch
+
+    from datamodules.market_datamodule import input_columns
+    from lightning_modules.memory import available_memory, parse_bytes
+    from lightning_modules.patchtst import PatchTSTConfig
+    from lightning_modules.sizing import size_run
+
+    data, trainer = config.data, config.trainer
+    n_channels = len(input_columns(data.dataset, data.version, data.features, data.data_dir))
+    gpu = str(trainer.accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    devices = trainer.devices
+    count = (torch.cuda.device_count() if gpu else 1) if devices in ("auto", -1, "-1") else devices
+    count = len(count) if isinstance(count, list) else int(count)
+    shards = count if "fsdp" in str(trainer.strategy).lower() else 1
+    precision = str(trainer.precision or "32-true")
+    try:
+        cfg = PatchTSTConfig(**dict(vars(config.model.net)))
+        memory_limit = parse_bytes(config.memory_limit) if config.get("memory_limit") else None
+        size = size_run(
+            n_channels, data.context_length, cfg, precision, data.batch_size, shards, "cuda" if gpu else "cpu"
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(_one_line(err)) from None
+    available, where = available_memory("auto" if gpu else "cpu")
+    if memory_limit is not None:
+        available, where = memory_limit, f"{where} (--memory_limit)"
+    return size, available, where
 
 
 def _root_data_error(err: BaseException | None) -> DataError | None:
@@ -151,7 +233,7 @@ def name_run(subcommand: str, config) -> None:
         args.version = args.version or f"{subcommand}-{stamp}"
 
 
-COMMANDS = {"data": data_main, **dict.fromkeys(TRAINER_COMMANDS, None)}
+COMMANDS = {"data": data_main, "summary": None, **dict.fromkeys(TRAINER_COMMANDS, None)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,8 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # stderr: errors only
     try:
-        return data_main(argv[1:]) if argv[0] == "data" else trainer_main(argv)
-    except USER_ERRORS as err:
+        if argv[0] == "data":
+            return data_main(argv[1:])
+        return summary_main(argv[1:]) if argv[0] == "summary" else trainer_main(argv)
+    except (DataError, ConfigError, MemoryPreflightError) as err:  # user errors: one line, exit 2
         print(f"error: {err}", file=sys.stderr)
         return 2
 

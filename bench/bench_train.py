@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -24,10 +25,8 @@ sys.path.insert(0, str(ROOT))
 from lightning_modules.accounting import count_parameters, training_flops_per_sample  # noqa: E402
 from lightning_modules.patchtst import PatchTST, PatchTSTConfig  # noqa: E402
 
-GEOMETRIES = {
-    "2M": PatchTSTConfig(d_model=160, n_heads=4, n_layers=6, d_ff=640),
-    "20M": PatchTSTConfig(d_model=512, n_heads=8, n_layers=6, d_ff=2048),
-}
+GEOMETRIES = {name: PatchTSTConfig(**yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())["model"]["net"])
+              for name in ("2M", "20M")}  # fmt: skip
 C, L = 25, 80
 
 

@@ -9,6 +9,7 @@ at fit end it writes the precision-recall curve of the best epoch and the final 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -22,6 +23,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
+log = logging.getLogger(__name__)
 BEST_METRICS = ("loss", "auroc", "ap", "brier", "accuracy", "pred_std", "prior_bce", "collapsed")
 REPO = Path(__file__).resolve().parent.parent
 
@@ -94,6 +96,8 @@ class RunRecordCallback(pl.Callback):
         params.update({
             "run.n_params": identity["n_params"], "run.seed": identity["seed"],
             "run.git_commit": identity["git_commit"],
+            "run.forward_flops_per_sample": identity["forward_flops_per_sample"] or 0,
+            "run.train_flops_per_sample": identity["train_flops_per_sample"] or 0,
             "run.dataset_hash": (identity["dataset"] or {}).get("hash", ""),
             "trainer.max_epochs": trainer.max_epochs or -1, "trainer.precision": str(trainer.precision),
             "trainer.accumulate_grad_batches": trainer.accumulate_grad_batches,
@@ -113,6 +117,9 @@ class RunRecordCallback(pl.Callback):
             self.monitor, self.mode = checkpoint.monitor, checkpoint.mode
         self.record = {**run_identity(trainer, pl_module), "monitor": self.monitor, "mode": self.mode}
         self._write(trainer)
+        log.info("model: %s parameters, %.1f MFLOP forward and %.1f MFLOP training per sample; run %s",
+                 f"{self.record['n_params']:,}", (self.record["forward_flops_per_sample"] or 0) / 1e6,
+                 (self.record["train_flops_per_sample"] or 0) / 1e6, trainer.log_dir)  # fmt: skip
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
                 metrics = {f"best/val_{name}": 0.0 for name in BEST_METRICS} | {"best/epoch": 0.0}

@@ -38,6 +38,13 @@ STAGES_FOR = {
 }
 
 
+def input_columns(dataset: str, version: int, features: list[str] | None, data_dir: Path | str | None) -> list[str]:
+    """The configured input channels, or the tier's list: known without reading any data."""
+    if features:
+        return list(features)
+    return TIERS[Manifest(Path(data_dir) if data_dir else DATA_DIR, PROCESSED).get(dataset, version).tier]
+
+
 class WindowDataset(Dataset):
     """Sliding windows x[t-L+1..t] (L, C) with label y[t], for the given end indices t."""
 
@@ -112,9 +119,7 @@ class MarketDataModule(pl.LightningDataModule):
     @property
     def columns(self) -> list[str]:
         """Input channels in order (reads the manifest only)."""
-        if self.features:
-            return self.features
-        return TIERS[Manifest(self.data_dir, PROCESSED).get(self.dataset, self.version).tier]
+        return input_columns(self.dataset, self.version, self.features, self.data_dir)
 
     @property
     def n_channels(self) -> int:

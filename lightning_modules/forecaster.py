@@ -10,10 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from lightning_modules.accounting import count_parameters, forward_flops_per_sample, training_flops_per_sample
-from lightning_modules.metrics import StageMetrics
+from lightning_modules.metrics import StageMetrics, constant_prior_bce
 from lightning_modules.patchtst import PatchTST, PatchTSTConfig
 
 STAGES = ("train", "val", "test")
+DIVERGENCE_FACTOR = 10.0  # an epoch's training BCE this many times the constant-prior BCE: diverged
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss became non-finite or exploded; the message says where (LESSONS #14)."""
 
 
 @dataclass
@@ -100,6 +105,11 @@ class Forecaster(pl.LightningModule):
         if stage == "train" and self.hparams.pos_weight:
             weight = ((1 - self.train_prior) / self.train_prior).to(logits.dtype)
             loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=weight)
+        if stage == "train" and not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, step {self.global_step}, "
+                f"lr {self.optimizers().param_groups[0]['lr']:.3g}: lower model.optim.lr or raise warmup_steps"
+            )
         probs = torch.sigmoid(logits.detach().float())  # the one sigmoid (LESSONS #7)
         self.stage_metrics[f"{stage}_metrics"].update(bce, probs, y)
         if stage != "train":
@@ -108,8 +118,6 @@ class Forecaster(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train")
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
@@ -134,7 +142,15 @@ class Forecaster(pl.LightningModule):
             self._outputs[stage].clear()
 
     def on_train_epoch_end(self) -> None:
+        metrics = self.stage_metrics["train_metrics"]
+        loss = float(metrics.loss.compute()) if metrics.loss.update_count else 0.0
         self._epoch_end("train")
+        prior = float(constant_prior_bce(float(self.train_prior), float(self.train_prior)))
+        if loss > DIVERGENCE_FACTOR * prior:
+            raise TrainingDiverged(
+                f"training loss {loss:.3g} at epoch {self.current_epoch} is over {DIVERGENCE_FACTOR:g}× the "
+                f"constant-prior BCE {prior:.3f}: diverged; lower model.optim.lr or raise warmup_steps"
+            )
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")

@@ -63,6 +63,10 @@ def test_tensorboard_shows_scalars_hparams_with_best_metrics_and_a_pr_curve(tiny
         m.name.tag for m in experiment.metric_infos
     }
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert (
+        session.hparams["run.n_params"].number_value > 0
+        and session.hparams["run.train_flops_per_sample"].number_value > 0
+    )
     assert session.hparams["data.horizon"].number_value == 1
     assert session.hparams["model.net.d_model"].number_value == 32
     assert session.hparams["run.dataset_hash"].string_value.startswith("sha256:")
@@ -127,6 +131,15 @@ def test_impossible_configs_stop_before_anything_is_created(tmp_path, override, 
     )
     assert_user_error(result, fragment)
     assert not logs.exists()
+
+
+def test_a_diverging_run_ends_with_one_line_and_exit_1(tmp_path):
+    explode = ["--model.optim.lr", "1000", "--model.optim.warmup_steps", "0", "--trainer.gradient_clip_val", "0"]
+    result = run_cli(
+        "fit", "--config", "configs/tiny.yaml", *explode, "--trainer.logger.init_args.save_dir", str(tmp_path)
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: training diverged: ")
 
 
 def test_test_needs_a_checkpoint():

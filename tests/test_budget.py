@@ -1,0 +1,82 @@
+"""Parameter budgets: exact counts, the grid, its extremes, the balanced shapes and the shipped configs."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from lightning_modules.accounting import count_parameters
+from lightning_modules.budget import (
+    BUDGETS,
+    D_MODELS,
+    FF_RATIOS,
+    N_LAYERS,
+    balanced,
+    default_heads,
+    extremes,
+    grid,
+    head_choices,
+    parameter_count,
+)
+from lightning_modules.patchtst import PatchTST, PatchTSTConfig
+
+
+@pytest.mark.parametrize(
+    ("mode", "revin", "d_model", "n_layers", "d_ff", "patch"),
+    list(itertools.product(["mixing", "independent"], [False, True], [16, 48], [1, 3], [32, 80], [(16, 8), (10, 3)])),
+)
+def test_closed_form_meta_and_real_counts_agree(mode, revin, d_model, n_layers, d_ff, patch):
+    cfg = PatchTSTConfig(d_model=d_model, n_heads=4, n_layers=n_layers, d_ff=d_ff, channel_mode=mode, revin=revin,
+                         patch_length=patch[0], patch_stride=patch[1])  # fmt: skip
+    real = sum(p.numel() for p in PatchTST(7, 64, cfg).parameters())
+    assert parameter_count(7, 64, cfg) == count_parameters(7, 64, cfg) == real
+
+
+@pytest.mark.parametrize("budget", list(BUDGETS.values()))
+def test_grid_holds_every_shape_within_25_percent_once_sorted(budget):
+    shapes = grid(budget, 25, 80)
+    assert len(shapes) == len(set(shapes)) > 10
+    assert [s.n_params for s in shapes] == sorted(s.n_params for s in shapes)
+    for s in shapes:
+        assert 0.75 * budget <= s.n_params <= 1.25 * budget
+        assert s.d_model in D_MODELS and s.n_layers in N_LAYERS and s.ff_ratio in FF_RATIOS
+    # complete: the neighbours of a shape in depth are in the grid whenever they are in range
+    for s in shapes[:: max(1, len(shapes) // 20)]:
+        for layers in (s.n_layers - 1, s.n_layers + 1):
+            if layers in N_LAYERS:
+                cfg = PatchTSTConfig(d_model=s.d_model, n_heads=1, n_layers=layers, d_ff=s.d_ff)
+                inside = 0.75 * budget <= parameter_count(25, 80, cfg) <= 1.25 * budget
+                assert inside == any(
+                    (t.d_model, t.n_layers, t.ff_ratio) == (s.d_model, layers, s.ff_ratio) for t in shapes
+                )
+
+
+@pytest.mark.parametrize("budget", list(BUDGETS.values()))
+def test_named_extremes_exist_in_the_grid(budget):
+    shapes = grid(budget, 25, 80)
+    corners = extremes(shapes)
+    assert set(corners) == {"min_width", "max_width", "min_depth", "max_depth", "min_heads", "max_heads"}
+    for shape, heads in corners.values():
+        assert shape in shapes and heads in head_choices(shape.d_model)
+    assert corners["min_width"][0].d_model == min(s.d_model for s in shapes)
+    assert corners["max_depth"][0].n_layers == max(s.n_layers for s in shapes)
+    assert corners["max_heads"][1] == max(max(head_choices(s.d_model)) for s in shapes)
+
+
+def test_head_choices_divide_the_width():
+    assert head_choices(64) == [1, 2, 4]
+    assert head_choices(448) == [1, 2, 4, 8, 16]
+    assert all(192 % h == 0 and 192 // h >= 16 for h in head_choices(192))
+
+
+@pytest.mark.parametrize("name", list(BUDGETS))
+def test_shipped_budget_configs_are_the_balanced_shapes_within_5_percent(name):
+    net = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())["model"]["net"]
+    cfg = PatchTSTConfig(**net)
+    shape = balanced(BUDGETS[name], 25, 80)
+    assert (cfg.d_model, cfg.n_layers, cfg.d_ff) == (shape.d_model, shape.n_layers, shape.d_ff)
+    assert cfg.n_heads == default_heads(cfg.d_model)
+    assert abs(parameter_count(25, 80, cfg) / BUDGETS[name] - 1) <= 0.05
