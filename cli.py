@@ -135,6 +135,7 @@ def trainer_main(argv: list[str]) -> int:
             args=argv,
             parser_kwargs=PARSER_KWARGS,
             trainer_defaults=_trainer_defaults(),
+            save_config_kwargs={"overwrite": True},  # a resumed run records the command that resumed it
             auto_configure_optimizers=False,
         )
     except TrainingDiverged as err:
@@ -213,24 +214,39 @@ def _one_line(err: BaseException) -> str:
 
 
 def name_run(subcommand: str, config) -> None:
-    """Give the TensorBoard run a name before anything is created: fit → logs/<experiment>/<timestamp>;
-    validate/test/predict of a checkpoint inside logs/<experiment>/<run>/checkpoints/ → a sub-folder of that run."""
+    """Place the run before anything is created. fit → logs/<experiment>/<time>-h<h>-s<seed>; fit resuming a
+    checkpoint of a run → that run; validate/test/predict of a run's checkpoint → a sub-folder of that run.
+    `--ckpt_path last` means the newest last.ckpt of the experiment."""
     if subcommand != "fit" and not config.get("ckpt_path"):
         raise ConfigError(f"{subcommand} needs --ckpt_path (a checkpoint written by fit)")
     logger = config.trainer.get("logger")
     if not hasattr(logger, "init_args") or not str(logger.class_path).endswith("TensorBoardLogger"):
         return
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     args = logger.init_args
+    experiment = Path(args.save_dir or "logs") / (args.name or "")
+    if config.get("ckpt_path") == "last":
+        config.ckpt_path = str(_newest_last_checkpoint(experiment))
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     checkpoint = Path(config.get("ckpt_path") or "")
-    if subcommand == "fit":
-        args.version = args.version or f"{stamp}-h{config.data.horizon}-s{config.seed_everything}"
-    elif checkpoint.parent.name == "checkpoints":
-        run_dir = checkpoint.parent.parent
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+    if run_dir is not None:
         args.save_dir, args.name, args.version = str(run_dir.parent.parent), run_dir.parent.name, run_dir.name
-        args.sub_dir = f"{subcommand}-{stamp}"
-    else:
-        args.version = args.version or f"{subcommand}-{stamp}"
+        if subcommand != "fit":
+            args.sub_dir = f"{subcommand}-{stamp}"
+    elif subcommand == "fit" and not args.version:
+        base = f"{stamp}-h{config.data.horizon}-s{config.seed_everything}"
+        args.version = next(
+            v for v in (base, *(f"{base}-{i}" for i in range(2, 1000))) if not (experiment / v).exists()
+        )
+    elif not args.version:
+        args.version = f"{subcommand}-{stamp}"
+
+
+def _newest_last_checkpoint(experiment: Path) -> Path:
+    candidates = sorted(experiment.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise ConfigError(f"--ckpt_path last: no {experiment}/<run>/checkpoints/last.ckpt to resume")
+    return candidates[-1]
 
 
 COMMANDS = {"data": data_main, "summary": None, **dict.fromkeys(TRAINER_COMMANDS, None)}

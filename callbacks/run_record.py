@@ -106,8 +106,9 @@ class RunRecordCallback(pl.Callback):
         return params
 
     def _write(self, trainer: pl.Trainer) -> None:
-        if trainer.is_global_zero and trainer.log_dir:
-            path = Path(trainer.log_dir) / "run.json"
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
+        if trainer.is_global_zero and log_dir:
+            path = Path(log_dir) / "run.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(self.record, indent=2) + "\n")
 

@@ -105,6 +105,8 @@ class Forecaster(pl.LightningModule):
         if stage == "train" and self.hparams.pos_weight:
             weight = ((1 - self.train_prior) / self.train_prior).to(logits.dtype)
             loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=weight)
+        if stage == "train":
+            loss = loss * self._accumulation_weight(len(y))
         if stage == "train" and not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, step {self.global_step}, "
@@ -116,7 +118,26 @@ class Forecaster(pl.LightningModule):
             self._outputs[stage].append((probs.cpu(), y.detach().cpu()))
         return loss
 
+    def on_train_epoch_start(self) -> None:
+        loader = self.trainer.train_dataloader
+        self._epoch_samples = len(loader.sampler) if loader is not None else 0  # this rank's samples
+        self._micro_batch = loader.batch_size if loader is not None else 0
+        self._batch_idx = 0
+
+    def _accumulation_weight(self, n: int) -> float:
+        """Scale a micro-batch's mean loss so an accumulated step equals one step on all its samples.
+
+        Lightning divides each micro-batch loss by A; this restores each sample's 1/window weight, also in
+        the last, partial window of an epoch (where a plain division by A would over-weight the samples)."""
+        a = self.trainer.accumulate_grad_batches if self._trainer else 1
+        if a == 1 or not getattr(self, "_epoch_samples", 0):
+            return 1.0
+        start = (self._batch_idx // a) * a * self._micro_batch
+        window = min(self._epoch_samples, start + a * self._micro_batch) - start
+        return n * a / window
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        self._batch_idx = batch_idx
         loss = self._step(batch, "train")
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)

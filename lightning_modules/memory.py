@@ -127,30 +127,38 @@ def parse_bytes(value: str | int | float) -> int:
     return int(number * base ** " KMGT".index(unit or " "))
 
 
+def reset_peak(device: torch.device) -> int:
+    """Start a new peak window; return the current level (CUDA: allocated bytes; CPU: resident set)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    return _status_bytes("VmRSS")
+
+
+def read_peak(device: torch.device) -> int:
+    """Highest level since the last reset_peak (CUDA: allocator peak; CPU: VmHWM)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+    return _status_bytes("VmHWM")
+
+
 class PeakMemory:
     """Peak memory above the level at entry. CUDA: the allocator's peak. CPU: the process's peak resident
     set (VmHWM), reset at entry through /proc/self/clear_refs, so it counts every allocator and buffer."""
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
-        self.peak = 0
+        self.base = self.peak = 0
 
     def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-        else:
-            Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-            self.base = _status_bytes("VmRSS")
+        self.base = reset_peak(self.device)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
-        else:
-            self.peak = _status_bytes("VmHWM") - self.base
+        self.peak = read_peak(self.device) - self.base
 
 
 def _status_bytes(field: str) -> int:

@@ -52,7 +52,18 @@ def test_run_directory_holds_config_checkpoints_events_and_record(tiny_run):
 def test_tensorboard_shows_scalars_hparams_with_best_metrics_and_a_pr_curve(tiny_run):
     acc = events(tiny_run)
     scalars = set(acc.Tags()["scalars"])
-    expected = {"train/loss", "train/lr", "perf/samples_per_s", "best/val_loss", "best/val_auroc"}
+    expected = {
+        "train/loss",
+        "train/lr",
+        "perf/samples_per_s",
+        "best/val_loss",
+        "best/val_auroc",
+        "batch/micro_batch",
+        "batch/accumulate",
+        "memory/predicted_peak_bytes",
+        "memory/peak_bytes",
+        "perf/model_flops_per_s",
+    }
     expected |= {f"val/{name}" for name in ("loss", "auroc", "ap", "brier", "pred_std", "pred_pos_share", "prior_bce")}
     assert expected <= scalars, expected - scalars
     assert "hp_metric" not in scalars
@@ -103,6 +114,9 @@ def test_validate_test_and_predict_from_the_best_checkpoint(tiny_run):
     for command in ("validate", "test", "predict"):
         result = run_cli(command, "--config", "configs/tiny.yaml", "--ckpt_path", best)
         assert result.returncode == 0, result.stderr[-3000:]
+    (validate_dir,) = tiny_run.glob("validate-*")
+    best_loss = json.loads((tiny_run / "run.json").read_text())["best"]["val_loss"]
+    assert events(validate_dir).Scalars("val/loss")[-1].value == pytest.approx(best_loss, rel=1e-5)  # best, not last
     (test_dir,) = tiny_run.glob("test-*")
     record = json.loads((test_dir / "run.json").read_text())
     assert {"test/loss", "test/auroc", "test/ap", "test/brier"} <= set(record["test"])

@@ -68,7 +68,10 @@ def test_precisions_cost_what_they_should():
         precision_bytes("fp8")
 
 
-SUMMARY_RSS = "import resource, sys, cli; rc = cli.main(sys.argv[1:]); print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"  # noqa: E501
+SUMMARY_RSS = (
+    "import resource, sys; sys.path.insert(0, '.'); import cli; rc = cli.main(sys.argv[1:]); "
+    "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
+)
 
 
 @pytest.mark.parametrize(("config", "params"), [("2M", "2,036,609"), ("20M", "19,502,785"), ("200M", "201,970,689"),

@@ -1,0 +1,158 @@
+"""MemoryAwareBatchFinder: the largest micro-batch that fits, and accumulation for the effective batch.
+
+Probes real training steps (forward, backward, optimizer step) at growing micro-batches, measures the
+peak memory of each (CUDA: the caching allocator's peak; CPU: the process's peak resident set, VmHWM,
+because torch's CPU allocator keeps no peak statistics and RSS is what the kernel's OOM killer judges),
+fits peak ≈ fixed + per_sample · b, and picks the largest b whose predicted peak stays under the limit.
+It never probes a size its fit predicts will not fit (so it never relies on an out-of-memory error,
+which on CPU is the kernel killing the process), then restores model, optimizer, scheduler and RNG
+state exactly, in memory: nothing is written to disk. Under DDP every rank probes; all use the minimum.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from lightning_modules.memory import available_memory, parse_bytes, read_peak, reset_peak
+
+log = logging.getLogger(__name__)
+PROBE_STEPS = 2  # steps per probed size: the second runs with the optimizer state and reused buffers in place
+# predicted peak × (1 + headroom) must fit. Real steps add metrics, logging and loader buffers; on CPU the
+# resident set also carries malloc fragmentation that a probe cannot see (measured: real peaks 0–24% above
+# the prediction, bench/RESULTS.md). The CUDA caching allocator's peak is close to what the probe sees.
+HEADROOM = {"cpu": 0.25, "cuda": 0.1}
+
+
+class MemoryAwareBatchFinder(pl.Callback):
+    """Sets `datamodule.batch_size` (micro-batch M) and `trainer.accumulate_grad_batches` (A = ⌈E / M⌉)."""
+
+    def __init__(self, effective_batch_size: int = 256, limit: float | str = 0.8, enabled: bool = True,
+                 max_micro_batch: int | None = None):  # fmt: skip
+        """
+        Args:
+            effective_batch_size: samples per optimizer step (E), kept whatever the micro-batch.
+            limit: the most a training step may add to memory: a fraction of what the device has free at
+                start (0.8) or a size ("6GB", bytes).
+            enabled: False uses the datamodule's batch_size as the micro-batch (accumulation still set).
+            max_micro_batch: upper bound on the micro-batch (default: E).
+        """
+        if effective_batch_size < 1:
+            raise ValueError(f"effective_batch_size must be ≥ 1, got {effective_batch_size}")
+        if isinstance(limit, int | float) and not 0 < limit <= 1 and limit < 1024:
+            raise ValueError(f"limit must be a fraction in (0, 1] or a size like '6GB', got {limit}")
+        self.effective, self.limit_spec, self.enabled = effective_batch_size, limit, enabled
+        self.max_micro = max_micro_batch or effective_batch_size
+        self.probes: list[tuple[int, int]] = []  # (micro-batch, measured peak increase in bytes)
+        self.micro_batch = self.accumulate = 0
+        self.predicted = self.limit = self.start_level = 0
+        self.headroom = HEADROOM["cpu"]
+
+    def _limit_bytes(self, device: torch.device) -> int:
+        if isinstance(self.limit_spec, str) or self.limit_spec > 1:
+            return parse_bytes(self.limit_spec)
+        free, _ = available_memory("cuda" if device.type == "cuda" else "cpu")
+        return int(self.limit_spec * free)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        dm = trainer.datamodule
+        if self.enabled:
+            self.limit = self._limit_bytes(pl_module.device)
+            micro = self._search(trainer, pl_module)
+            micro = int(trainer.strategy.reduce(torch.tensor(micro, device=pl_module.device), reduce_op="min"))
+        else:
+            micro = dm.batch_size
+        self.micro_batch = max(1, min(micro, self.effective))
+        self.accumulate = math.ceil(self.effective / self.micro_batch)
+        dm.batch_size = self.micro_batch
+        trainer.accumulate_grad_batches = self.accumulate
+        mb = 2**20
+        say = log.info if trainer.is_global_zero else log.debug
+        say("batch=%dx%d (effective %d); predicted step peak +%.0f MB of a %.0f MB limit", self.micro_batch,
+                 self.accumulate, self.micro_batch * self.accumulate, self.predicted / mb, self.limit / mb)  # fmt: skip
+        predicted = self.start_level + self.predicted
+        metrics = {"batch/micro_batch": self.micro_batch, "batch/accumulate": self.accumulate,
+                   "memory/predicted_peak_bytes": predicted, "memory/limit_bytes": self.limit}  # fmt: skip
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=0)
+
+    def fit_line(self) -> tuple[float, float]:
+        """Least squares of peak = fixed + per_sample · b over the probes (the larger half when there are many)."""
+        points = self.probes[len(self.probes) // 2 - 1 :] if len(self.probes) > 3 else self.probes
+        b = np.array([p[0] for p in points], dtype=float)
+        m = np.array([p[1] for p in points], dtype=float)
+        per_sample, fixed = np.polyfit(b, m, 1) if len(points) > 1 else (m[0] / b[0], 0.0)
+        return float(fixed), max(float(per_sample), 1.0)
+
+    def _search(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
+        self.headroom = HEADROOM["cuda" if pl_module.device.type == "cuda" else "cpu"]
+        state = _snapshot(trainer, pl_module)
+        self.start_level = state["level"]  # before any probe: weights, no optimizer state yet
+        dataset = trainer.datamodule.train_dataloader().dataset
+        cap = min(self.max_micro, self.effective, len(dataset))
+        self.probes, size = [], 1
+        try:
+            while size <= cap:
+                if len(self.probes) >= 2:
+                    fixed, per_sample = self.fit_line()
+                    if (fixed + per_sample * size) * (1 + self.headroom) > self.limit:
+                        break  # never probe what the fit says will not fit
+                self.probes.append((size, _probe(trainer, pl_module, dataset, size) - self.start_level))
+                size *= 2
+        finally:
+            _restore(trainer, pl_module, state)
+        fixed, per_sample = self.fit_line()
+        best = max(1, min(int((self.limit / (1 + self.headroom) - fixed) // per_sample), cap))
+        self.predicted = int(fixed + per_sample * best)
+        return best
+
+
+def _probe(trainer: pl.Trainer, module: pl.LightningModule, dataset, size: int) -> int:
+    """Peak memory level (absolute) during one real training step at micro-batch `size`."""
+    x, y = (torch.stack(t) for t in zip(*(dataset[i % len(dataset)] for i in range(size)), strict=True))
+    x, y = x.to(module.device), y.to(module.device)
+    optimizer = trainer.optimizers[0]
+    module.train()
+    reset_peak(module.device)
+    for _ in range(PROBE_STEPS):
+        with trainer.precision_plugin.forward_context():
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(module(x).float(), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return read_peak(module.device)
+
+
+def _snapshot(trainer: pl.Trainer, module: pl.LightningModule) -> dict:
+    state = {
+        "level": reset_peak(module.device),
+        "model": copy.deepcopy(module.state_dict()),
+        "optimizers": [copy.deepcopy(o.state_dict()) for o in trainer.optimizers],
+        "schedulers": [copy.deepcopy(c.scheduler.state_dict()) for c in trainer.lr_scheduler_configs],
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore(trainer: pl.Trainer, module: pl.LightningModule, state: dict) -> None:
+    module.load_state_dict(state["model"])
+    for optimizer, saved in zip(trainer.optimizers, state["optimizers"], strict=True):
+        optimizer.load_state_dict(saved)  # an empty saved state drops what the probes allocated
+    for config, saved in zip(trainer.lr_scheduler_configs, state["schedulers"], strict=True):
+        config.scheduler.load_state_dict(saved)
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    module.zero_grad(set_to_none=True)

@@ -1,0 +1,130 @@
+"""Batch finder, exact accumulation and the stop callback on a real tiny Trainer (no fast_dev_run, no mocks)."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from callbacks.batch_finder import MemoryAwareBatchFinder
+from datamodules.market_datamodule import MarketDataModule
+from lightning_modules.forecaster import Forecaster, OptimConfig
+from lightning_modules.patchtst import PatchTSTConfig
+
+NET = PatchTSTConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64)
+
+
+class Snapshot(pl.Callback):
+    """Records model, optimizer, scheduler and RNG state at on_fit_start (placed around the finder)."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.state = {
+            "model": copy.deepcopy(pl_module.state_dict()),
+            "optimizer": copy.deepcopy(trainer.optimizers[0].state_dict()),
+            "scheduler": copy.deepcopy(trainer.lr_scheduler_configs[0].scheduler.state_dict()),
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state()[1].copy(),
+            "python": random.getstate(),
+            "batch_size": trainer.datamodule.batch_size,
+        }
+
+
+def _trainer(tmp_path, callbacks, **kwargs) -> pl.Trainer:
+    return pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", max_steps=2, limit_val_batches=1, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=callbacks, **kwargs)  # fmt: skip
+
+
+def _fit_with_finder(tmp_path, finder: MemoryAwareBatchFinder) -> tuple[pl.Trainer, Snapshot, Snapshot]:
+    pl.seed_everything(0)
+    dm = MarketDataModule(batch_size=64)
+    model = Forecaster(n_channels=25, context_length=80, net=NET, optim=OptimConfig(warmup_steps=5))
+    before, after = Snapshot(), Snapshot()
+    trainer = _trainer(tmp_path, [before, finder, after])
+    trainer.fit(model, datamodule=dm)
+    return trainer, before, after
+
+
+def test_finder_picks_the_largest_fitting_micro_batch_and_accumulates_to_the_effective_batch(tmp_path):
+    # a 150 MB limit is far below this machine's memory: the memory model, not the cap, decides
+    finder = MemoryAwareBatchFinder(effective_batch_size=2048, limit="150MB")
+    trainer, _, _ = _fit_with_finder(tmp_path, finder)
+    fixed, per_sample = finder.fit_line()
+    assert 1 < finder.micro_batch < 2048
+    budget = finder.limit / (1 + finder.headroom)  # the finder keeps a headroom for what real steps add
+    assert fixed + per_sample * finder.micro_batch <= budget < fixed + per_sample * (finder.micro_batch + 1)
+    assert trainer.accumulate_grad_batches == finder.accumulate == -(-2048 // finder.micro_batch)
+    assert trainer.datamodule.batch_size == finder.micro_batch
+    sizes = [size for size, _ in finder.probes]
+    assert sizes == [2**k for k in range(len(sizes))]
+    # every probe but the first two was predicted to fit before it ran, and all stayed under the limit
+    assert all(peak <= finder.limit for _, peak in finder.probes)
+
+
+def test_finder_restores_every_state_and_writes_nothing(tmp_path):
+    finder = MemoryAwareBatchFinder(effective_batch_size=256, limit="300MB")
+    _, before, after = _fit_with_finder(tmp_path, finder)
+    for key in before.state["model"]:
+        assert torch.equal(before.state["model"][key], after.state["model"][key]), key
+    assert before.state["optimizer"] == after.state["optimizer"] and not after.state["optimizer"]["state"]
+    assert before.state["scheduler"] == after.state["scheduler"]
+    assert torch.equal(before.state["torch"], after.state["torch"])
+    assert (
+        np.array_equal(before.state["numpy"], after.state["numpy"]) and before.state["python"] == after.state["python"]
+    )
+    assert len(finder.probes) >= 3
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("*"))  # nothing on disk
+
+
+def test_finder_switched_off_keeps_the_configured_micro_batch(tmp_path):
+    finder = MemoryAwareBatchFinder(effective_batch_size=256, enabled=False)
+    trainer, before, _ = _fit_with_finder(tmp_path, finder)
+    assert finder.probes == [] and finder.micro_batch == before.state["batch_size"] == 64
+    assert trainer.accumulate_grad_batches == 4
+
+
+class GradientRecorder(pl.Callback):
+    """The accumulated gradient handed to each optimizer step."""
+
+    def __init__(self) -> None:
+        self.steps: list[torch.Tensor] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.steps.append(torch.cat([p.grad.flatten() for p in pl_module.net.parameters()]).clone())
+
+
+def _gradients_of_one_epoch(micro: int, accumulate: int) -> list[torch.Tensor]:
+    pl.seed_everything(0)
+    net = PatchTSTConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, patch_length=8, dropout=0.0,
+                         attn_dropout=0.0, head_dropout=0.0)  # fmt: skip
+    model = Forecaster(n_channels=3, context_length=16, net=net, optim=OptimConfig(lr=1e-2, warmup_steps=0))
+    generator = torch.Generator().manual_seed(1)
+    x, y = torch.randn(10, 16, 3, generator=generator), (torch.rand(10, generator=generator) > 0.5).float()
+    recorder = GradientRecorder()
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, accumulate_grad_batches=accumulate, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, callbacks=[recorder])  # fmt: skip
+    trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=micro, shuffle=False))
+    return recorder.steps
+
+
+def test_accumulation_is_exact_including_the_last_partial_window():
+    # 10 samples: 2 × 3 accumulates windows of 6 and 4 samples; batches of 6 see the same two windows
+    accumulated, whole = _gradients_of_one_epoch(2, 3), _gradients_of_one_epoch(6, 1)
+    assert len(accumulated) == len(whole) == 2
+    for a, w in zip(accumulated, whole, strict=True):
+        torch.testing.assert_close(a, w, rtol=1e-5, atol=1e-7)
+    other = _gradients_of_one_epoch(5, 1)  # other windows: the comparison tells gradients apart
+    assert not torch.allclose(other[1], whole[1], rtol=1e-3)
+
+
+def test_finder_validates_its_settings():
+    with pytest.raises(ValueError, match="effective_batch_size"):
+        MemoryAwareBatchFinder(effective_batch_size=0)
+    with pytest.raises(ValueError, match="limit"):
+        MemoryAwareBatchFinder(limit=1.5)
