@@ -10,41 +10,15 @@ import numpy as np
 import pandas as pd
 
 from datamodules.errors import DataError
+from datamodules.features import A20, VIX_FEATURES
 
 VOLUME_WINDOW = 20  # days of volume used to express volume-unit channels as relative values
 
-PRICE_LEVELS = {
-    "Open",
-    "High",
-    "Low",
-    "dema_9",
-    "dema_10",
-    "sma_12",
-    "dema_20",
-    "dema_25",
-    "sma_50",
-    "dema_90",
-    "sma_100",
-    "sma_200",
-    "vwap_20",
-}
+MOVING_AVERAGES = [c for c in A20 if c.startswith(("dema_", "sma_"))]
+PRICE_LEVELS = {"Open", "High", "Low", *MOVING_AVERAGES, "vwap_20"}  # prices: log ratio to the close
 PRICE_UNITS = {"macd_line", "atr_14"}  # differences of prices: divide by the close
-SCALE_FREE = {
-    "rsi_daily",
-    "rsi_weekly",
-    "stochrsi_daily",
-    "stochrsi_weekly",
-    "adx_14",
-    "bb_percent_b",
-    "vix_close",
-    "vix_sma_10",
-    "vix_sma_20",
-    "vix_percentile_60d",
-    "vix_zscore_20d",
-    "vix_regime",
-    "vix_change_1d",
-    "vix_change_5d",
-}
+BOUNDED = {"rsi_daily", "rsi_weekly", "stochrsi_daily", "stochrsi_weekly", "adx_14", "bb_percent_b"}
+SCALE_FREE = BOUNDED | set(VIX_FEATURES)  # oscillators and VIX levels (a mean-reverting index)
 
 
 def stationary(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
