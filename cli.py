@@ -225,7 +225,11 @@ def name_run(subcommand: str, config) -> None:
     args = logger.init_args
     experiment = Path(args.save_dir or "logs") / (args.name or "")
     if config.get("ckpt_path") == "last":
-        config.ckpt_path = str(_newest_last_checkpoint(experiment))
+        config.ckpt_path = str(
+            _newest_last_checkpoint(experiment, f"-h{config.data.horizon}-s{config.seed_everything}")
+        )
+    if config.get("ckpt_path"):
+        check_checkpoint(Path(config.ckpt_path), config.data)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     checkpoint = Path(config.get("ckpt_path") or "")
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
@@ -242,11 +246,45 @@ def name_run(subcommand: str, config) -> None:
         args.version = f"{subcommand}-{stamp}"
 
 
-def _newest_last_checkpoint(experiment: Path) -> Path:
-    candidates = sorted(experiment.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+def _newest_last_checkpoint(experiment: Path, run_suffix: str) -> Path:
+    """The newest last.ckpt among the experiment's runs with this horizon and seed (`…-h1-s0`, `…-h1-s0-2`)."""
+    candidates = [p for p in experiment.glob("*/checkpoints/last.ckpt")
+                  if p.parent.parent.name.endswith(run_suffix) or f"{run_suffix}-" in p.parent.parent.name]  # fmt: skip
     if not candidates:
-        raise ConfigError(f"--ckpt_path last: no {experiment}/<run>/checkpoints/last.ckpt to resume")
-    return candidates[-1]
+        raise ConfigError(f"--ckpt_path last: no {experiment}/<run>{run_suffix}/checkpoints/last.ckpt to resume")
+    return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+DATA_KEYS = ("dataset", "version", "horizon", "threshold", "label_price", "context_length", "features", "splits")
+
+
+def check_checkpoint(path: Path, data) -> None:
+    """The checkpoint exists and was trained on the data this config describes (labels, splits, channels)."""
+    import torch
+
+    if not path.is_file():
+        raise ConfigError(f"checkpoint not found: {path}")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(
+            "datamodule_hyper_parameters", {}
+        )
+    except Exception as err:  # torch raises several types for damaged files
+        raise ConfigError(f"{path}: unreadable checkpoint ({type(err).__name__})") from None
+    current = {key: _plain(data.get(key)) for key in DATA_KEYS}
+    differ = [f"data.{k}: checkpoint {_plain(saved[k])!r}, config {current[k]!r}" for k in DATA_KEYS
+              if k in saved and _plain(saved[k]) != current[k]]  # fmt: skip
+    if differ:
+        raise ConfigError(f"{path} was trained on other data settings ({'; '.join(differ)}); use that run's "
+                          "config.yaml or matching overrides")  # fmt: skip
+
+
+def _plain(value):
+    """Namespaces, dataclass dicts and lists as plain comparable values."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if not str(k).startswith("_")}
+    return list(value) if isinstance(value, tuple | list) else value
 
 
 COMMANDS = {"data": data_main, "summary": None, **dict.fromkeys(TRAINER_COMMANDS, None)}

@@ -72,6 +72,12 @@ class MemoryAwareBatchFinder(pl.Callback):
         self.accumulate = math.ceil(self.effective / self.micro_batch)
         dm.batch_size = self.micro_batch
         trainer.accumulate_grad_batches = self.accumulate
+        # Lightning built the train loader before on_fit_start (to size the LR schedule): build it again with
+        # the new micro-batch. The module re-reads trainer.estimated_stepping_batches in its own on_fit_start.
+        rng = _rng_state()
+        trainer.fit_loop._combined_loader = None
+        trainer.fit_loop.setup_data()
+        _set_rng_state(rng)  # building a loader draws from the global generator
         mb = 2**20
         say = log.info if trainer.is_global_zero else log.debug
         say("batch=%dx%d (effective %d); predicted step peak +%.0f MB of a %.0f MB limit", self.micro_batch,
@@ -135,13 +141,24 @@ def _snapshot(trainer: pl.Trainer, module: pl.LightningModule) -> dict:
         "model": copy.deepcopy(module.state_dict()),
         "optimizers": [copy.deepcopy(o.state_dict()) for o in trainer.optimizers],
         "schedulers": [copy.deepcopy(c.scheduler.state_dict()) for c in trainer.lr_scheduler_configs],
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "rng": _rng_state(),
     }
+    return state
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _restore(trainer: pl.Trainer, module: pl.LightningModule, state: dict) -> None:
@@ -150,9 +167,5 @@ def _restore(trainer: pl.Trainer, module: pl.LightningModule, state: dict) -> No
         optimizer.load_state_dict(saved)  # an empty saved state drops what the probes allocated
     for config, saved in zip(trainer.lr_scheduler_configs, state["schedulers"], strict=True):
         config.scheduler.load_state_dict(saved)
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
+    _set_rng_state(state["rng"])
     module.zero_grad(set_to_none=True)

@@ -14,7 +14,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.errors import DataError
 from datamodules.features import TIERS
@@ -43,6 +43,24 @@ def input_columns(dataset: str, version: int, features: list[str] | None, data_d
     if features:
         return list(features)
     return TIERS[Manifest(Path(data_dir) if data_dir else DATA_DIR, PROCESSED).get(dataset, version).tier]
+
+
+class EpochShuffle(Sampler[int]):
+    """A permutation drawn from (seed, epoch): epoch k has the same order whether or not the run was resumed
+    (Lightning calls set_epoch before each epoch; under DDP it wraps this sampler per rank)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
 
 
 class WindowDataset(Dataset):
@@ -205,8 +223,9 @@ class MarketDataModule(pl.LightningDataModule):
     def _loader(self, stage: str, shuffle: bool) -> DataLoader:
         if stage not in self._datasets:
             raise RuntimeError(f"setup() did not prepare the {stage} split")
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self._datasets[stage], batch_size=self.batch_size, shuffle=shuffle, generator=generator)
+        dataset = self._datasets[stage]
+        sampler = EpochShuffle(len(dataset), self.seed) if shuffle else None
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -118,10 +118,15 @@ class Forecaster(pl.LightningModule):
             self._outputs[stage].append((probs.cpu(), y.detach().cpu()))
         return loss
 
+    def on_fit_start(self) -> None:
+        # callbacks ran first: a batch finder may have changed the micro-batch and accumulation
+        self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+
     def on_train_epoch_start(self) -> None:
         loader = self.trainer.train_dataloader
-        self._epoch_samples = len(loader.sampler) if loader is not None else 0  # this rank's samples
         self._micro_batch = loader.batch_size if loader is not None else 0
+        batches = self.trainer.num_training_batches  # limit_train_batches may cut the epoch short
+        self._epoch_samples = min(len(loader.sampler), batches * self._micro_batch) if loader is not None else 0
         self._batch_idx = 0
 
     def _accumulation_weight(self, n: int) -> float:
@@ -187,9 +192,9 @@ class Forecaster(pl.LightningModule):
             lr=self.optim_cfg.lr,
             betas=tuple(self.optim_cfg.betas),
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         o = self.optim_cfg
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, o.warmup_steps, total, o.min_lr_ratio)
+            optimizer, lambda step: lr_factor(step, o.warmup_steps, self.total_steps, o.min_lr_ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -98,17 +98,17 @@ class GradientRecorder(pl.Callback):
         self.steps.append(torch.cat([p.grad.flatten() for p in pl_module.net.parameters()]).clone())
 
 
-def _gradients_of_one_epoch(micro: int, accumulate: int) -> list[torch.Tensor]:
+def _gradients_of_one_epoch(micro: int, accumulate: int, limit_batches: int | None = None, lr: float = 1e-2):
     pl.seed_everything(0)
     net = PatchTSTConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, patch_length=8, dropout=0.0,
                          attn_dropout=0.0, head_dropout=0.0)  # fmt: skip
-    model = Forecaster(n_channels=3, context_length=16, net=net, optim=OptimConfig(lr=1e-2, warmup_steps=0))
+    model = Forecaster(n_channels=3, context_length=16, net=net, optim=OptimConfig(lr=lr, warmup_steps=0))
     generator = torch.Generator().manual_seed(1)
     x, y = torch.randn(10, 16, 3, generator=generator), (torch.rand(10, generator=generator) > 0.5).float()
     recorder = GradientRecorder()
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, accumulate_grad_batches=accumulate, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, callbacks=[recorder])  # fmt: skip
+                         limit_val_batches=0, limit_train_batches=limit_batches, callbacks=[recorder])  # fmt: skip
     trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=micro, shuffle=False))
     return recorder.steps
 
@@ -121,6 +121,37 @@ def test_accumulation_is_exact_including_the_last_partial_window():
         torch.testing.assert_close(a, w, rtol=1e-5, atol=1e-7)
     other = _gradients_of_one_epoch(5, 1)  # other windows: the comparison tells gradients apart
     assert not torch.allclose(other[1], whole[1], rtol=1e-3)
+
+
+def test_accumulation_is_exact_when_the_epoch_is_cut_short():
+    # limit_train_batches=4 of 2 samples, A=3: windows hold samples 0–5 and 6–7; lr≈0 keeps the weights fixed,
+    # so each window's gradient must equal the mean gradient of its batches taken one by one
+    cut = _gradients_of_one_epoch(2, 3, limit_batches=4, lr=1e-30)
+    single = _gradients_of_one_epoch(2, 1, lr=1e-30)
+    torch.testing.assert_close(cut[0], torch.stack(single[:3]).mean(dim=0), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(cut[1], single[3], rtol=1e-5, atol=1e-7)
+
+
+class BatchSizes(pl.Callback):
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self.sizes.append(len(batch[1]))
+
+
+def test_the_found_micro_batch_reaches_the_loader_and_the_schedule(tmp_path):
+    pl.seed_everything(0)
+    dm = MarketDataModule(batch_size=64)  # the finder must replace this
+    model = Forecaster(n_channels=25, context_length=80, net=NET, optim=OptimConfig(warmup_steps=5))
+    finder, sizes = MemoryAwareBatchFinder(effective_batch_size=1024, limit="4GB"), BatchSizes()
+    trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", max_epochs=1, limit_val_batches=1,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[finder, sizes])  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    assert finder.micro_batch == 1024 and trainer.accumulate_grad_batches == 1
+    assert set(sizes.sizes[:-1]) == {1024} and sum(sizes.sizes) == 3726
+    assert model.total_steps == 4  # ⌈3726 / 1024⌉ optimizer steps: the cosine schedule spans the real run
 
 
 def test_finder_validates_its_settings():

@@ -156,6 +156,14 @@ def test_a_diverging_run_ends_with_one_line_and_exit_1(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: training diverged: ")
 
 
+def test_a_checkpoint_is_only_evaluated_on_the_data_it_was_trained_for(tiny_run):
+    best = str(next((tiny_run / "checkpoints").glob("best-*.ckpt")))
+    result = run_cli("test", "--config", "configs/tiny.yaml", "--ckpt_path", best, "--data.horizon", "3")
+    assert_user_error(result, "was trained on other data settings (data.horizon: checkpoint 1, config 3)")
+    assert_user_error(run_cli("test", "--config", "configs/tiny.yaml", "--ckpt_path", "/no/such.ckpt"),
+                      "checkpoint not found: /no/such.ckpt")  # fmt: skip
+
+
 def test_test_needs_a_checkpoint():
     assert_user_error(run_cli("test", "--config", "configs/tiny.yaml"), "test needs --ckpt_path")
 

@@ -106,7 +106,7 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
                              "last"], cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: --ckpt_path last: no {tmp_path / 'logs' / 'tiny'}/<run>/checkpoints/last.ckpt to resume"
+        f"error: --ckpt_path last: no {tmp_path / 'logs' / 'tiny'}/<run>-h1-s0/checkpoints/last.ckpt to resume"
     ]
 
 
