@@ -1,4 +1,4 @@
-"""Batch finder, exact accumulation and the stop callback on a real tiny Trainer (no fast_dev_run, no mocks)."""
+"""Batch finder, exact accumulation and the stop callback on a real tiny Trainer with max_steps (no mocks, no dev-run shortcut)."""
 
 from __future__ import annotations
 
