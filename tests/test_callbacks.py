@@ -1,4 +1,4 @@
-"""Batch finder, exact accumulation and the stop callback on a real tiny Trainer with max_steps (no mocks, no dev-run shortcut)."""
+"""Batch finder, exact accumulation and finder state on a real tiny Trainer with max_steps (no mocks)."""
 
 from __future__ import annotations
 
