@@ -1,0 +1,106 @@
+"""The Lightning side of the command line: FinscaleCLI for fit/validate/test/predict and `summary`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+
+from lightning.pytorch.cli import LightningCLI
+
+from lightning_modules.sizing import preflight
+from training.run_setup import ConfigError, _one_line, _root_data_error, name_run, size_from_config
+
+
+class FinscaleCLI(LightningCLI):
+    """LightningCLI with data→model links, the memory pre-flight, run naming and one-line config errors."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        limit_help = "memory the pre-flight may plan for (e.g. 16GB); default: what the device has free"
+        parser.add_argument("--memory_limit", type=str | None, default=None, help=limit_help)
+        parser.link_arguments("data.context_length", "model.context_length")
+        channels = lambda dm: dm.n_channels  # noqa: E731 - known from the manifest, before any data is read
+        parser.link_arguments("data", "model.n_channels", compute_fn=channels, apply_on="instantiate")
+
+    def parse_arguments(self, parser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as err:
+            raise ConfigError(_one_line(err)) from None
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        if self.subcommand == "fit":
+            size, available, where = size_from_config(config)
+            preflight(size, available, where)  # before the model is allocated
+        name_run(self.subcommand, config)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:
+            raise _root_data_error(err) or ConfigError(_one_line(err)) from None
+
+
+def _trainer_defaults() -> dict:
+    from callbacks.prediction_writer import PredictionWriter
+    from callbacks.run_record import RunRecordCallback
+    from callbacks.throughput import ThroughputCallback
+
+    return {"callbacks": [RunRecordCallback(), ThroughputCallback(), PredictionWriter()]}
+
+
+def _quiet_lightning() -> None:
+    logging.getLogger("lightning").handlers.clear()  # its stderr handler would double every line; root prints
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own deprecation noise
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # we pass argv on purpose
+
+
+PARSER_KWARGS = {"parser_mode": "omegaconf", "exit_on_error": False}
+
+
+def run_trainer(argv: list[str]) -> int:
+    """`fit`, `validate`, `test`, `predict`: one LightningCLI run; exit code 1 when training diverged."""
+    from datamodules.market_datamodule import MarketDataModule
+    from lightning_modules.forecaster import Forecaster, TrainingDiverged
+
+    _quiet_lightning()
+    try:
+        FinscaleCLI(
+            Forecaster,
+            MarketDataModule,
+            args=argv,
+            parser_kwargs=PARSER_KWARGS,
+            trainer_defaults=_trainer_defaults(),
+            save_config_kwargs={"overwrite": True},  # a resumed run records the command that resumed it
+            auto_configure_optimizers=False,
+        )
+    except TrainingDiverged as err:
+        print(f"error: training diverged: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_summary(argv: list[str]) -> int:
+    """`cli.py summary --config …`: parse the fit config (overrides included), size it, allocate nothing."""
+    from rich.console import Console
+
+    from datamodules.market_datamodule import MarketDataModule
+    from lightning_modules.forecaster import Forecaster
+    from lightning_modules.sizing import summary_table
+
+    _quiet_lightning()
+
+    class SummaryCLI(FinscaleCLI):
+        def before_instantiate_classes(self) -> None:
+            size, available, where = size_from_config(self.config)
+            title = f"{argv[argv.index('--config') + 1] if '--config' in argv else 'config'}: {size.budget} budget"
+            Console(width=None if sys.stdout.isatty() else 150).print(summary_table(size, available, where, title))
+
+        def instantiate_classes(self) -> None:  # nothing is built
+            pass
+
+    SummaryCLI(Forecaster, MarketDataModule, args=argv, run=False, auto_configure_optimizers=False,
+               parser_kwargs=PARSER_KWARGS, seed_everything_default=False)  # fmt: skip
+    return 0

@@ -1,0 +1,134 @@
+"""Run setup shared by every command that trains or evaluates: config checks, run naming, sizing.
+
+Everything here runs on the parsed config, before any model or data is built.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from datamodules.errors import DataError
+
+
+class ConfigError(ValueError):
+    """An impossible or unknown configuration value."""
+
+
+def size_from_config(config):
+    """RunSize, available bytes and device name for a parsed fit config, without building anything."""
+    import torch
+
+    from datamodules.market_datamodule import input_columns
+    from lightning_modules.memory import available_memory, parse_bytes
+    from lightning_modules.patchtst import PatchTSTConfig
+    from lightning_modules.sizing import size_run
+
+    data, trainer = config.data, config.trainer
+    n_channels = len(input_columns(data.dataset, data.version, data.features, data.data_dir))
+    gpu = str(trainer.accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    devices = trainer.devices
+    count = (torch.cuda.device_count() if gpu else 1) if devices in ("auto", -1, "-1") else devices
+    count = len(count) if isinstance(count, list) else int(count)
+    shards = count if "fsdp" in str(trainer.strategy).lower() else 1
+    precision = str(trainer.precision or "32-true")
+    try:
+        cfg = PatchTSTConfig(**dict(vars(config.model.net)))
+        memory_limit = parse_bytes(config.memory_limit) if config.get("memory_limit") else None
+        size = size_run(
+            n_channels, data.context_length, cfg, precision, data.batch_size, shards, "cuda" if gpu else "cpu"
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(_one_line(err)) from None
+    available, where = available_memory("auto" if gpu else "cpu")
+    if memory_limit is not None:
+        available, where = memory_limit, f"{where} (--memory_limit)"
+    return size, available, where
+
+
+def _root_data_error(err: BaseException | None) -> DataError | None:
+    """The DataError behind an error that jsonargparse wrapped (e.g. in a link's compute_fn), if any."""
+    while err is not None:
+        if isinstance(err, DataError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) < 400 else text[:400] + " …"
+
+
+def name_run(subcommand: str, config) -> None:
+    """Place the run before anything is created. fit → logs/<experiment>/<time>-h<h>-s<seed>; fit resuming a
+    checkpoint of a run → that run; validate/test/predict of a run's checkpoint → a sub-folder of that run.
+    `--ckpt_path last` means the newest last.ckpt of the experiment."""
+    if subcommand != "fit" and not config.get("ckpt_path"):
+        raise ConfigError(f"{subcommand} needs --ckpt_path (a checkpoint written by fit)")
+    logger = config.trainer.get("logger")
+    if not hasattr(logger, "init_args") or not str(logger.class_path).endswith("TensorBoardLogger"):
+        return
+    args = logger.init_args
+    experiment = Path(args.save_dir or "logs") / (args.name or "")
+    if config.get("ckpt_path") == "last":
+        config.ckpt_path = str(
+            _newest_last_checkpoint(experiment, f"-h{config.data.horizon}-s{config.seed_everything}")
+        )
+    if config.get("ckpt_path"):
+        check_checkpoint(Path(config.ckpt_path), config.data)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    checkpoint = Path(config.get("ckpt_path") or "")
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+    if run_dir is not None:
+        args.save_dir, args.name, args.version = str(run_dir.parent.parent), run_dir.parent.name, run_dir.name
+        if subcommand != "fit":
+            args.sub_dir = f"{subcommand}-{stamp}"
+    elif subcommand == "fit" and not args.version:
+        base = f"{stamp}-h{config.data.horizon}-s{config.seed_everything}"
+        args.version = next(
+            v for v in (base, *(f"{base}-{i}" for i in range(2, 1000))) if not (experiment / v).exists()
+        )
+    elif not args.version:
+        args.version = f"{subcommand}-{stamp}"
+
+
+def _newest_last_checkpoint(experiment: Path, run_suffix: str) -> Path:
+    """The newest last.ckpt among the experiment's runs with this horizon and seed (`…-h1-s0`, `…-h1-s0-2`)."""
+    candidates = [p for p in experiment.glob("*/checkpoints/last.ckpt")
+                  if p.parent.parent.name.endswith(run_suffix) or f"{run_suffix}-" in p.parent.parent.name]  # fmt: skip
+    if not candidates:
+        raise ConfigError(f"--ckpt_path last: no {experiment}/<run>{run_suffix}/checkpoints/last.ckpt to resume")
+    return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+DATA_KEYS = ("dataset", "version", "horizon", "threshold", "label_price", "context_length", "features", "splits")
+
+
+def check_checkpoint(path: Path, data) -> None:
+    """The checkpoint exists and was trained on the data this config describes (labels, splits, channels)."""
+    import torch
+
+    if not path.is_file():
+        raise ConfigError(f"checkpoint not found: {path}")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(
+            "datamodule_hyper_parameters", {}
+        )
+    except Exception as err:  # torch raises several types for damaged files
+        raise ConfigError(f"{path}: unreadable checkpoint ({type(err).__name__})") from None
+    current = {key: _plain(data.get(key)) for key in DATA_KEYS}
+    differ = [f"data.{k}: checkpoint {_plain(saved[k])!r}, config {current[k]!r}" for k in DATA_KEYS
+              if k in saved and _plain(saved[k]) != current[k]]  # fmt: skip
+    if differ:
+        raise ConfigError(f"{path} was trained on other data settings ({'; '.join(differ)}); use that run's "
+                          "config.yaml or matching overrides")  # fmt: skip
+
+
+def _plain(value):
+    """Namespaces, dataclass dicts and lists as plain comparable values."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if not str(k).startswith("_")}
+    return list(value) if isinstance(value, tuple | list) else value
