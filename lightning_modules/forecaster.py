@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_modules.accounting import count_parameters, forward_flops_per_sample, training_flops_per_sample
-from lightning_modules.metrics import StageMetrics, constant_prior_bce
+from lightning_modules.metrics import StageMetrics
 from lightning_modules.patchtst import PatchTST, PatchTSTConfig
 
 STAGES = ("train", "val", "test")
@@ -158,20 +158,20 @@ class Forecaster(pl.LightningModule):
         x, _ = batch
         return torch.sigmoid(self(x).float())
 
-    def _epoch_end(self, stage: str) -> None:
+    def _epoch_end(self, stage: str) -> dict[str, torch.Tensor]:
         metrics = self.stage_metrics[f"{stage}_metrics"]
-        self.log_dict(metrics.compute(float(self.train_prior)), prog_bar=stage == "val")
+        values = metrics.compute(float(self.train_prior))
+        self.log_dict(values, prog_bar=stage == "val")
         metrics.reset()
         if self._outputs[stage]:
             probs, targets = zip(*self._outputs[stage], strict=True)
             self.epoch_outputs[stage] = (torch.cat(probs), torch.cat(targets))
             self._outputs[stage].clear()
+        return values
 
     def on_train_epoch_end(self) -> None:
-        metrics = self.stage_metrics["train_metrics"]
-        loss = float(metrics.loss.compute()) if metrics.loss.update_count else 0.0
-        self._epoch_end("train")
-        prior = float(constant_prior_bce(float(self.train_prior), float(self.train_prior)))
+        values = self._epoch_end("train")
+        loss, prior = float(values["train/loss"]), float(values["train/prior_bce"])  # prior: constant base-rate BCE
         if loss > DIVERGENCE_FACTOR * prior:
             raise TrainingDiverged(
                 f"training loss {loss:.3g} at epoch {self.current_epoch} is over {DIVERGENCE_FACTOR:g}× the "
