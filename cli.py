@@ -5,6 +5,8 @@ python cli.py validate --config configs/2M.yaml --ckpt_path logs/2M/<run>/checkp
 python cli.py test     --config configs/2M.yaml --ckpt_path …      (the only way to test metrics)
 python cli.py predict  --config configs/2M.yaml --ckpt_path …      (predictions.csv)
 python cli.py summary  --config configs/2B.yaml                     (size, FLOPs, memory; no allocation)
+python cli.py hpo      --config configs/2M.yaml --trials 50 [--search-space …] [--storage URL] [--study-name …]
+                        [--export-best FILE] [fit overrides such as --trainer.max_epochs 30]
 python cli.py data     build | verify | list | import | download
 """
 
@@ -65,6 +67,31 @@ def data_main(argv: list[str]) -> int:
     return commands.download_ticker(args.ticker, args.symbol, args.data_dir)
 
 
+def _hpo_parser() -> argparse.ArgumentParser:
+    from hpo.study import DEFAULT_SPACE
+
+    parser = _Parser(prog="cli.py hpo", description="Optuna search; every trial is one `fit` with overrides. "
+                     "Other --key value arguments are fit overrides given to every trial.")  # fmt: skip
+    parser.add_argument("--config", type=Path, required=True, help="the fit config a trial starts from")
+    parser.add_argument("--trials", type=int, required=True, help="finished (complete + pruned) trials wanted")
+    parser.add_argument("--search-space", type=Path, default=DEFAULT_SPACE)
+    parser.add_argument("--storage", default=None, help="Optuna RDB URL; default sqlite under <logs>/hpo/<study>/")
+    parser.add_argument("--study-name", default=None, help="default: <config>-h<h>-<dataset>-v<version>")
+    parser.add_argument("--export-best", type=Path, default=None, help="write the best trial as a fit config")
+    return parser
+
+
+def hpo_main(argv: list[str]) -> int:
+    from hpo.study import HpoRequest, StudyRunner
+
+    args, overrides = _hpo_parser().parse_known_args(argv)
+    if not args.config.is_file():
+        raise ConfigError(f"config not found: {args.config}")
+    request = HpoRequest(args.config, args.trials, args.search_space, args.storage, args.study_name,
+                         args.export_best, overrides)  # fmt: skip
+    return StudyRunner(request).run()
+
+
 def _user_errors() -> tuple[type[Exception], ...]:
     """Bad input or an impossible request (evaluated only when something was raised: keeps torch unimported)."""
     from lightning_modules.sizing import MemoryPreflightError
@@ -72,7 +99,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return DataError, ConfigError, MemoryPreflightError
 
 
-COMMANDS = {"data": data_main, "summary": None, **dict.fromkeys(TRAINER_COMMANDS, None)}
+COMMANDS = {"data": data_main, "hpo": hpo_main, "summary": None, **dict.fromkeys(TRAINER_COMMANDS, None)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # stderr: errors only
     try:
-        if argv[0] == "data":
-            return data_main(argv[1:])
+        if argv[0] in ("data", "hpo"):
+            return COMMANDS[argv[0]](argv[1:])
         from training.lightning_cli import run_summary, run_trainer
 
         return run_summary(argv[1:]) if argv[0] == "summary" else run_trainer(argv)

@@ -76,8 +76,16 @@ def run_identity(trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, A
 class RunRecordCallback(pl.Callback):
     """Writes run.json and the HParams record; tracks the best epoch of the checkpoint's monitor."""
 
-    def __init__(self, monitor: str = "val/loss", mode: str = "min"):
+    def __init__(self, monitor: str = "val/loss", mode: str = "min", extra_hparams: dict[str, Any] | None = None,
+                 extra_metrics: tuple[str, ...] = ()):  # fmt: skip
+        """
+        Args:
+            monitor, mode: the metric whose best epoch is recorded (the checkpoint's monitor overrides them).
+            extra_hparams: more HParams columns (an HPO trial adds its study and number).
+            extra_metrics: more HParams metric names, logged by someone else (an HPO trial's final state).
+        """
         self.monitor, self.mode = monitor, mode
+        self.extra_hparams, self.extra_metrics = dict(extra_hparams or {}), tuple(extra_metrics)
         self.best: dict[str, float] = {}
         self.best_outputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self.record: dict[str, Any] = {}
@@ -103,7 +111,7 @@ class RunRecordCallback(pl.Callback):
             "trainer.accumulate_grad_batches": trainer.accumulate_grad_batches,
             "trainer.gradient_clip_val": float(trainer.gradient_clip_val or 0.0),
         })  # fmt: skip
-        return params
+        return params | self.extra_hparams
 
     def _write(self, trainer: pl.Trainer) -> None:
         log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
@@ -123,7 +131,8 @@ class RunRecordCallback(pl.Callback):
                  (self.record["train_flops_per_sample"] or 0) / 1e6, trainer.log_dir)  # fmt: skip
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
-                metrics = {f"best/val_{name}": 0.0 for name in BEST_METRICS} | {"best/epoch": 0.0}
+                names = [f"best/val_{name}" for name in BEST_METRICS] + ["best/epoch", *self.extra_metrics]
+                metrics = dict.fromkeys(names, 0.0)
                 writer = logger.experiment._get_file_writer()
                 for summary in hparams_summary(self._params(trainer, pl_module), metrics):  # declares names only
                     writer.add_summary(summary)

@@ -59,10 +59,10 @@ def default_heads(d_model: int) -> int:
 
 
 def grid(budget: int, n_channels: int, context_length: int, base: PatchTSTConfig = PatchTSTConfig(),
-         tolerance: float = GRID_TOLERANCE) -> list[Shape]:  # fmt: skip
+         tolerance: float = GRID_TOLERANCE, d_models: tuple[int, ...] = D_MODELS) -> list[Shape]:  # fmt: skip
     """Every (d_model, n_layers, ff_ratio) within ±tolerance of budget, sorted by parameter count."""
     shapes = set()
-    for d in D_MODELS:
+    for d in d_models:
         for ratio in FF_RATIOS:
             for layers in N_LAYERS:
                 cfg = replace(base, d_model=d, n_layers=layers, d_ff=ratio * d, n_heads=1)
@@ -72,6 +72,19 @@ def grid(budget: int, n_channels: int, context_length: int, base: PatchTSTConfig
                 if count >= budget * (1 - tolerance):
                     shapes.add(Shape(d, layers, ratio, count))
     return sorted(shapes, key=lambda s: (s.n_params, s.d_model, s.n_layers, s.ff_ratio))
+
+
+def closest_depths(shapes: list[Shape], budget: int) -> list[Shape]:
+    """One shape per (d_model, ff_ratio): the depth whose count is closest to the budget (sorted by count).
+
+    Neighbouring depths of one width differ only in size, not in architecture; a search over a fixed budget
+    compares architectures at that budget."""
+    best: dict[tuple[int, int], Shape] = {}
+    for shape in shapes:
+        key = (shape.d_model, shape.ff_ratio)
+        if key not in best or abs(shape.n_params - budget) < abs(best[key].n_params - budget):
+            best[key] = shape
+    return sorted(best.values(), key=lambda s: (s.n_params, s.d_model, s.n_layers, s.ff_ratio))
 
 
 def extremes(shapes: list[Shape]) -> dict[str, tuple[Shape, int]]:

@@ -43,12 +43,13 @@ class FinscaleCLI(LightningCLI):
             raise _root_data_error(err) or ConfigError(_one_line(err)) from None
 
 
-def _trainer_defaults() -> dict:
+def _trainer_defaults(extra_callbacks: list | None = None, record=None) -> dict:
     from callbacks.prediction_writer import PredictionWriter
     from callbacks.run_record import RunRecordCallback
     from callbacks.throughput import ThroughputCallback
 
-    return {"callbacks": [RunRecordCallback(), ThroughputCallback(), PredictionWriter()]}
+    record = record or RunRecordCallback()
+    return {"callbacks": [record, ThroughputCallback(), PredictionWriter(), *(extra_callbacks or [])]}
 
 
 def _quiet_lightning() -> None:
@@ -60,26 +61,55 @@ def _quiet_lightning() -> None:
 PARSER_KWARGS = {"parser_mode": "omegaconf", "exit_on_error": False}
 
 
-def run_trainer(argv: list[str]) -> int:
-    """`fit`, `validate`, `test`, `predict`: one LightningCLI run; exit code 1 when training diverged."""
+def run_lightning(argv: list[str], extra_callbacks: list | None = None, record=None) -> FinscaleCLI:
+    """One LightningCLI run (`fit`, `validate`, `test`, `predict` + config arguments), in this process.
+
+    The one fit path: `cli.py fit` and every `hpo` trial come through here; a trial adds its pruning
+    callback and a run record that knows the trial."""
     from datamodules.market_datamodule import MarketDataModule
-    from lightning_modules.forecaster import Forecaster, TrainingDiverged
+    from lightning_modules.forecaster import Forecaster
 
     _quiet_lightning()
+    return FinscaleCLI(
+        Forecaster,
+        MarketDataModule,
+        args=argv,
+        parser_kwargs=PARSER_KWARGS,
+        trainer_defaults=_trainer_defaults(extra_callbacks, record),
+        save_config_kwargs={"overwrite": True},  # a resumed run records the command that resumed it
+        auto_configure_optimizers=False,
+    )
+
+
+def run_trainer(argv: list[str]) -> int:
+    """`fit`, `validate`, `test`, `predict`: exit code 1 when training diverged."""
+    from lightning_modules.forecaster import TrainingDiverged
+
     try:
-        FinscaleCLI(
-            Forecaster,
-            MarketDataModule,
-            args=argv,
-            parser_kwargs=PARSER_KWARGS,
-            trainer_defaults=_trainer_defaults(),
-            save_config_kwargs={"overwrite": True},  # a resumed run records the command that resumed it
-            auto_configure_optimizers=False,
-        )
+        run_lightning(argv)
     except TrainingDiverged as err:
         print(f"error: training diverged: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def parse_fit_config(argv: list[str]):
+    """The fit config of `--config FILE [overrides]`, parsed and checked like `cli.py fit` would; builds nothing."""
+    from datamodules.market_datamodule import MarketDataModule
+    from lightning_modules.forecaster import Forecaster
+
+    _quiet_lightning()
+
+    class ParseOnly(FinscaleCLI):
+        def before_instantiate_classes(self) -> None:  # no pre-flight, no run directory
+            pass
+
+        def instantiate_classes(self) -> None:
+            pass
+
+    cli = ParseOnly(Forecaster, MarketDataModule, args=argv, run=False, auto_configure_optimizers=False,
+                    parser_kwargs=PARSER_KWARGS, seed_everything_default=False)  # fmt: skip
+    return cli.config
 
 
 def run_summary(argv: list[str]) -> int:

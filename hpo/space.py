@@ -1,0 +1,255 @@
+"""The search space of a study, read from YAML (configs/hpo/*.yaml), and how a trial samples it.
+
+A trial's sample is a dict of config keys → values ("model.optim.lr" → 3e-4) that the trial passes to
+the fit path as ordinary overrides, so every sampled value reaches the model or optimizer the same way a
+user's override does. The architecture is one categorical over the budget's grid (one shape per width and
+d_ff ratio, at the depth closest to the budget: no duplicates, no ordinal index); the number of heads is
+a separate categorical per width, because the valid head counts depend on the width.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from lightning_modules.budget import (
+    BUDGETS,
+    CONFIG_TOLERANCE,
+    D_MODELS,
+    Shape,
+    closest_depths,
+    default_heads,
+    grid,
+    head_choices,
+    parameter_count,
+)
+from lightning_modules.budget import extremes as grid_extremes
+from lightning_modules.patchtst import PatchTSTConfig
+from training.run_setup import ConfigError
+
+ARCH = "arch"  # the categorical architecture parameter
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "percentile", "hyperband", "none")
+TYPES = ("float", "int", "categorical")
+SAMPLER_KEYS = ("type", "seed", "n_startup_trials", "multivariate")
+PRUNER_KEYS = ("type", "n_startup_trials", "n_warmup_steps", "interval_steps", "percentile")
+ARCH_KEYS = ("model.net.d_model", "model.net.n_layers", "model.net.d_ff", "model.net.n_heads")
+
+
+def arch_name(shape: Shape) -> str:
+    return f"d{shape.d_model}-l{shape.n_layers}-ff{shape.ff_ratio}"
+
+
+def heads_param(d_model: int) -> str:
+    return f"heads_d{d_model}"
+
+
+@dataclass
+class Param:
+    """One sampled config key: `type` float/int (low, high, log, step) or categorical (choices)."""
+
+    key: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list | None = None
+
+    def __post_init__(self) -> None:
+        where = f"search space {self.key}"
+        if self.type not in TYPES:
+            raise ConfigError(f"{where}: type must be one of {', '.join(TYPES)}, got {self.type!r}")
+        if self.type == "categorical":
+            if not self.choices:
+                raise ConfigError(f"{where}: categorical needs a non-empty `choices` list")
+            return
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ConfigError(f"{where}: needs low < high, got low={self.low}, high={self.high}")
+        if self.log and self.low <= 0:
+            raise ConfigError(f"{where}: a log range needs low > 0, got {self.low}")
+        if self.log and self.step:
+            raise ConfigError(f"{where}: `log` and `step` cannot be combined")
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.type == "float":
+            return trial.suggest_float(self.key, self.low, self.high, log=self.log, step=self.step)
+        if self.type == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return trial.suggest_categorical(self.key, self.choices)
+
+
+@dataclass
+class Architecture:
+    """The budget's grid as categorical shapes, with heads per width."""
+
+    shapes: list[Shape]
+    budget: int
+    sample_heads: bool = True
+
+    @property
+    def names(self) -> list[str]:
+        return [arch_name(s) for s in self.shapes]
+
+    def shape(self, name: str) -> Shape:
+        return self.shapes[self.names.index(name)]
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, int]:
+        shape = self.shape(trial.suggest_categorical(ARCH, self.names))
+        heads = default_heads(shape.d_model)
+        if self.sample_heads:
+            heads = trial.suggest_categorical(heads_param(shape.d_model), head_choices(shape.d_model))
+        return dict(zip(ARCH_KEYS, (shape.d_model, shape.n_layers, shape.d_ff, heads), strict=True))
+
+    def extremes(self) -> dict[str, dict[str, Any]]:
+        """The grid's named corners as enqueueable parameters (duplicates merged under the first name)."""
+        named: dict[str, dict[str, Any]] = {}
+        for name, (shape, heads) in grid_extremes(self.shapes).items():
+            params = {ARCH: arch_name(shape)}
+            if self.sample_heads:
+                params[heads_param(shape.d_model)] = heads
+            if params not in named.values():
+                named[name] = params
+        return named
+
+
+@dataclass
+class SearchSpace:
+    """A study's search space: the architecture, other config keys, sampler, pruner and objective."""
+
+    architecture: Architecture | None
+    params: list[Param]
+    sampler: dict[str, Any] = field(default_factory=dict)
+    pruner: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)  # the YAML as read (for the study fingerprint)
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Sample one trial: config key → value."""
+        values = self.architecture.suggest(trial) if self.architecture else {}
+        for param in self.params:
+            values[param.key] = param.suggest(trial)
+        return values
+
+    @property
+    def keys(self) -> list[str]:
+        return [*(ARCH_KEYS if self.architecture else ()), *(p.key for p in self.params)]
+
+
+def _leaf(config, key: str):
+    node = config
+    for part in key.split("."):
+        if not hasattr(node, "get") or part not in node:
+            return KeyError(key)
+        node = node[part]
+    return node
+
+
+def _budget(spec, n_params: int) -> int:
+    """`auto`: the named budget within ±5% of the config's count, else the count itself; or a name or a number."""
+    if spec in (None, "auto"):
+        named = [b for b in BUDGETS.values() if abs(n_params / b - 1) <= CONFIG_TOLERANCE]
+        return named[0] if named else n_params
+    if spec in BUDGETS:
+        return BUDGETS[spec]
+    if isinstance(spec, int | float) and spec > 0:
+        return int(spec)
+    raise ConfigError(
+        f"search space architecture.budget: expected auto, one of {', '.join(BUDGETS)} or a "
+        f"positive number, got {spec!r}"
+    )
+
+
+def load_space(path: Path, config, n_channels: int) -> SearchSpace:
+    """Read and check a search-space YAML against the parsed fit config (every key must exist in it)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"search space not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())[:200]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with architecture/params/sampler/pruner")
+    unknown = set(raw) - {"architecture", "params", "sampler", "pruner", "objective"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}")
+    params = []
+    for key, spec in (raw.get("params") or {}).items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{path}: params.{key} must be a mapping with `type` and a range or choices")
+        if isinstance(_leaf(config, key), KeyError) or isinstance(_leaf(config, key), dict | list):
+            raise ConfigError(f"{path}: params.{key} is not a value of the fit config")
+        unknown = set(spec) - {"type", "low", "high", "log", "step", "choices"}
+        if unknown:
+            raise ConfigError(f"{path}: params.{key}: unknown field(s) {', '.join(sorted(unknown))}")
+        params.append(Param(key=key, **spec))
+    architecture = None
+    if raw.get("architecture") is not None:
+        architecture = _architecture(path, raw["architecture"], config, n_channels)
+        clash = [p.key for p in params if p.key in ARCH_KEYS]
+        if clash:
+            raise ConfigError(f"{path}: {', '.join(clash)} is set by `architecture`; remove it from params")
+    sampler = {"type": "tpe", "seed": None, "n_startup_trials": 10, "multivariate": True, **(raw.get("sampler") or {})}
+    pruner = {
+        "type": "median",
+        "n_startup_trials": 5,
+        "n_warmup_steps": 3,
+        "interval_steps": 1,
+        **(raw.get("pruner") or {}),
+    }
+    for section, known in (("sampler", SAMPLER_KEYS), ("pruner", PRUNER_KEYS)):
+        unknown = set(raw.get(section) or {}) - set(known)
+        if unknown:
+            raise ConfigError(f"{path}: {section}: unknown field(s) {', '.join(sorted(unknown))}")
+    if sampler["type"] not in SAMPLERS:
+        raise ConfigError(f"{path}: sampler.type must be one of {', '.join(SAMPLERS)}, got {sampler['type']!r}")
+    if pruner["type"] not in PRUNERS:
+        raise ConfigError(f"{path}: pruner.type must be one of {', '.join(PRUNERS)}, got {pruner['type']!r}")
+    return SearchSpace(architecture, params, sampler, pruner, raw)
+
+
+def _architecture(path: Path, spec: dict, config, n_channels: int) -> Architecture:
+    unknown = set(spec) - {"budget", "tolerance", "heads", "d_models"}
+    if unknown:
+        raise ConfigError(f"{path}: architecture: unknown field(s) {', '.join(sorted(unknown))}")
+    base = PatchTSTConfig(**dict(vars(config.model.net)))
+    context = config.data.context_length
+    budget = _budget(spec.get("budget", "auto"), parameter_count(n_channels, context, base))
+    tolerance = float(spec.get("tolerance", 0.25))
+    if not 0 < tolerance < 1:
+        raise ConfigError(f"{path}: architecture.tolerance must lie in (0, 1), got {tolerance}")
+    d_models = tuple(int(d) for d in spec.get("d_models") or D_MODELS)
+    shapes = closest_depths(grid(budget, n_channels, context, base, tolerance, d_models), budget)
+    if len(shapes) < 2:
+        raise ConfigError(
+            f"{path}: the grid of {budget:,} parameters (±{tolerance:.0%}, widths {min(d_models)}…{max(d_models)}) "
+            f"has {len(shapes)} shape(s); widen architecture.tolerance or d_models"
+        )
+    return Architecture(shapes, budget, bool(spec.get("heads", True)))
+
+
+def fingerprint(space: SearchSpace, config: dict) -> str:
+    """A hash of what makes trials comparable: the search space as read and the fixed fit config."""
+    text = json.dumps({"space": space.source, "config": config}, sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def describe(space: SearchSpace) -> list[str]:
+    """Human-readable lines, one per sampled dimension."""
+    lines = []
+    if space.architecture:
+        a = space.architecture
+        heads = "heads per width" if a.sample_heads else "default heads"
+        lines.append(f"{ARCH}: {len(a.shapes)} shapes at {a.budget:,} parameters ({', '.join(a.names)}); {heads}")
+    for p in space.params:
+        if p.type == "categorical":
+            lines.append(f"{p.key}: one of {p.choices}")
+        else:
+            scale = "log" if p.log else (f"step {p.step}" if p.step else "uniform")
+            lines.append(f"{p.key}: {p.type} {p.low:g} … {p.high:g} ({scale})")
+    return lines

@@ -1,0 +1,512 @@
+"""`cli.py hpo`: an Optuna study whose every trial is one run of the fit path.
+
+    python cli.py hpo --config configs/2M.yaml --trials 50 [--search-space configs/hpo/default.yaml]
+                      [--storage URL] [--study-name NAME] [--export-best FILE] [fit overrides …]
+
+- Storage: SQLite under <logs>/hpo/<study>/study.db unless --storage names any Optuna RDB URL.
+- Resume: rerun the same command. RUNNING trials of dead processes are failed and retried (same params):
+  at once for processes of this machine, after the heartbeat's grace period for other machines.
+- Done when the study holds N finished (complete + pruned) trials; failed trials (memory, divergence)
+  are recorded with their reason and do not count.
+- Several processes (and machines, with an RDB URL) may run the same command: they share one study.
+- A stop file touched or SIGTERM/SIGINT: the current trial stops at its next batch and is queued again,
+  the summary is written, exit 0; rerun to resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from datamodules.market_datamodule import input_columns
+from hpo import records
+from hpo.pruning import TrialPruning, make_pruner, make_sampler
+from hpo.space import ARCH_KEYS, SearchSpace, arch_name, describe, fingerprint, load_space
+from training.lightning_cli import parse_fit_config
+from training.run_setup import ConfigError
+
+log = logging.getLogger(__name__)
+DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "configs" / "hpo" / "default.yaml"
+HEARTBEAT_S, GRACE_S = 60, 300  # a RUNNING trial without heartbeat for GRACE_S seconds belongs to a dead worker
+MAX_RETRIES = 3  # an interrupted trial is queued again at most this often
+MAX_ERRORS_IN_A_ROW = 3  # unexpected trial errors (not memory, not divergence) in a row end the study
+HPO_METRICS = ("hpo/objective", "hpo/pruned", "hpo/failed")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class TrialFailed(Exception):
+    """A trial that ran into a recorded failure (memory, divergence, an error); the study goes on."""
+
+
+class TrialInterrupted(Exception):
+    """A trial stopped by the stop file or a signal; it is queued again and the study stops."""
+
+
+class StudyFailed(RuntimeError):
+    """Trials keep failing: the study ends (exit 1) with its records written."""
+
+
+def _interrupted(trial: optuna.trial.FrozenTrial) -> bool:
+    return trial.user_attrs.get("reason", "").startswith(("interrupted", "not started"))
+
+
+@dataclass
+class HpoRequest:
+    config: Path
+    trials: int
+    search_space: Path = DEFAULT_SPACE
+    storage: str | None = None
+    study_name: str | None = None
+    export_best: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+
+
+def override_keys(overrides: list[str]) -> dict[str, str]:
+    """`--a.b 1 --c=2` → {"a.b": "1", "c": "2"} (the fit overrides every trial receives)."""
+    keys, i = {}, 0
+    while i < len(overrides):
+        arg = overrides[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"hpo: unexpected argument {arg!r} (fit overrides look like --trainer.max_epochs 5)")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            i += 1
+        else:
+            key, value = arg[2:], overrides[i + 1] if i + 1 < len(overrides) else ""
+            i += 2
+        keys[key] = value
+    return keys
+
+
+def _checkpoint_monitor(config) -> tuple[str, str]:
+    for callback in config.trainer.get("callbacks") or []:
+        if str(callback.class_path).endswith("ModelCheckpoint") and callback.init_args.get("monitor"):
+            return callback.init_args.monitor, callback.init_args.mode
+    raise ConfigError("hpo needs a ModelCheckpoint with a monitor in the config: its metric is the objective")
+
+
+def _stop_file(config) -> Path:
+    for callback in config.trainer.get("callbacks") or []:
+        if str(callback.class_path).endswith("StopFileCallback"):
+            return Path(callback.init_args.path)
+    raise ConfigError("hpo needs the StopFileCallback of the shipped configs (trainer.callbacks)")
+
+
+def _plain_config(config) -> dict:
+    """The fit config as plain data, without what may differ between workers (where logs go, memory limit)."""
+    plain = config.as_dict()
+    for key in ("config", "memory_limit", "ckpt_path"):
+        plain.pop(key, None)
+    plain["trainer"].pop("logger", None)
+    return plain
+
+
+def default_study_name(config_path: Path, config, budget: int | None) -> str:
+    """<config>[-<budget>]-h<h>-<dataset>-v<version>, e.g. `2M-h1-GSPC.dataset.a25-v1`."""
+    from lightning_modules.budget import BUDGETS
+
+    name = Path(config_path).stem
+    named = next((k for k, v in BUDGETS.items() if v == budget), None)
+    if named and named != name:
+        name += f"-{named}"
+    return f"{name}-h{config.data.horizon}-{config.data.dataset}-v{config.data.version}"
+
+
+def _format(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _process_started(pid: int) -> str:
+    """The start time of a process (ticks since boot), to tell a live worker from a reused pid; '' if unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _alive(pid: int, started: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not started or _process_started(pid) == started
+
+
+class StudyRunner:
+    """Runs trials of one study in this process until it holds N finished trials or is asked to stop."""
+
+    def __init__(self, request: HpoRequest):
+        self.request = request
+        self.config = parse_fit_config(["--config", str(request.config), *request.overrides])
+        self.overrides = override_keys(request.overrides)
+        data = self.config.data
+        self.n_channels = len(input_columns(data.dataset, data.version, data.features, data.data_dir))
+        self.space: SearchSpace = load_space(request.search_space, self.config, self.n_channels)
+        both = sorted(set(self.space.keys) & set(self.overrides))
+        if both:
+            raise ConfigError(f"{', '.join(both)}: both sampled by the search space and overridden; drop one")
+        self.monitor, self.mode = _checkpoint_monitor(self.config)
+        self._check_objective()
+        self.stop_file = _stop_file(self.config)
+        trainer = self.config.trainer
+        if any(k in str(trainer.strategy).lower() for k in ("ddp", "fsdp")) or trainer.devices not in (1, "1", "auto"):
+            raise ConfigError(
+                "hpo runs each trial in its own single-device process (a DDP launcher would re-run the "
+                "whole study per rank); run several hpo workers on one storage instead"
+            )
+        logger = self.config.trainer.get("logger")
+        if not hasattr(logger, "init_args") or not str(logger.class_path).endswith("TensorBoardLogger"):
+            raise ConfigError("hpo needs trainer.logger to be the TensorBoardLogger (one run per trial)")
+        budget = self.space.architecture.budget if self.space.architecture else None
+        self.name = request.study_name or default_study_name(request.config, self.config, budget)
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"study name {self.name!r}: must be non-empty without '/'")
+        self.trials_root = Path(logger.init_args.save_dir or "logs") / "hpo"
+        self.dir = self.trials_root / self.name
+        self.storage_url = request.storage or f"sqlite:///{self.dir / 'study.db'}"
+        if request.trials < 1:
+            raise ConfigError(f"--trials must be ≥ 1, got {request.trials}")
+        if request.export_best is not None:
+            records.check_export_target(request.export_best)
+        self.fingerprint = fingerprint(self.space, _plain_config(self.config))
+        seed = self.space.sampler.get("seed")
+        self.seed = int(seed if seed is not None else self.config.seed_everything or 0)
+        self.stop_reason: str | None = None
+        self.started = time.time()
+        self.errors_in_a_row, self.last_error = 0, ""
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.pid_started = _process_started(self.pid)
+
+    def _check_objective(self) -> None:
+        objective = self.space.source.get("objective") or {}
+        direction = "minimize" if self.mode == "min" else "maximize"
+        wanted = (objective.get("monitor", self.monitor), objective.get("direction", direction))
+        if wanted != (self.monitor, direction):
+            raise ConfigError(
+                f"search space objective {wanted[0]} ({wanted[1]}) differs from the checkpoint's "
+                f"{self.monitor} ({direction}): the objective is the metric the best checkpoint "
+                "keeps; change both"
+            )
+        self.direction = direction
+
+    # storage --------------------------------------------------------------------------------------------------
+
+    def open_study(self) -> optuna.Study:
+        if self.storage_url.startswith("sqlite:///"):
+            Path(self.storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = {"connect_args": {"timeout": 120}} if self.storage_url.startswith("sqlite") else {}
+        for attempt in range(5):  # two workers creating one SQLite schema at once may collide: retry
+            try:
+                storage = optuna.storages.RDBStorage(
+                    self.storage_url,
+                    engine_kwargs=engine,
+                    heartbeat_interval=HEARTBEAT_S,
+                    grace_period=GRACE_S,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
+                )
+                break
+            except Exception as err:  # sqlalchemy's OperationalError, or a bad URL
+                if attempt == 4 or "locked" not in str(err) and "already exists" not in str(err):
+                    raise ConfigError(f"storage {self.storage_url}: {' '.join(str(err).split())[:300]}") from None
+                time.sleep(0.5 + attempt)
+        sampler, pruner = make_sampler(self.space.sampler, self.seed), make_pruner(self.space.pruner)
+        try:
+            study = optuna.create_study(
+                storage=storage, study_name=self.name, direction=self.direction, sampler=sampler, pruner=pruner
+            )
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(storage=storage, study_name=self.name, sampler=sampler, pruner=pruner)
+            created = False
+        if created:
+            attrs = {
+                "fingerprint": self.fingerprint,
+                "config": str(self.request.config),
+                "monitor": self.monitor,
+                "direction": self.direction,
+                "overrides": self.request.overrides,
+                "search_space": str(self.request.search_space),
+                "space": self.space.source,
+                "fixed_config": _plain_config(self.config),
+            }
+            for key, value in json.loads(json.dumps(attrs, default=str)).items():
+                study.set_user_attr(key, value)
+            if self.space.architecture:
+                for name, params in self.space.architecture.extremes().items():
+                    study.enqueue_trial(params, user_attrs={"enqueued": name})
+        else:
+            self._check_same_study(study)
+        return study
+
+    def _check_same_study(self, study: optuna.Study) -> None:
+        theirs = study.user_attrs.get("fingerprint")
+        if theirs is None or theirs == self.fingerprint:  # None: its creator is still setting it up
+            return
+        mine = json.loads(json.dumps(_plain_config(self.config), default=str))
+        stored = study.user_attrs.get("fixed_config", {})
+        differ = sorted(records.differences(stored, mine))
+        if study.user_attrs.get("space") != json.loads(json.dumps(self.space.source, default=str)):
+            differ.insert(0, "the search space")
+        raise ConfigError(
+            f"study {self.name!r} in {self.storage_url} was made with other settings "
+            f"({', '.join(differ[:5]) or 'fingerprint'}); rerun with its settings or pass "
+            "--study-name for a new study"
+        )
+
+    # the loop -------------------------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame) -> None:
+        self.stop_reason = signal.Signals(signum).name
+
+    def stop_requested(self) -> str | None:
+        if self.stop_reason:
+            return self.stop_reason
+        try:
+            if self.stop_file.stat().st_mtime >= self.started:
+                return str(self.stop_file)
+        except FileNotFoundError:
+            pass
+        return None
+
+    def _fail_dead_local_trials(self, study: optuna.Study) -> None:
+        """RUNNING trials started by a process of this machine that no longer runs: fail them, queue them again."""
+        optuna.storages.fail_stale_trials(study)  # other machines: no heartbeat for GRACE_S
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            worker = trial.user_attrs.get("worker") or {}
+            if worker.get("trial") != trial.number or worker.get("host") != self.host:
+                continue  # not yet claimed (a retry still carries its parent's worker), or another machine's
+            if _alive(int(worker["pid"]), worker.get("pid_started", "")):
+                continue
+            reason = f"interrupted: process {worker['pid']} on {self.host} ended while running it"
+            study._storage.set_trial_user_attr(trial._trial_id, "reason", reason)
+            try:
+                if not study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker got there first
+            log.warning("trial %d: %s; queued again with the same parameters", trial.number, reason)
+            RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, study._storage.get_trial(trial._trial_id))
+
+    def run(self) -> int:
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial comes from here
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        study = self.open_study()
+        log.info("study %s: %d finished trials wanted; storage %s", self.name, self.request.trials, self.storage_url)
+        for line in describe(self.space):
+            log.info("  %s", line)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        quiet = [
+            logging.getLogger(n)
+            for n in ("lightning.pytorch", "lightning.fabric", "callbacks", "training", "datamodules")
+        ]
+        quiet.append(logging.getLogger("callbacks.stop_file"))  # its "resume with cli.py fit" is not for trials
+        levels = [logger.level for logger in quiet]
+        for logger in quiet:
+            logger.setLevel(logging.ERROR if logger.name == "callbacks.stop_file" else logging.WARNING)
+        failure = None
+        try:
+            with records.Progress(self.request.trials) as progress:
+                self._loop(study, progress)
+        except StudyFailed as err:
+            failure = err
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            for logger, level in zip(quiet, levels, strict=True):
+                logger.setLevel(level)
+        outputs = records.write_outputs(study, self)
+        records.print_top(study, self)
+        if self.stop_requested():
+            log.warning(
+                "study %s stopped by %s: %d of %d trials finished; summary %s. Resume with the same command.",
+                self.name,
+                self.stop_requested(),
+                outputs["finished"],
+                self.request.trials,
+                self.dir / "summary.md",
+            )
+        if self.request.export_best is not None:
+            records.export_best(study, self, self.request.export_best)
+        if failure is not None:
+            print(f"error: study {self.name}: {failure}", file=sys.stderr)
+            return 1
+        return 0
+
+    def _loop(self, study: optuna.Study, progress: records.Progress) -> None:
+        while not self.stop_requested():
+            self._fail_dead_local_trials(study)
+            trials = study.get_trials(deepcopy=False)
+            finished = sum(t.state in FINISHED for t in trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            failed = sum(t.state == TrialState.FAIL and not _interrupted(t) for t in trials)
+            progress.update(finished, study)
+            if finished >= self.request.trials:
+                return
+            if failed >= max(self.request.trials, MAX_ERRORS_IN_A_ROW):
+                raise StudyFailed(
+                    f"{failed} trials failed, as many as the {self.request.trials} wanted (last: "
+                    f"{self.last_error or 'see trials.csv'}); check the search space and config"
+                )
+            if finished + running >= self.request.trials:  # the rest is running elsewhere: wait for it
+                time.sleep(2.0)
+                continue
+            study.optimize(
+                self.objective,
+                n_trials=1,
+                catch=(TrialFailed, TrialInterrupted),
+                callbacks=[self._after_trial],
+                gc_after_trial=True,
+            )
+            if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
+                last = self.last_error
+                raise StudyFailed(
+                    f"{self.errors_in_a_row} trials in a row failed with errors (last: {last}); "
+                    f"details in {self.dir}/trial-*/error.txt"
+                )
+        progress.update(sum(t.state in FINISHED for t in study.get_trials(deepcopy=False)), study)
+
+    # one trial ------------------------------------------------------------------------------------------------
+
+    def _trial_dir(self, number: int) -> tuple[str, Path]:
+        version = f"trial-{number:04d}"
+        candidates = (version, *(f"{version}-{i}" for i in range(2, 1000)))
+        version = next(v for v in candidates if not (self.dir / v).exists())  # a deleted storage left it behind
+        return version, self.dir / version
+
+    def trial_argv(self, values: dict[str, Any], version: str) -> list[str]:
+        """The fit command of one trial: the study's config and overrides, the sampled values, its run dir."""
+        sampled = [item for key, value in values.items() for item in (f"--{key}", _format(value))]
+        place = [
+            "--trainer.logger.init_args.save_dir",
+            str(self.trials_root),
+            "--trainer.logger.init_args.name",
+            self.name,
+            "--trainer.logger.init_args.version",
+            version,
+        ]
+        quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+        return ["fit", "--config", str(self.request.config), *self.request.overrides, *sampled, *place, *quiet]
+
+    def objective(self, trial: optuna.Trial) -> float:
+        from callbacks.run_record import RunRecordCallback
+        from lightning_modules.forecaster import TrainingDiverged
+        from lightning_modules.sizing import MemoryPreflightError
+        from training.lightning_cli import run_lightning
+
+        began = time.time()
+        worker = {"host": self.host, "pid": self.pid, "pid_started": self.pid_started, "trial": trial.number}
+        trial.set_user_attr("worker", worker)
+        values = self.space.suggest(trial)
+        version, run_dir = self._trial_dir(trial.number)
+        shape = dict(zip(ARCH_KEYS, (values.get(k) for k in ARCH_KEYS), strict=True))
+        attrs: dict[str, Any] = {"reason": "", "log_dir": str(run_dir), "values": values}
+        if self.space.architecture:
+            arch = next(
+                s
+                for s in self.space.architecture.shapes
+                if s.d_model == shape["model.net.d_model"]
+                and s.n_layers == shape["model.net.n_layers"]
+                and s.d_ff == shape["model.net.d_ff"]
+            )
+            attrs |= {"arch": arch_name(arch), "n_heads": shape["model.net.n_heads"]}
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        if self.stop_requested():
+            self._fail(trial, f"not started: stop requested by {self.stop_requested()}", TrialInterrupted)
+        pruning = TrialPruning(trial, self.monitor, study_stop=self.stop_requested)
+        record = RunRecordCallback(
+            extra_hparams={"hpo.study": self.name, "hpo.trial": trial.number}, extra_metrics=HPO_METRICS
+        )
+        cli = None
+        try:
+            cli = run_lightning(self.trial_argv(values, version), [pruning], record)
+        except MemoryPreflightError as err:
+            self.errors_in_a_row = 0  # a finding about this shape, not a broken setup
+            self._fail(trial, f"memory: {err}", TrialFailed, began)
+        except TrainingDiverged as err:
+            self.errors_in_a_row = 0
+            self._fail(trial, f"diverged: {err}", TrialFailed, began, run_dir)
+        except Exception as err:  # out of memory on a GPU, or a bug: recorded, the study goes on
+            import torch
+
+            kind = "out of memory" if isinstance(err, torch.OutOfMemoryError) else type(err).__name__
+            if isinstance(err, torch.OutOfMemoryError) and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            else:
+                self.errors_in_a_row += 1
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "error.txt").write_text("".join(traceback.format_exception(err)))
+            self._fail(trial, f"{kind}: {' '.join(str(err).split())[:300]}", TrialFailed, began, run_dir)
+        self.errors_in_a_row = 0
+        self._record_run(trial, cli, record, began)
+        stop = next((c for c in cli.trainer.callbacks if type(c).__name__ == "StopFileCallback"), None)
+        if stop is not None and stop.stopped_at is not None:
+            self._fail(
+                trial,
+                f"interrupted: stopped by {stop.requested() or 'a stop request'} at epoch {stop.stopped_at[0]}",
+                TrialInterrupted,
+                began,
+                run_dir,
+            )
+        try:
+            pruning.check_pruned()
+        except optuna.TrialPruned as pruned:
+            trial.set_user_attr("reason", str(pruned))
+            records.write_trial_scalars(run_dir, record.best.get("monitor"), pruned=True)
+            raise
+        if "monitor" not in record.best:
+            self._fail(trial, f"no finite {self.monitor} in any epoch", TrialFailed, began, run_dir)
+        records.write_trial_scalars(run_dir, record.best["monitor"])
+        return record.best["monitor"]
+
+    def _record_run(self, trial: optuna.Trial, cli, record, began: float) -> None:
+        trainer, best, identity = cli.trainer, record.best, record.record
+        attrs = {
+            "n_params": identity.get("n_params"),
+            "train_flops_per_sample": identity.get("train_flops_per_sample"),
+            "forward_flops_per_sample": identity.get("forward_flops_per_sample"),
+            "epochs": trainer.current_epoch,
+            "best_epoch": int(best["epoch"]) if "epoch" in best else None,
+            "micro_batch": cli.datamodule.batch_size,
+            "accumulate": trainer.accumulate_grad_batches,
+            "wall_s": round(time.time() - began, 1),
+            "best_value": best.get("monitor"),
+            "dataset_hash": (identity.get("dataset") or {}).get("hash"),
+            "git_commit": identity.get("git_commit"),
+        }
+        for name in ("loss", "auroc", "ap", "brier", "accuracy", "pred_std", "prior_bce"):
+            attrs[f"val_{name}"] = best.get(f"val_{name}")
+        attrs["collapsed"] = bool(best.get("val_collapsed", 0.0)) if best else None
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+
+    def _fail(self, trial, reason: str, kind: type[Exception], began: float | None = None, run_dir=None):
+        self.last_error = reason
+        trial.set_user_attr("reason", reason)
+        if began is not None:
+            trial.set_user_attr("wall_s", round(time.time() - began, 1))
+        if run_dir is not None and Path(run_dir).exists():
+            records.write_trial_scalars(Path(run_dir), None, failed=True)
+        raise kind(reason)
+
+    def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == TrialState.FAIL and _interrupted(trial):
+            RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, trial)
+        records.log_trial(study, trial, self)
+        records.write_trials_csv(study, self.dir / "trials.csv")

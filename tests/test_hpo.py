@@ -1,0 +1,333 @@
+"""`cli.py hpo` on configs/tiny.yaml through real subprocesses, a real SQLite storage and real TensorBoard files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from conftest import ROOT, assert_user_error, run_cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+STUDY = "tiny-h1-GSPC.dataset.a25-v1"
+
+
+def study_config(tmp_path: Path, epochs: int = 3, batches: int | None = None, patience: int = 2) -> Path:
+    """tiny.yaml with logs and the stop file under tmp_path."""
+    config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    config["trainer"]["max_epochs"] = epochs
+    if batches:
+        config["trainer"].update(limit_train_batches=batches, limit_val_batches=2)
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
+    for callback in config["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("EarlyStopping"):
+            callback["init_args"]["patience"] = patience
+        if callback["class_path"].endswith("StopFileCallback"):
+            callback["init_args"]["path"] = str(tmp_path / "STOP")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def hpo_args(config: Path, trials: int, *extra: str) -> list[str]:
+    return ["hpo", "--config", str(config), "--trials", str(trials), "--search-space", "configs/hpo/tiny.yaml", *extra]
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    out = open(log, "w")  # noqa: SIM115 - closed with the process
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "cli.py", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def load(tmp_path: Path) -> optuna.Study:
+    return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'logs' / 'hpo' / STUDY / 'study.db'}")
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+
+
+def wait_for(predicate, process: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert process.poll() is None, "the study ended before the test could act"
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def events(run_dir: Path) -> EventAccumulator:
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"tensors": 0, "scalars": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+@pytest.fixture(scope="module")
+def study_run(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    tmp_path = tmp_path_factory.mktemp("hpo")
+    config = study_config(tmp_path)
+    result = run_cli(*hpo_args(config, 4))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return tmp_path, config, result
+
+
+def test_a_study_runs_prunes_and_writes_its_records(study_run):
+    tmp_path, _, result = study_run
+    study, folder = load(tmp_path), tmp_path / "logs" / "hpo" / STUDY
+    states = [t.state.name for t in finished(study)]
+    assert len(states) == 4 and "COMPLETE" in states and "PRUNED" in states, states
+    trials = pd.read_csv(folder / "trials.csv")
+    assert set(trials.state) >= {"complete", "pruned"} and trials.n_params.notna().all()
+    for column in (
+        "arch",
+        "n_heads",
+        "model.optim.lr",
+        "model.optim.weight_decay",
+        "model.net.dropout",
+        "model.optim.warmup_steps",
+        "train_flops_per_sample",
+        "epochs",
+        "best_epoch",
+        "val_loss",
+        "val_auroc",
+        "val_ap",
+        "val_brier",
+        "val_pred_std",
+        "collapsed",
+        "micro_batch",
+        "accumulate",
+        "wall_s",
+        "reason",
+    ):
+        assert column in trials, column
+    assert trials[trials.state == "pruned"].reason.str.startswith("pruned at epoch").all()
+    best = json.loads((folder / "best.json").read_text())
+    assert best["value"] == pytest.approx(study.best_value) and best["trial"] == study.best_trial.number
+    assert best["best_checkpoint"].endswith(".ckpt") and Path(best["best_checkpoint"]).exists()
+    summary = (folder / "summary.md").read_text()
+    for part in (
+        "4 finished of 4 wanted",
+        "pruned (",
+        "## Top 10 finished trials",
+        "## Objective distribution",
+        "## Per architecture",
+        "constant-prior BCE",
+    ):
+        assert part in summary, part
+    assert "top 4 finished trials" in result.stdout and "best so far" in result.stdout
+
+
+def test_the_grid_extremes_run_first_as_ordinary_parameters(study_run):
+    tmp_path, _, _ = study_run
+    study = load(tmp_path)
+    enqueued = [t.user_attrs.get("enqueued") for t in sorted(study.trials, key=lambda t: t.number)]
+    assert enqueued[:2] == ["min_width", "max_width"]
+    for trial in study.trials[:2]:
+        assert "arch" in trial.params and any(k.startswith("heads_d") for k in trial.params)
+
+
+def test_each_trial_is_a_tensorboard_run_with_hparams_and_its_final_state(study_run):
+    tmp_path, _, _ = study_run
+    study = load(tmp_path)
+    for trial in finished(study):
+        run_dir = Path(trial.user_attrs["log_dir"])
+        acc = events(run_dir)
+        (content,) = [
+            c
+            for c in acc.PluginTagToContent("hparams").values()
+            if plugin_data_pb2.HParamsPluginData.FromString(c).HasField("session_start_info")
+        ]
+        hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+        assert hparams["hpo.trial"].number_value == trial.number
+        assert hparams["model.optim.lr"].number_value == pytest.approx(trial.params["model.optim.lr"])
+        scalars = {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+        pruned = trial.state == optuna.trial.TrialState.PRUNED
+        assert scalars["hpo/pruned"] == [float(pruned)] and scalars["hpo/failed"] == [0.0]
+        # the objective is the best epoch's value, not the last one's
+        assert scalars["hpo/objective"][0] == pytest.approx(min(scalars["val/loss"]))
+        assert trial.user_attrs["best_value"] == pytest.approx(min(scalars["val/loss"]))
+        if not pruned:
+            assert trial.value == pytest.approx(min(scalars["val/loss"]))
+        record = json.loads((run_dir / "run.json").read_text())
+        assert "finished" in record  # a pruned fit ends like an early stop, not through the exception path
+        checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+        assert checkpoints[-1] == "last.ckpt" and all(n.startswith("best-") for n in checkpoints[:-1])
+
+
+def test_rerunning_resumes_and_the_exported_best_config_fits(study_run):
+    tmp_path, config, _ = study_run
+    before = {t.number: (t.state, t.value) for t in finished(load(tmp_path))}
+    export = tmp_path / "best.yaml"
+    result = run_cli(*hpo_args(config, 5, "--export-best", str(export)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load(tmp_path)
+    assert len(finished(study)) == 5
+    assert all((t.state, t.value) == before[t.number] for t in finished(study) if t.number in before)
+    text = export.read_text()
+    assert text.startswith("# Exported by `python cli.py hpo`") and f"trial {study.best_trial.number}" in text
+    logs = tmp_path / "exported-logs"
+    fit = run_cli(
+        "fit", "--config", str(export), "--trainer.max_epochs", "1", "--trainer.logger.init_args.save_dir", str(logs)
+    )
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    (run_dir,) = (logs / "tiny").iterdir()
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    for key, value in study.best_trial.user_attrs["values"].items():
+        node = saved
+        for part in key.split("."):
+            node = node[part]
+        assert node == pytest.approx(value), key
+
+
+def test_a_rerun_with_other_settings_is_refused_and_writes_nothing(study_run):
+    tmp_path, config, _ = study_run
+    csv = tmp_path / "logs" / "hpo" / STUDY / "trials.csv"
+    stamp = csv.stat().st_mtime_ns
+    result = run_cli(*hpo_args(config, 5, "--trainer.max_epochs", "2"))
+    assert_user_error(result, "was made with other settings (trainer.max_epochs)")
+    assert csv.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--trainer.max_epochs", "abc"], "trainer.max_epochs"),
+        (["--model.optim.lr", "0.1"], "model.optim.lr: both sampled by the search space and overridden"),
+        (["--export-best", "configs/tiny.yaml"], "was not written by an export; refusing to overwrite"),
+        (["--search-space", "no/such.yaml"], "search space not found: no/such.yaml"),
+    ],
+)
+def test_bad_hpo_input_is_one_line_and_nothing_is_written(tmp_path, extra, fragment):
+    config = study_config(tmp_path)
+    before = (ROOT / "configs" / "tiny.yaml").read_bytes()
+    assert_user_error(run_cli(*hpo_args(config, 2), *extra), fragment)
+    assert not (tmp_path / "logs").exists()
+    assert (ROOT / "configs" / "tiny.yaml").read_bytes() == before
+
+
+@pytest.mark.parametrize("how", ["stop_file", "SIGTERM"])
+def test_a_stop_ends_the_study_after_the_current_trial_and_a_rerun_resumes(tmp_path, how):
+    config = study_config(tmp_path, epochs=200, batches=2, patience=1000)
+    args = hpo_args(config, 2)
+    process = start(args, tmp_path / "out.log")
+    first = tmp_path / "logs" / "hpo" / STUDY / "trial-0000"
+    wait_for(lambda: any(first.glob("events.out.tfevents.*")), process)
+    time.sleep(1.0)
+    if how == "stop_file":
+        (tmp_path / "STOP").touch()
+    else:
+        process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0, (tmp_path / "out.log").read_text()[-3000:]
+    output = (tmp_path / "out.log").read_text()
+    assert "stopped by" in output and "Resume with the same command" in output
+    study = load(tmp_path)
+    stopped = study.trials[0]
+    assert stopped.state == optuna.trial.TrialState.FAIL
+    source = str(tmp_path / "STOP") if how == "stop_file" else "SIGTERM"
+    assert stopped.user_attrs["reason"].startswith(f"interrupted: stopped by {source}")
+    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retry) == 1 and retry[0].params == stopped.params  # queued again with the same values
+    assert (tmp_path / "logs" / "hpo" / STUDY / "summary.md").exists()
+    if how == "SIGTERM":
+        return
+    # rerun: the old stop file predates it; the study goes on to its trials
+    rerun = run_cli(*args, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert len(finished(load(tmp_path))) == 2
+
+
+def test_kill_9_mid_trial_then_rerun_fails_and_retries_it_and_keeps_completed_trials(tmp_path):
+    config = study_config(tmp_path, epochs=40, batches=8, patience=1000)
+    args = hpo_args(config, 3)
+    process = start(args, tmp_path / "out.log")
+    second = tmp_path / "logs" / "hpo" / STUDY / "trial-0001"
+    wait_for(lambda: any(second.glob("events.out.tfevents.*")), process)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    study = load(tmp_path)
+    done = {t.number: t.value for t in finished(study)}
+    assert 0 in done and study.trials[1].state == optuna.trial.TrialState.RUNNING
+    rerun = run_cli(*args, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    study = load(tmp_path)
+    killed = study.trials[1]
+    assert killed.state == optuna.trial.TrialState.FAIL
+    assert killed.user_attrs["reason"].startswith("interrupted: process ")
+    assert [t.params for t in study.trials if t.system_attrs.get("failed_trial") == 1] == [killed.params]
+    assert {t.number: t.value for t in finished(study) if t.number in done} == done  # nothing lost
+    assert len(finished(study)) == 3
+    # 40 noisy epochs per trial: the objective is the best epoch's value, not the last one's
+    series = {t.number: [e.value for e in events(Path(t.user_attrs["log_dir"])).Scalars("val/loss")]
+              for t in finished(study)}  # fmt: skip
+    for trial in finished(study):
+        assert trial.user_attrs["best_value"] == pytest.approx(min(series[trial.number]))
+    assert any(values[-1] > min(values) for values in series.values())
+
+
+def test_two_processes_share_one_study_without_duplicate_or_lost_trials(tmp_path):
+    config = study_config(tmp_path, epochs=3, batches=4)
+    args = hpo_args(config, 4)
+    workers = [start(args, tmp_path / f"worker{i}.log") for i in range(2)]
+    for i, worker in enumerate(workers):
+        assert worker.wait(timeout=600) == 0, (tmp_path / f"worker{i}.log").read_text()[-3000:]
+    study = load(tmp_path)
+    done = finished(study)
+    assert 4 <= len(done) <= 5  # a worker may start one trial while the other finishes the last
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    pids = {t.user_attrs["worker"]["pid"] for t in done}
+    assert pids == {w.pid for w in workers}  # both took part
+    dirs = [t.user_attrs["log_dir"] for t in study.trials if "log_dir" in t.user_attrs]
+    assert len(dirs) == len(set(dirs))
+    extremes = [t.user_attrs.get("enqueued") for t in study.trials if t.user_attrs.get("enqueued")]
+    assert len(extremes) == len(set(extremes))  # every enqueued trial ran once
+
+
+def _space(tmp_path: Path, params: str) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(f"params:\n{params}\nsampler: {{type: random, seed: 0}}\npruner: {{type: none}}\n")
+    return path
+
+
+def test_a_diverging_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_path):
+    config = study_config(tmp_path, epochs=2, batches=4)
+    space = _space(tmp_path, "  model.optim.lr: {type: categorical, choices: [1000.0, 0.001]}")
+    result = run_cli(
+        "hpo",
+        "--config",
+        str(config),
+        "--trials",
+        "2",
+        "--search-space",
+        str(space),
+        "--model.optim.warmup_steps",
+        "0",
+        "--trainer.gradient_clip_val",
+        "0",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'logs/hpo' / STUDY / 'study.db'}")
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert failed and all(t.user_attrs["reason"].startswith("diverged: ") for t in failed)
+    assert all(t.params["model.optim.lr"] == 1000.0 for t in failed)
+    assert len(finished(study)) == 2
+
+
+def test_trials_that_cannot_fit_in_memory_are_recorded_and_the_study_gives_up_with_exit_1(tmp_path):
+    config = study_config(tmp_path, epochs=1, batches=2)
+    space = _space(tmp_path, "  model.net.dropout: {type: float, low: 0.0, high: 0.3}")
+    result = run_cli(
+        "hpo", "--config", str(config), "--trials", "1", "--search-space", str(space), "--memory_limit", "1MB"
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: study ") and "3 trials failed" in lines[0], result.stderr
+    trials = pd.read_csv(tmp_path / "logs" / "hpo" / STUDY / "trials.csv")
+    assert len(trials) == 3 and trials.reason.str.startswith("memory: ").all()

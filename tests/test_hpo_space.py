@@ -1,0 +1,161 @@
+"""The search space: YAML checks, the architecture grid, and proof that every sampled value changes the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from conftest import ROOT
+
+from hpo.pruning import SeededTPESampler, TrialPruning
+from hpo.space import ARCH, heads_param, load_space
+from hpo.study import HpoRequest, StudyRunner
+from lightning_modules.budget import head_choices
+from training.lightning_cli import parse_fit_config, run_lightning
+from training.run_setup import ConfigError
+
+TINY, TINY_SPACE = ROOT / "configs" / "tiny.yaml", ROOT / "configs" / "hpo" / "tiny.yaml"
+
+
+def test_the_default_space_on_2m_is_categorical_shapes_at_the_budget_with_heads_per_width():
+    config = parse_fit_config(["--config", str(ROOT / "configs" / "2M.yaml")])
+    space = load_space(ROOT / "configs" / "hpo" / "default.yaml", config, 25)
+    arch = space.architecture
+    assert arch.budget == 2_000_000 and len(arch.names) == len(set(arch.names)) >= 5
+    assert "d128-l10-ff4" in arch.names  # the shipped balanced shape is one of the choices
+    widths = [(s.d_model, s.ff_ratio) for s in arch.shapes]
+    assert len(widths) == len(set(widths))  # one depth per (width, d_ff ratio): no near-duplicates
+    assert all(abs(s.n_params / 2e6 - 1) <= 0.25 for s in arch.shapes)
+    trial = optuna.create_study().ask()
+    values = space.suggest(trial)
+    d = values["model.net.d_model"]
+    assert (
+        trial.params[heads_param(d)] in head_choices(d) and values["model.net.n_heads"] == trial.params[heads_param(d)]
+    )
+    extremes = arch.extremes()
+    assert {"min_width", "max_width", "min_heads", "max_heads"} <= set(extremes) | {"min_depth", "max_depth"}
+    assert all(p[ARCH] in arch.names for p in extremes.values())
+    assert len({tuple(sorted(p.items())) for p in extremes.values()}) == len(extremes)  # duplicates merged
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("params:\n  model.optim.nope: {type: float, low: 0, high: 1}\n", "model.optim.nope is not a value"),
+        ("params:\n  model.optim.lr: {type: float, low: 1, high: 0.1}\n", "needs low < high"),
+        ("params:\n  model.optim.lr: {type: float, low: 0, high: 1, log: true}\n", "log range needs low > 0"),
+        ("params:\n  model.optim.lr: {type: beta, low: 0, high: 1}\n", "type must be one of"),
+        (
+            "params:\n  model.net.d_model: {type: int, low: 16, high: 64}\narchitecture: {d_models: [16, 32]}\n",
+            "set by `architecture`",
+        ),
+        ("architecture: {d_models: [4096]}\n", "has 0 shape(s)"),
+        ("pruner: {type: asha}\n", "pruner.type must be one of"),
+        ("samplers: {}\n", "unknown section(s) samplers"),
+        ("pruner: {type: median, patience: 3}\n", "pruner: unknown field(s) patience"),
+        ("params: [1, 2\n", "not valid YAML"),
+    ],
+)
+def test_a_broken_search_space_is_one_clear_config_error(tmp_path, text, fragment):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=None) as err:
+        StudyRunner(HpoRequest(TINY, 2, path, overrides=["--trainer.logger.init_args.save_dir", str(tmp_path)]))
+    assert fragment in str(err.value)
+    assert not (tmp_path / "hpo").exists()
+
+
+def _run_two_steps(values: dict, logs: Path) -> dict[str, torch.Tensor]:
+    """A real 2-step fit of tiny with the values as overrides, exactly as a trial passes them; its weights."""
+    runner = StudyRunner(HpoRequest(TINY, 1, TINY_SPACE, overrides=[]))
+    argv = runner.trial_argv(values, "run")
+    argv += [
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.logger.init_args.save_dir",
+        str(logs),
+        "--trainer.enable_checkpointing",
+        "false",
+        "--trainer.callbacks",
+        "[]",
+    ]
+    cli = run_lightning(argv)
+    hparams = cli.model.hparams
+    resolved = {"model.net." + k: v for k, v in hparams["net"].items()} | {
+        "model.optim." + k: v for k, v in hparams["optim"].items()
+    }
+    for key, value in values.items():  # the value reached the module that ran
+        assert resolved[key] == pytest.approx(value), key
+    return {k: v.detach().clone() for k, v in cli.model.state_dict().items()}
+
+
+def test_every_sampled_value_changes_what_runs(tmp_path):
+    config = parse_fit_config(["--config", str(TINY)])
+    space = load_space(TINY_SPACE, config, 25)
+    base = space.suggest(
+        optuna.trial.FixedTrial(
+            {
+                ARCH: "d32-l2-ff2",
+                heads_param(32): 1,
+                "model.optim.lr": 1e-3,
+                "model.optim.weight_decay": 0.01,
+                "model.net.dropout": 0.1,
+                "model.optim.warmup_steps": 5,
+            }
+        )
+    )
+    reference = _run_two_steps(base, tmp_path / "a")
+    assert all(torch.equal(reference[k], v) for k, v in _run_two_steps(base, tmp_path / "b").items())  # control
+    changes = {
+        "model.net.n_heads": 2,
+        "model.optim.lr": 2e-3,
+        "model.optim.weight_decay": 0.2,
+        "model.net.dropout": 0.25,
+        "model.optim.warmup_steps": 15,
+    }
+    assert set(changes) | {"model.net.d_model", "model.net.n_layers", "model.net.d_ff"} == set(space.keys)
+    for key, value in changes.items():
+        changed = _run_two_steps(base | {key: value}, tmp_path / key)
+        assert any(not torch.equal(reference[k], v) for k, v in changed.items()), f"{key} changed nothing"
+    other = space.architecture.shape("d16-l11-ff2")
+    changed = _run_two_steps(
+        base
+        | {"model.net.d_model": 16, "model.net.n_layers": 11, "model.net.d_ff": other.d_ff, "model.net.n_heads": 1},
+        tmp_path / "arch",
+    )
+    assert sum(v.numel() for k, v in changed.items() if k.startswith("net.")) == other.n_params
+
+
+def test_a_pruning_monitor_that_is_never_logged_is_an_error(tmp_path):
+    trial = optuna.create_study().ask()
+    pruning = TrialPruning(trial, "val/lossy")
+    runner = StudyRunner(HpoRequest(TINY, 1, TINY_SPACE, overrides=[]))
+    argv = runner.trial_argv({}, "run") + [
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path),
+    ]
+    with pytest.raises(ConfigError, match="pruning monitor 'val/lossy' is never logged"):
+        run_lightning(argv, [pruning])
+
+
+def test_the_sampler_draws_from_seed_and_trial_number_so_a_resume_samples_the_same(tmp_path):
+    def sample(study: optuna.Study) -> list[float]:
+        return [study.ask().suggest_float("x", 0, 1) for _ in range(3)]
+
+    first = sample(optuna.create_study(sampler=SeededTPESampler(7)))
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(storage=storage, study_name="s", sampler=SeededTPESampler(7))
+    resumed = [study.ask().suggest_float("x", 0, 1)]
+    resumed += sample(optuna.load_study(storage=storage, study_name="s", sampler=SeededTPESampler(7)))[:2]
+    assert resumed == first
+    assert sample(optuna.create_study(sampler=SeededTPESampler(8))) != first
