@@ -35,7 +35,8 @@ class StopFileCallback(pl.Callback):
         self.stopped_at: tuple[int, int] | None = None
         self._previous: dict[int, object] = {}
 
-    def _on_signal(self, signum: int, frame) -> None:
+    def handle_signal(self, signum: int, frame) -> None:
+        """A signal handler: remember the request (acted on at the next batch, or by whoever asks `requested`)."""
         self.reason = signal.Signals(signum).name
 
     def requested(self) -> str | None:
@@ -57,7 +58,7 @@ class StopFileCallback(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # here, not in on_fit_start: Lightning installs its own SIGTERM handler in between
         if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._on_signal) for s in SIGNALS}
+            self._previous = {s: signal.signal(s, self.handle_signal) for s in SIGNALS}
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int):
         local = self.requested() is not None

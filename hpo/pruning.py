@@ -88,7 +88,7 @@ def make_pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
     if kind == "median":
         return optuna.pruners.MedianPruner(start, warmup, interval)
     if kind == "percentile":
-        return optuna.pruners.PercentilePruner(float(spec.get("percentile", 25.0)), start, warmup, interval)
+        return optuna.pruners.PercentilePruner(spec["percentile"], start, warmup, interval)
     if kind == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=max(1, warmup), reduction_factor=3)
     return optuna.pruners.NopPruner()

@@ -67,9 +67,14 @@ class Param:
         if self.type not in TYPES:
             raise ConfigError(f"{where}: type must be one of {', '.join(TYPES)}, got {self.type!r}")
         if self.type == "categorical":
-            if not self.choices:
+            if not isinstance(self.choices, list) or not self.choices:
                 raise ConfigError(f"{where}: categorical needs a non-empty `choices` list")
             return
+        try:  # YAML reads 1e-5 (no dot) as a string
+            self.low, self.high = (None if v is None else float(v) for v in (self.low, self.high))
+            self.step = None if self.step is None else float(self.step)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: low, high and step must be numbers") from None
         if self.low is None or self.high is None or not self.low < self.high:
             raise ConfigError(f"{where}: needs low < high, got low={self.low}, high={self.high}")
         if self.log and self.low <= 0:
@@ -141,13 +146,14 @@ class SearchSpace:
         return [*(ARCH_KEYS if self.architecture else ()), *(p.key for p in self.params)]
 
 
-def _leaf(config, key: str):
+def _is_value(config, key: str) -> bool:
+    """`key` names a single value of the parsed config (not a section, not missing)."""
     node = config
     for part in key.split("."):
         if not hasattr(node, "get") or part not in node:
-            return KeyError(key)
+            return False
         node = node[part]
-    return node
+    return not hasattr(node, "get") and not isinstance(node, list | dict)
 
 
 def _budget(spec, n_params: int) -> int:
@@ -171,6 +177,8 @@ def load_space(path: Path, config, n_channels: int) -> SearchSpace:
         raw = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"search space not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"search space {path}: cannot read it ({type(err).__name__})") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())[:200]})") from None
     if not isinstance(raw, dict):
@@ -178,11 +186,14 @@ def load_space(path: Path, config, n_channels: int) -> SearchSpace:
     unknown = set(raw) - {"architecture", "params", "sampler", "pruner", "objective"}
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}")
+    for section in ("architecture", "params", "sampler", "pruner", "objective"):
+        if raw.get(section) is not None and not isinstance(raw[section], dict):
+            raise ConfigError(f"{path}: `{section}` must be a mapping, got {type(raw[section]).__name__}")
     params = []
     for key, spec in (raw.get("params") or {}).items():
         if not isinstance(spec, dict):
             raise ConfigError(f"{path}: params.{key} must be a mapping with `type` and a range or choices")
-        if isinstance(_leaf(config, key), KeyError) or isinstance(_leaf(config, key), dict | list):
+        if not _is_value(config, key):
             raise ConfigError(f"{path}: params.{key} is not a value of the fit config")
         unknown = set(spec) - {"type", "low", "high", "log", "step", "choices"}
         if unknown:
@@ -206,6 +217,13 @@ def load_space(path: Path, config, n_channels: int) -> SearchSpace:
         unknown = set(raw.get(section) or {}) - set(known)
         if unknown:
             raise ConfigError(f"{path}: {section}: unknown field(s) {', '.join(sorted(unknown))}")
+    try:
+        for section, keys in ((sampler, ("n_startup_trials",)), (pruner, PRUNER_KEYS[1:])):
+            for key in keys:
+                section[key] = float(section.get(key, 25.0)) if key == "percentile" else int(section[key])
+        sampler["seed"] = None if sampler["seed"] is None else int(sampler["seed"])
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}: sampler/pruner counts, seed and percentile must be numbers") from None
     if sampler["type"] not in SAMPLERS:
         raise ConfigError(f"{path}: sampler.type must be one of {', '.join(SAMPLERS)}, got {sampler['type']!r}")
     if pruner["type"] not in PRUNERS:

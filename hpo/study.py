@@ -29,13 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from callbacks.stop_file import StopFileCallback
 from datamodules.market_datamodule import input_columns
 from hpo import records
 from hpo.pruning import TrialPruning, make_pruner, make_sampler
-from hpo.space import ARCH_KEYS, SearchSpace, arch_name, describe, fingerprint, load_space
+from hpo.space import SearchSpace, describe, fingerprint, load_space
+from lightning_modules.budget import parameter_count
 from training.lightning_cli import parse_fit_config
 from training.run_setup import ConfigError
 
@@ -60,8 +64,10 @@ class StudyFailed(RuntimeError):
     """Trials keep failing: the study ends (exit 1) with its records written."""
 
 
-def _interrupted(trial: optuna.trial.FrozenTrial) -> bool:
-    return trial.user_attrs.get("reason", "").startswith(("interrupted", "not started"))
+RECORD_KEYS = ("arch", "n_heads", "n_params", "forward_flops_per_sample", "train_flops_per_sample", "epochs",
+               "best_epoch", "micro_batch", "accumulate", "wall_s", "best_value", "dataset_hash", "git_commit",
+               "val_loss", "val_auroc", "val_ap", "val_brier", "val_accuracy", "val_pred_std", "val_prior_bce",
+               "collapsed")  # fmt: skip
 
 
 @dataclass
@@ -148,6 +154,24 @@ def _alive(pid: int, started: str) -> bool:
     return not started or _process_started(pid) == started
 
 
+def _serialize_sqlite(engine) -> None:
+    """Make every SQLite transaction take the write lock at its start (BEGIN IMMEDIATE).
+
+    pysqlite begins a transaction only at the first write, so two workers could both read a WAITING trial
+    and both claim it (tests/test_hpo_storage.py); this is SQLAlchemy's recipe for SQLite locking."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(connection, record) -> None:
+        connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners existed are dropped
+
+
 class StudyRunner:
     """Runs trials of one study in this process until it holds N finished trials or is asked to stop."""
 
@@ -163,7 +187,7 @@ class StudyRunner:
             raise ConfigError(f"{', '.join(both)}: both sampled by the search space and overridden; drop one")
         self.monitor, self.mode = _checkpoint_monitor(self.config)
         self._check_objective()
-        self.stop_file = _stop_file(self.config)
+        self.stop = StopFileCallback(str(_stop_file(self.config)))  # the study's own: same file, same signals
         trainer = self.config.trainer
         if any(k in str(trainer.strategy).lower() for k in ("ddp", "fsdp")) or trainer.devices not in (1, "1", "auto"):
             raise ConfigError(
@@ -187,9 +211,7 @@ class StudyRunner:
         self.fingerprint = fingerprint(self.space, _plain_config(self.config))
         seed = self.space.sampler.get("seed")
         self.seed = int(seed if seed is not None else self.config.seed_everything or 0)
-        self.stop_reason: str | None = None
-        self.started = time.time()
-        self.errors_in_a_row, self.last_error = 0, ""
+        self.errors_in_a_row, self.failures, self.last_error = 0, 0, ""  # this process's trials
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.pid_started = _process_started(self.pid)
 
@@ -220,9 +242,11 @@ class StudyRunner:
                     grace_period=GRACE_S,
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
                 )
+                if self.storage_url.startswith("sqlite"):
+                    _serialize_sqlite(storage.engine)
                 break
-            except Exception as err:  # sqlalchemy's OperationalError, or a bad URL
-                if attempt == 4 or "locked" not in str(err) and "already exists" not in str(err):
+            except Exception as err:  # a bad URL, or workers racing to create one schema (the database's errors)
+                if attempt == 4 or not isinstance(err, sqlalchemy.exc.DBAPIError):
                     raise ConfigError(f"storage {self.storage_url}: {' '.join(str(err).split())[:300]}") from None
                 time.sleep(0.5 + attempt)
         sampler, pruner = make_sampler(self.space.sampler, self.seed), make_pruner(self.space.pruner)
@@ -234,9 +258,11 @@ class StudyRunner:
         except optuna.exceptions.DuplicatedStudyError:
             study = optuna.load_study(storage=storage, study_name=self.name, sampler=sampler, pruner=pruner)
             created = False
-        if created:
+        if created:  # the extremes first, the fingerprint last: joining workers wait for it
+            if self.space.architecture:
+                for name, params in self.space.architecture.extremes().items():
+                    study.enqueue_trial(params, user_attrs={"enqueued": name})
             attrs = {
-                "fingerprint": self.fingerprint,
                 "config": str(self.request.config),
                 "monitor": self.monitor,
                 "direction": self.direction,
@@ -247,16 +273,18 @@ class StudyRunner:
             }
             for key, value in json.loads(json.dumps(attrs, default=str)).items():
                 study.set_user_attr(key, value)
-            if self.space.architecture:
-                for name, params in self.space.architecture.extremes().items():
-                    study.enqueue_trial(params, user_attrs={"enqueued": name})
+            study.set_user_attr("fingerprint", self.fingerprint)
         else:
             self._check_same_study(study)
         return study
 
     def _check_same_study(self, study: optuna.Study) -> None:
-        theirs = study.user_attrs.get("fingerprint")
-        if theirs is None or theirs == self.fingerprint:  # None: its creator is still setting it up
+        for _ in range(60):  # a worker that created the study a moment ago is still enqueueing its extremes
+            theirs = study.user_attrs.get("fingerprint")
+            if theirs is not None:
+                break
+            time.sleep(0.5)
+        if theirs == self.fingerprint:
             return
         mine = json.loads(json.dumps(_plain_config(self.config), default=str))
         stored = study.user_attrs.get("fixed_config", {})
@@ -271,18 +299,9 @@ class StudyRunner:
 
     # the loop -------------------------------------------------------------------------------------------------
 
-    def _on_signal(self, signum: int, frame) -> None:
-        self.stop_reason = signal.Signals(signum).name
-
     def stop_requested(self) -> str | None:
-        if self.stop_reason:
-            return self.stop_reason
-        try:
-            if self.stop_file.stat().st_mtime >= self.started:
-                return str(self.stop_file)
-        except FileNotFoundError:
-            pass
-        return None
+        """The stop file touched since this process started, or a SIGTERM/SIGINT it received."""
+        return self.stop.requested()
 
     def _fail_dead_local_trials(self, study: optuna.Study) -> None:
         """RUNNING trials started by a process of this machine that no longer runs: fail them, queue them again."""
@@ -294,8 +313,9 @@ class StudyRunner:
             if _alive(int(worker["pid"]), worker.get("pid_started", "")):
                 continue
             reason = f"interrupted: process {worker['pid']} on {self.host} ended while running it"
-            study._storage.set_trial_user_attr(trial._trial_id, "reason", reason)
             try:
+                study._storage.set_trial_user_attr(trial._trial_id, "reason", reason)
+                study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
                 if not study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
                     continue
             except optuna.exceptions.UpdateFinishedTrialError:
@@ -310,7 +330,7 @@ class StudyRunner:
         log.info("study %s: %d finished trials wanted; storage %s", self.name, self.request.trials, self.storage_url)
         for line in describe(self.space):
             log.info("  %s", line)
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous = {s: signal.signal(s, self.stop.handle_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         quiet = [
             logging.getLogger(n)
             for n in ("lightning.pytorch", "lightning.fabric", "callbacks", "training", "datamodules")
@@ -354,13 +374,12 @@ class StudyRunner:
             trials = study.get_trials(deepcopy=False)
             finished = sum(t.state in FINISHED for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
-            failed = sum(t.state == TrialState.FAIL and not _interrupted(t) for t in trials)
             progress.update(finished, study)
             if finished >= self.request.trials:
                 return
-            if failed >= max(self.request.trials, MAX_ERRORS_IN_A_ROW):
+            if self.failures >= max(self.request.trials, MAX_ERRORS_IN_A_ROW):
                 raise StudyFailed(
-                    f"{failed} trials failed, as many as the {self.request.trials} wanted (last: "
+                    f"{self.failures} trials failed, as many as the {self.request.trials} wanted (last: "
                     f"{self.last_error or 'see trials.csv'}); check the search space and config"
                 )
             if finished + running >= self.request.trials:  # the rest is running elsewhere: wait for it
@@ -414,17 +433,9 @@ class StudyRunner:
         trial.set_user_attr("worker", worker)
         values = self.space.suggest(trial)
         version, run_dir = self._trial_dir(trial.number)
-        shape = dict(zip(ARCH_KEYS, (values.get(k) for k in ARCH_KEYS), strict=True))
-        attrs: dict[str, Any] = {"reason": "", "log_dir": str(run_dir), "values": values}
-        if self.space.architecture:
-            arch = next(
-                s
-                for s in self.space.architecture.shapes
-                if s.d_model == shape["model.net.d_model"]
-                and s.n_layers == shape["model.net.n_layers"]
-                and s.d_ff == shape["model.net.d_ff"]
-            )
-            attrs |= {"arch": arch_name(arch), "n_heads": shape["model.net.n_heads"]}
+        # a retried trial inherits its parent's attributes: every record starts empty
+        attrs: dict[str, Any] = dict.fromkeys(RECORD_KEYS) | self._size(values)
+        attrs |= {"reason": "", "interrupted": False, "log_dir": str(run_dir), "values": values}
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         if self.stop_requested():
@@ -436,6 +447,12 @@ class StudyRunner:
         cli = None
         try:
             cli = run_lightning(self.trial_argv(values, version), [pruning], record)
+        except SIGTERMException:  # Lightning's own SIGTERM handling, before the stop callback took over
+            self.stop.reason = self.stop.reason or "SIGTERM"
+            self._fail(trial, "interrupted: stopped by SIGTERM", TrialInterrupted, began, run_dir)
+        except ConfigError as err:  # the config cannot run any trial (e.g. a monitor that is never logged)
+            trial.set_user_attr("reason", f"config: {err}")
+            raise
         except MemoryPreflightError as err:
             self.errors_in_a_row = 0  # a finding about this shape, not a broken setup
             self._fail(trial, f"memory: {err}", TrialFailed, began)
@@ -455,11 +472,14 @@ class StudyRunner:
             self._fail(trial, f"{kind}: {' '.join(str(err).split())[:300]}", TrialFailed, began, run_dir)
         self.errors_in_a_row = 0
         self._record_run(trial, cli, record, began)
-        stop = next((c for c in cli.trainer.callbacks if type(c).__name__ == "StopFileCallback"), None)
-        if stop is not None and stop.stopped_at is not None:
+        trial_stop = next((c for c in cli.trainer.callbacks if isinstance(c, StopFileCallback)), None)
+        if trial_stop is not None and trial_stop.stopped_at is not None:
+            if trial_stop.reason:  # a signal the trial's stop callback caught: it stops the study too
+                self.stop.reason = self.stop.reason or trial_stop.reason
             self._fail(
                 trial,
-                f"interrupted: stopped by {stop.requested() or 'a stop request'} at epoch {stop.stopped_at[0]}",
+                f"interrupted: stopped by {trial_stop.requested() or 'a stop request'} at epoch "
+                f"{trial_stop.stopped_at[0]}",
                 TrialInterrupted,
                 began,
                 run_dir,
@@ -475,12 +495,30 @@ class StudyRunner:
         records.write_trial_scalars(run_dir, record.best["monitor"])
         return record.best["monitor"]
 
+    def _size(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Architecture, exact parameters and FLOPs of a trial, known before it runs (failed trials keep them)."""
+        from lightning_modules.accounting import forward_flops_per_sample, training_flops_per_sample
+        from lightning_modules.patchtst import PatchTSTConfig
+
+        net = {k.removeprefix("model.net."): v for k, v in values.items() if k.startswith("model.net.")}
+        try:
+            cfg = PatchTSTConfig(**(dict(vars(self.config.model.net)) | net))
+        except (TypeError, ValueError):
+            return {}
+        context = self.config.data.context_length
+        size = {
+            "n_params": parameter_count(self.n_channels, context, cfg),
+            "forward_flops_per_sample": forward_flops_per_sample(self.n_channels, context, cfg),
+            "train_flops_per_sample": training_flops_per_sample(self.n_channels, context, cfg),
+            "n_heads": cfg.n_heads,
+        }
+        if self.space.architecture:
+            size["arch"] = f"d{cfg.d_model}-l{cfg.n_layers}-ff{cfg.d_ff // cfg.d_model}"
+        return size
+
     def _record_run(self, trial: optuna.Trial, cli, record, began: float) -> None:
         trainer, best, identity = cli.trainer, record.best, record.record
         attrs = {
-            "n_params": identity.get("n_params"),
-            "train_flops_per_sample": identity.get("train_flops_per_sample"),
-            "forward_flops_per_sample": identity.get("forward_flops_per_sample"),
             "epochs": trainer.current_epoch,
             "best_epoch": int(best["epoch"]) if "epoch" in best else None,
             "micro_batch": cli.datamodule.batch_size,
@@ -498,7 +536,9 @@ class StudyRunner:
 
     def _fail(self, trial, reason: str, kind: type[Exception], began: float | None = None, run_dir=None):
         self.last_error = reason
+        self.failures += kind is TrialFailed
         trial.set_user_attr("reason", reason)
+        trial.set_user_attr("interrupted", kind is TrialInterrupted)
         if began is not None:
             trial.set_user_attr("wall_s", round(time.time() - began, 1))
         if run_dir is not None and Path(run_dir).exists():
@@ -506,7 +546,7 @@ class StudyRunner:
         raise kind(reason)
 
     def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state == TrialState.FAIL and _interrupted(trial):
-            RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, trial)
+        if trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted"):
+            RetryHeartbeatStaleTrialCallback(max_retry=None)(study, trial)  # a stop never drops a trial
         records.log_trial(study, trial, self)
         records.write_trials_csv(study, self.dir / "trials.csv")

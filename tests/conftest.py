@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,15 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subproce
     """`python cli.py ARGS` in a real subprocess from the repository root."""
     return subprocess.run([sys.executable, "cli.py", *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)  # fmt: skip
+
+
+def wait_for(predicate, process: subprocess.Popen, timeout: float = 600) -> None:
+    """Poll predicate() until true; fail if the background process ended first or time ran out."""
+    deadline = time.time() + timeout
+    while not predicate():
+        assert process.poll() is None, "the process ended before the test could act"
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.2)
 
 
 def assert_user_error(result: subprocess.CompletedProcess, fragment: str) -> None:

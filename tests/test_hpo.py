@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, assert_user_error, run_cli
+from conftest import ROOT, assert_user_error, run_cli, wait_for
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -42,10 +41,23 @@ def hpo_args(config: Path, trials: int, *extra: str) -> list[str]:
     return ["hpo", "--config", str(config), "--trials", str(trials), "--search-space", "configs/hpo/tiny.yaml", *extra]
 
 
-def start(args: list[str], log: Path) -> subprocess.Popen:
-    out = open(log, "w")  # noqa: SIM115 - closed with the process
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "cli.py", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+@pytest.fixture
+def start():
+    """Start `cli.py ARGS` in the background; whatever is still running when the test ends is killed."""
+    processes = []
+
+    def _start(args: list[str], log: Path) -> subprocess.Popen:
+        out = open(log, "w")  # noqa: SIM115 - closed with the process
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        command = [sys.executable, "cli.py", *args]
+        processes.append(subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env))
+        return processes[-1]
+
+    yield _start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def load(tmp_path: Path) -> optuna.Study:
@@ -54,14 +66,6 @@ def load(tmp_path: Path) -> optuna.Study:
 
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
-
-
-def wait_for(predicate, process: subprocess.Popen, timeout: float = 600) -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        assert process.poll() is None, "the study ended before the test could act"
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def events(run_dir: Path) -> EventAccumulator:
@@ -214,13 +218,12 @@ def test_bad_hpo_input_is_one_line_and_nothing_is_written(tmp_path, extra, fragm
 
 
 @pytest.mark.parametrize("how", ["stop_file", "SIGTERM"])
-def test_a_stop_ends_the_study_after_the_current_trial_and_a_rerun_resumes(tmp_path, how):
+def test_a_stop_ends_the_study_after_the_current_trial_and_a_rerun_resumes(tmp_path, how, start):
     config = study_config(tmp_path, epochs=200, batches=2, patience=1000)
     args = hpo_args(config, 2)
     process = start(args, tmp_path / "out.log")
     first = tmp_path / "logs" / "hpo" / STUDY / "trial-0000"
-    wait_for(lambda: any(first.glob("events.out.tfevents.*")), process)
-    time.sleep(1.0)
+    wait_for(lambda: (first / "checkpoints" / "last.ckpt").exists(), process)  # training, past its first epoch
     if how == "stop_file":
         (tmp_path / "STOP").touch()
     else:
@@ -235,6 +238,7 @@ def test_a_stop_ends_the_study_after_the_current_trial_and_a_rerun_resumes(tmp_p
     assert stopped.user_attrs["reason"].startswith(f"interrupted: stopped by {source}")
     retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
     assert len(retry) == 1 and retry[0].params == stopped.params  # queued again with the same values
+    assert not finished(study)  # the study stopped with the trial: no other trial ran
     assert (tmp_path / "logs" / "hpo" / STUDY / "summary.md").exists()
     if how == "SIGTERM":
         return
@@ -244,7 +248,7 @@ def test_a_stop_ends_the_study_after_the_current_trial_and_a_rerun_resumes(tmp_p
     assert len(finished(load(tmp_path))) == 2
 
 
-def test_kill_9_mid_trial_then_rerun_fails_and_retries_it_and_keeps_completed_trials(tmp_path):
+def test_kill_9_mid_trial_then_rerun_fails_and_retries_it_and_keeps_completed_trials(tmp_path, start):
     config = study_config(tmp_path, epochs=40, batches=8, patience=1000)
     args = hpo_args(config, 3)
     process = start(args, tmp_path / "out.log")
@@ -269,10 +273,12 @@ def test_kill_9_mid_trial_then_rerun_fails_and_retries_it_and_keeps_completed_tr
               for t in finished(study)}  # fmt: skip
     for trial in finished(study):
         assert trial.user_attrs["best_value"] == pytest.approx(min(series[trial.number]))
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert trial.value == pytest.approx(min(series[trial.number]))  # what TPE learns from
     assert any(values[-1] > min(values) for values in series.values())
 
 
-def test_two_processes_share_one_study_without_duplicate_or_lost_trials(tmp_path):
+def test_two_processes_share_one_study_without_duplicate_or_lost_trials(tmp_path, start):
     config = study_config(tmp_path, epochs=3, batches=4)
     args = hpo_args(config, 4)
     workers = [start(args, tmp_path / f"worker{i}.log") for i in range(2)]
@@ -331,3 +337,4 @@ def test_trials_that_cannot_fit_in_memory_are_recorded_and_the_study_gives_up_wi
     assert len(lines) == 1 and lines[0].startswith("error: study ") and "3 trials failed" in lines[0], result.stderr
     trials = pd.read_csv(tmp_path / "logs" / "hpo" / STUDY / "trials.csv")
     assert len(trials) == 3 and trials.reason.str.startswith("memory: ").all()
+    assert trials.n_params.notna().all() and trials.train_flops_per_sample.notna().all()  # known before running

@@ -56,6 +56,9 @@ def test_the_default_space_on_2m_is_categorical_shapes_at_the_budget_with_heads_
         ("samplers: {}\n", "unknown section(s) samplers"),
         ("pruner: {type: median, patience: 3}\n", "pruner: unknown field(s) patience"),
         ("params: [1, 2\n", "not valid YAML"),
+        ("params: [1, 2]\n", "`params` must be a mapping"),
+        ("params:\n  model.optim.lr: {type: float, low: abc, high: 1}\n", "low, high and step must be numbers"),
+        ("sampler: {n_startup_trials: ten}\n", "must be numbers"),
     ],
 )
 def test_a_broken_search_space_is_one_clear_config_error(tmp_path, text, fragment):
@@ -65,6 +68,11 @@ def test_a_broken_search_space_is_one_clear_config_error(tmp_path, text, fragmen
         StudyRunner(HpoRequest(TINY, 2, path, overrides=["--trainer.logger.init_args.save_dir", str(tmp_path)]))
     assert fragment in str(err.value)
     assert not (tmp_path / "hpo").exists()
+
+
+def test_a_search_space_that_is_a_directory_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read it"):
+        StudyRunner(HpoRequest(TINY, 2, tmp_path))
 
 
 def _run_two_steps(values: dict, logs: Path) -> dict[str, torch.Tensor]:

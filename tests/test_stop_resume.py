@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, wait_for
 
 
 def long_config(tmp_path: Path, epochs: int = 1000) -> Path:
@@ -35,14 +35,6 @@ def start(config: Path, tmp_path: Path, *extra: str, log: str = "out.log") -> su
     command = [sys.executable, "cli.py", "fit", "--config", str(config), *extra]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
-
-
-def wait_for(predicate, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        assert process.poll() is None, "the run ended before the test could act"
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def run_dir(tmp_path: Path) -> Path:
