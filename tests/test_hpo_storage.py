@@ -21,7 +21,7 @@ study = optuna.load_study(study_name="s", storage=storage)
 claimed = []
 while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
     trial = study.ask()
-    if "x" not in trial.system_attrs.get("fixed_params", {}):  # the queue ran dry between the check and ask
+    if trial.number >= 200:  # not a queued trial: the queue ran dry between the check and ask
         study.tell(trial, state=TrialState.FAIL)
         break
     claimed.append(trial.number)
