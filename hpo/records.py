@@ -226,7 +226,7 @@ def best_record(study: optuna.Study, runner: StudyRunner) -> dict[str, Any] | No
 def _quantiles(values: list[float]) -> str:
     if not values:
         return "—"
-    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else [values[0]] * 3
     return f"min {min(values):.4f} · p25 {q[0]:.4f} · median {q[1]:.4f} · p75 {q[2]:.4f} · max {max(values):.4f}"
 
 

@@ -154,6 +154,20 @@ def _alive(pid: int, started: str) -> bool:
     return not started or _process_started(pid) == started
 
 
+def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retry: int | None = None) -> None:
+    """Queue an interrupted trial again with the same values (as Optuna's retry callback does), without
+    copying its records: the new trial starts with none."""
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if max_retry is not None and len(history) > max_retry:
+        log.warning("trial %d: not queued again (retried %d times already)", trial.number, max_retry)
+        return
+    keep = {k: trial.user_attrs[k] for k in ("enqueued",) if k in trial.user_attrs}
+    system = {"failed_trial": trial.number, "retry_history": history}
+    waiting = optuna.create_trial(state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+                                  user_attrs=keep, system_attrs=system)  # fmt: skip
+    study.add_trial(waiting)
+
+
 def _serialize_sqlite(engine) -> None:
     """Make every SQLite transaction take the write lock at its start (BEGIN IMMEDIATE).
 
@@ -321,7 +335,7 @@ class StudyRunner:
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another worker got there first
             log.warning("trial %d: %s; queued again with the same parameters", trial.number, reason)
-            RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, study._storage.get_trial(trial._trial_id))
+            _requeue(study, study._storage.get_trial(trial._trial_id), MAX_RETRIES)
 
     def run(self) -> int:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial comes from here
@@ -547,6 +561,6 @@ class StudyRunner:
 
     def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted"):
-            RetryHeartbeatStaleTrialCallback(max_retry=None)(study, trial)  # a stop never drops a trial
+            _requeue(study, trial)  # a stop never drops a trial
         records.log_trial(study, trial, self)
         records.write_trials_csv(study, self.dir / "trials.csv")
