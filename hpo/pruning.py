@@ -66,8 +66,9 @@ class SeededTPESampler(optuna.samplers.TPESampler):
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         super().before_trial(study, trial)
-        self._rng.rng.seed([self._base_seed, trial.number])
-        self._random_sampler._rng.rng.seed([self._base_seed, trial.number])
+        for rng in (getattr(self, "_rng", None), getattr(getattr(self, "_random_sampler", None), "_rng", None)):
+            if rng is not None:  # Optuna internals (pinned below 6 in pyproject); without them: plain seeded TPE
+                rng.rng.seed([self._base_seed, trial.number])
 
 
 def make_sampler(spec: dict[str, Any], seed: int) -> optuna.samplers.BaseSampler:
