@@ -39,6 +39,7 @@ from datamodules.market_datamodule import input_columns
 from hpo import records
 from hpo.pruning import TrialPruning, make_pruner, make_sampler
 from hpo.space import SearchSpace, describe, fingerprint, load_space
+from hpo.storage import alive, process_started, requeue, serialize_sqlite
 from lightning_modules.budget import parameter_count
 from training.lightning_cli import parse_fit_config
 from training.run_setup import ConfigError
@@ -136,56 +137,6 @@ def _format(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _process_started(pid: int) -> str:
-    """The start time of a process (ticks since boot), to tell a live worker from a reused pid; '' if unknown."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def _alive(pid: int, started: str) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not started or _process_started(pid) == started
-
-
-def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retry: int | None = None) -> None:
-    """Queue an interrupted trial again with the same values (as Optuna's retry callback does), without
-    copying its records: the new trial starts with none."""
-    history = [*trial.system_attrs.get("retry_history", []), trial.number]
-    if max_retry is not None and len(history) > max_retry:
-        log.warning("trial %d: not queued again (retried %d times already)", trial.number, max_retry)
-        return
-    keep = {k: trial.user_attrs[k] for k in ("enqueued",) if k in trial.user_attrs}
-    system = {"failed_trial": trial.number, "retry_history": history}
-    waiting = optuna.create_trial(state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-                                  user_attrs=keep, system_attrs=system)  # fmt: skip
-    study.add_trial(waiting)
-
-
-def _serialize_sqlite(engine) -> None:
-    """Make every SQLite transaction take the write lock at its start (BEGIN IMMEDIATE).
-
-    pysqlite begins a transaction only at the first write, so two workers could both read a WAITING trial
-    and both claim it (tests/test_hpo_storage.py); this is SQLAlchemy's recipe for SQLite locking."""
-    from sqlalchemy import event
-
-    @event.listens_for(engine, "connect")
-    def _no_implicit_begin(connection, record) -> None:
-        connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _begin_immediate(connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    engine.dispose()  # connections opened before the listeners existed are dropped
-
-
 class StudyRunner:
     """Runs trials of one study in this process until it holds N finished trials or is asked to stop."""
 
@@ -227,7 +178,7 @@ class StudyRunner:
         self.seed = int(seed if seed is not None else self.config.seed_everything or 0)
         self.errors_in_a_row, self.failures, self.last_error = 0, 0, ""  # this process's trials
         self.host, self.pid = socket.gethostname(), os.getpid()
-        self.pid_started = _process_started(self.pid)
+        self.pid_started = process_started(self.pid)
 
     def _check_objective(self) -> None:
         objective = self.space.source.get("objective") or {}
@@ -257,7 +208,7 @@ class StudyRunner:
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
                 )
                 if self.storage_url.startswith("sqlite"):
-                    _serialize_sqlite(storage.engine)
+                    serialize_sqlite(storage.engine)
                 break
             except Exception as err:  # a bad URL, or workers racing to create one schema (the database's errors)
                 if attempt == 4 or not isinstance(err, sqlalchemy.exc.DBAPIError):
@@ -324,7 +275,7 @@ class StudyRunner:
             worker = trial.user_attrs.get("worker") or {}
             if worker.get("trial") != trial.number or worker.get("host") != self.host:
                 continue  # not yet claimed (a retry still carries its parent's worker), or another machine's
-            if _alive(int(worker["pid"]), worker.get("pid_started", "")):
+            if alive(int(worker["pid"]), worker.get("pid_started", "")):
                 continue
             reason = f"interrupted: process {worker['pid']} on {self.host} ended while running it"
             try:
@@ -335,7 +286,7 @@ class StudyRunner:
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another worker got there first
             log.warning("trial %d: %s; queued again with the same parameters", trial.number, reason)
-            _requeue(study, study._storage.get_trial(trial._trial_id), MAX_RETRIES)
+            requeue(study, study._storage.get_trial(trial._trial_id), MAX_RETRIES)
 
     def run(self) -> int:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial comes from here
@@ -561,6 +512,6 @@ class StudyRunner:
 
     def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted"):
-            _requeue(study, trial)  # a stop never drops a trial
+            requeue(study, trial)  # a stop never drops a trial
         records.log_trial(study, trial, self)
         records.write_trials_csv(study, self.dir / "trials.csv")

@@ -13,10 +13,10 @@ from conftest import ROOT
 POP = """
 import json, sys, optuna
 from optuna.trial import TrialState
-from hpo.study import _serialize_sqlite
+from hpo.storage import serialize_sqlite
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 storage = optuna.storages.RDBStorage(sys.argv[1], engine_kwargs={"connect_args": {"timeout": 60}})
-_serialize_sqlite(storage.engine)
+serialize_sqlite(storage.engine)
 study = optuna.load_study(study_name="s", storage=storage)
 claimed = []
 while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):

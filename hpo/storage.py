@@ -1,0 +1,62 @@
+"""The study storage across processes: which worker is alive, queueing a trial again, SQLite locking."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+log = logging.getLogger(__name__)
+
+
+def process_started(pid: int) -> str:
+    """The start time of a process (ticks since boot), to tell a live worker from a reused pid; '' if unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def alive(pid: int, started: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not started or process_started(pid) == started
+
+
+def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retry: int | None = None) -> None:
+    """Queue an interrupted trial again with the same values (as Optuna's retry callback does), without
+    copying its records: the new trial starts with none."""
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if max_retry is not None and len(history) > max_retry:
+        log.warning("trial %d: not queued again (retried %d times already)", trial.number, max_retry)
+        return
+    keep = {k: trial.user_attrs[k] for k in ("enqueued",) if k in trial.user_attrs}
+    system = {"failed_trial": trial.number, "retry_history": history}
+    waiting = optuna.create_trial(state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+                                  user_attrs=keep, system_attrs=system)  # fmt: skip
+    study.add_trial(waiting)
+
+
+def serialize_sqlite(engine) -> None:
+    """Make every SQLite transaction take the write lock at its start (BEGIN IMMEDIATE).
+
+    pysqlite begins a transaction only at the first write, so two workers could both read a WAITING trial
+    and both claim it (tests/test_hpo_storage.py); this is SQLAlchemy's recipe for SQLite locking."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(connection, record) -> None:
+        connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners existed are dropped
