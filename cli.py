@@ -7,6 +7,7 @@ python cli.py predict  --config configs/2M.yaml --ckpt_path …      (prediction
 python cli.py summary  --config configs/2B.yaml                     (size, FLOPs, memory; no allocation)
 python cli.py hpo      --config configs/2M.yaml --trials 50 [--search-space …] [--storage URL] [--study-name …]
                         [--export-best FILE] [fit overrides such as --trainer.max_epochs 30]
+python cli.py report   [--logdir logs] [--out DIR] [--bootstrap 1000] [--block 20] [--no-baselines]
 python cli.py data     build | verify | list | import | download
 """
 
@@ -92,6 +93,27 @@ def hpo_main(argv: list[str]) -> int:
     return StudyRunner(request).run()
 
 
+def _report_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cli.py report", description="Scaling table, baselines, intervals, fits and plots "
+                     "from the fits and studies under a log folder.")  # fmt: skip
+    parser.add_argument("--logdir", type=Path, default=Path("logs"))
+    parser.add_argument("--out", type=Path, default=None, help="default: <logdir>/report")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    parser.add_argument("--block", type=int, default=20, help="trading days per bootstrap block (1: i.i.d.)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the resamples and the baselines")
+    parser.add_argument("--no-baselines", action="store_true", help="skip the baselines (no scikit-learn fits)")
+    return parser
+
+
+def report_main(argv: list[str]) -> int:
+    from report.evaluate import Options
+    from report.make import make_report
+
+    args = _report_parser().parse_args(argv)
+    options = Options(n_boot=args.bootstrap, block=args.block, seed=args.seed, baselines=not args.no_baselines)
+    return make_report(args.logdir, args.out, options)
+
+
 def _user_errors() -> tuple[type[Exception], ...]:
     """Bad input or an impossible request (evaluated only when something was raised: keeps torch unimported)."""
     from lightning_modules.sizing import MemoryPreflightError
@@ -99,7 +121,13 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return DataError, ConfigError, MemoryPreflightError
 
 
-COMMANDS = {"data": data_main, "hpo": hpo_main, "summary": None, **dict.fromkeys(TRAINER_COMMANDS, None)}
+COMMANDS = {
+    "data": data_main,
+    "hpo": hpo_main,
+    "report": report_main,
+    "summary": None,
+    **dict.fromkeys(TRAINER_COMMANDS, None),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # stderr: errors only
     try:
-        if argv[0] in ("data", "hpo"):
+        if argv[0] in ("data", "hpo", "report"):
             return COMMANDS[argv[0]](argv[1:])
         from training.lightning_cli import run_summary, run_trainer
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -20,10 +21,16 @@ class PredictionWriter(BasePredictionWriter):
         dm = trainer.datamodule
         dates = dm.sample_dates("predict")
         labels = [float(y) for _, y in (dm.predict_dataloader().dataset[i] for i in range(len(probs)))]
-        path = Path(trainer.log_dir or ".") / "predictions.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as f:
-            out = csv.writer(f)
-            out.writerow(["date", "probability", "label"])
-            for date, p, y in zip(dates, probs, labels, strict=True):
-                out.writerow([date, f"{p:.6f}", "" if math.isnan(y) else int(y)])
+        write_predictions(Path(trainer.log_dir or ".") / "predictions.csv", dates, probs, labels)
+
+
+def write_predictions(path: Path, dates: list[str], probs: list[float], labels: list[float]) -> None:
+    """date, probability, label (empty where the future is not known yet); written whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".csv.tmp")
+    with open(temporary, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["date", "probability", "label"])
+        for date, p, y in zip(dates, probs, labels, strict=True):
+            out.writerow([date, f"{p:.8f}", "" if math.isnan(y) else int(y)])
+    os.replace(temporary, path)

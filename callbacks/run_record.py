@@ -4,6 +4,11 @@ At fit start it writes the run's identity (dataset name/version/hash, git commit
 FLOPs, seed, split sizes) and declares the HParams with the `best/*` metrics; whenever the monitored
 metric improves it logs `best/*` scalars (TensorBoard shows their last value in HParams, never a -1);
 at fit end it writes the precision-recall curve of the best epoch and the final record.
+
+Each evaluation also leaves its per-sample predictions (date, probability, label) next to its run.json, for
+the report's bootstrap intervals: fit → `val_predictions.csv` of the best epoch (rewritten whenever the
+monitor improves, so it always matches the best checkpoint), validate → `val_predictions.csv`, test →
+`test_predictions.csv`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+from callbacks.prediction_writer import write_predictions
 
 log = logging.getLogger(__name__)
 BEST_METRICS = ("loss", "auroc", "ap", "brier", "accuracy", "pred_std", "prior_bce", "collapsed")
@@ -118,13 +125,29 @@ class RunRecordCallback(pl.Callback):
         if trainer.is_global_zero and log_dir:
             path = Path(log_dir) / "run.json"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(self.record, indent=2) + "\n")
+            temporary = path.with_suffix(".json.tmp")
+            temporary.write_text(json.dumps(self.record, indent=2) + "\n")
+            os.replace(temporary, path)  # a run killed mid-write leaves the previous record, never half of one
+
+    def _write_predictions(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """`<stage>_predictions.csv` of the epoch that just ended, in the split's date order (all ranks call)."""
+        outputs = getattr(pl_module, "epoch_outputs", {}).get(stage)
+        dm = trainer.datamodule
+        log_dir = trainer.log_dir
+        if outputs is None or not hasattr(dm, "sample_dates"):
+            return
+        dates = dm.sample_dates(stage)
+        probs, targets = (gather_in_order(t, trainer, len(dates)) for t in outputs)
+        dates = dates[: len(probs)]  # limit_val_batches / limit_test_batches: the first batches of the split
+        if trainer.is_global_zero and log_dir:
+            write_predictions(Path(log_dir) / f"{stage}_predictions.csv", dates, probs.tolist(), targets.tolist())
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         checkpoint = trainer.checkpoint_callback
         if checkpoint is not None and getattr(checkpoint, "monitor", None):
             self.monitor, self.mode = checkpoint.monitor, checkpoint.mode
-        self.record = {**run_identity(trainer, pl_module), "monitor": self.monitor, "mode": self.mode}
+        self.record = {**run_identity(trainer, pl_module), "monitor": self.monitor, "mode": self.mode,
+                       "tags": self.extra_hparams}  # fmt: skip
         self._write(trainer)
         log.info("model: %s parameters, %.1f MFLOP forward and %.1f MFLOP training per sample; run %s",
                  f"{self.record['n_params']:,}", (self.record["forward_flops_per_sample"] or 0) / 1e6,
@@ -145,6 +168,9 @@ class RunRecordCallback(pl.Callback):
         return value < self.best["monitor"] if self.mode == "min" else value > self.best["monitor"]
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._evaluated(trainer, pl_module, "val")
+            return
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
         value = float(trainer.callback_metrics[self.monitor])
@@ -159,6 +185,7 @@ class RunRecordCallback(pl.Callback):
         metrics = {f"best/{k}": v for k, v in self.best.items() if k != "monitor"}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
+        self._write_predictions(trainer, pl_module, "val")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         checkpoint = trainer.checkpoint_callback
@@ -177,6 +204,23 @@ class RunRecordCallback(pl.Callback):
                     logger.experiment.flush()
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-        self.record = {**run_identity(trainer, pl_module), "test": metrics, "ckpt_path": trainer.ckpt_path}
+        self._evaluated(trainer, pl_module, "test")
+
+    def _evaluated(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """`cli.py validate` / `cli.py test` of a checkpoint: its metrics, identity and predictions."""
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
+        key = "validate" if stage == "val" else stage
+        self.record = {**run_identity(trainer, pl_module), key: metrics, "ckpt_path": trainer.ckpt_path}
         self._write(trainer)
+        self._write_predictions(trainer, pl_module, stage)
+
+
+def gather_in_order(values: torch.Tensor, trainer: pl.Trainer, n: int) -> torch.Tensor:
+    """A split's per-sample values in loader order; under DDP, gathered from every rank (a collective).
+
+    Lightning's DistributedSampler (no shuffle) gives rank r the samples r, r + W, r + 2W, … and pads every
+    rank to the same length by repeating the first samples: interleave the ranks back and drop the padding."""
+    if trainer.world_size == 1:
+        return values[:n]
+    gathered = trainer.strategy.all_gather(values.to(trainer.strategy.root_device))  # (W, n_per_rank)
+    return gathered.transpose(0, 1).reshape(-1)[:n].cpu()  # (n,)

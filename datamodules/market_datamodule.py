@@ -166,6 +166,7 @@ class MarketDataModule(pl.LightningDataModule):
         self.scaler = Standardizer.fit(inputs[first_valid : ends["train"][-1] + 1])  # training rows only
         x = torch.from_numpy(np.nan_to_num(self.scaler.transform(inputs)))  # (T, C); NaN rows precede every window
         y = torch.from_numpy(labels.astype(np.float32))  # (T,); NaN only where the future is unknown
+        self._x, self._y = x, y
         self._datasets.update({s: WindowDataset(x, y, ends[s], self.context_length) for s in stages})
         for s in (s for s in stages if s != "predict"):
             self.stats[s] = self._describe(frame.index, labels, ends[s]) | {"drift": self._drift(x, ends[s], columns)}
@@ -242,3 +243,8 @@ class MarketDataModule(pl.LightningDataModule):
     def sample_dates(self, stage: str) -> list[str]:
         """ISO date of each sample's last input day, in loader order (for prediction files)."""
         return [d.date().isoformat() for d in self.dates[self.ends[stage]]]
+
+    def last_day_features(self, stage: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Each window's last input day (n, C), its label (n,) and date: the inputs of the report's baselines."""
+        ends = self.ends[stage]
+        return self._x[ends].numpy(), self._y[ends].numpy(), self.sample_dates(stage)

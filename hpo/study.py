@@ -164,6 +164,7 @@ class StudyRunner:
             raise ConfigError("hpo needs trainer.logger to be the TensorBoardLogger (one run per trial)")
         budget = self.space.architecture.budget if self.space.architecture else None
         self.name = request.study_name or default_study_name(request.config, self.config, budget)
+        self.budget = budget or self._size({}).get("n_params")  # the report groups a study's trials by it
         if not self.name or "/" in self.name:
             raise ConfigError(f"study name {self.name!r}: must be non-empty without '/'")
         self.trials_root = Path(logger.init_args.save_dir or "logs") / "hpo"
@@ -407,7 +408,8 @@ class StudyRunner:
             self._fail(trial, f"not started: stop requested by {self.stop_requested()}", TrialInterrupted)
         pruning = TrialPruning(trial, self.monitor, study_stop=self.stop_requested)
         record = RunRecordCallback(
-            extra_hparams={"hpo.study": self.name, "hpo.trial": trial.number}, extra_metrics=HPO_METRICS
+            extra_hparams={"hpo.study": self.name, "hpo.trial": trial.number, "hpo.budget": self.budget},
+            extra_metrics=HPO_METRICS,
         )
         cli = None
         try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import ROOT, assert_user_error, run_cli
@@ -108,6 +110,13 @@ def test_overrides_reach_labels_splits_and_the_record(tiny_run, tmp_path):
     ]
 
 
+def _bce(predictions: Path) -> float:
+    """Mean BCE of a predictions file (date, probability, label)."""
+    frame = pd.read_csv(predictions)
+    p, y = frame["probability"].clip(1e-7, 1 - 1e-7), frame["label"]
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
 def test_validate_test_and_predict_from_the_best_checkpoint(tiny_run):
     best = json.loads((tiny_run / "run.json").read_text())["best_checkpoint"]
     best = str(best if Path(best).is_absolute() else ROOT / best)
@@ -117,10 +126,14 @@ def test_validate_test_and_predict_from_the_best_checkpoint(tiny_run):
     (validate_dir,) = tiny_run.glob("validate-*")
     best_loss = json.loads((tiny_run / "run.json").read_text())["best"]["val_loss"]
     assert events(validate_dir).Scalars("val/loss")[-1].value == pytest.approx(best_loss, rel=1e-5)  # best, not last
+    assert _bce(tiny_run / "val_predictions.csv") == pytest.approx(best_loss, rel=1e-5)  # fit kept the best epoch's
+    assert _bce(validate_dir / "val_predictions.csv") == pytest.approx(best_loss, rel=1e-5)
     (test_dir,) = tiny_run.glob("test-*")
     record = json.loads((test_dir / "run.json").read_text())
     assert {"test/loss", "test/auroc", "test/ap", "test/brier"} <= set(record["test"])
     assert record["splits"]["test"]["first"] == "2017-01-03"
+    assert record["test"]["test/loss"] == pytest.approx(_bce(test_dir / "test_predictions.csv"), rel=1e-5)
+    assert (test_dir / "test_predictions.csv").read_text().splitlines()[1].startswith("2017-01-03,")
     (predict_dir,) = tiny_run.glob("predict-*")
     lines = (predict_dir / "predictions.csv").read_text().splitlines()
     assert lines[0] == "date,probability,label" and lines[1].startswith("2017-01-03,")

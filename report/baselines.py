@@ -1,0 +1,175 @@
+"""Baselines on the same splits and windows as the models, from each window's last day of scaled features.
+
+- base rate: the training positive rate for every sample (the prior every model must beat);
+- logistic: scikit-learn's L2 LogisticRegression, C chosen on validation BCE;
+- gbt: scikit-learn's HistGradientBoostingClassifier, leaves and rounds chosen on validation BCE.
+
+Choices use the validation split only, as the models' checkpoints and HPO do. Each split's predictions are
+computed once per (dataset version and hash, data settings, horizon) and cached as CSV; the test split is
+computed only when asked for (the report asks once `cli.py test` has opened a horizon's test set).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from report.stats import bce
+
+VERSION = 1  # bump when a baseline's procedure changes: old caches are then ignored
+NAMES = ("base rate", "logistic", "gbt")
+LOGISTIC_C = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+GBT_LEAVES = (4, 8, 16)
+GBT_ROUNDS = (25, 50, 100, 200, 400)
+GBT_LEARNING_RATE = 0.05
+
+
+@dataclass
+class Predictions:
+    """One split: dates, labels and each baseline's probabilities (aligned)."""
+
+    dates: list[str]
+    labels: np.ndarray
+    probs: dict[str, np.ndarray]
+    train_prior: float
+    params: dict[str, dict[str, Any]]
+    unsaved: Path | None = None  # where computed (not yet cached) predictions belong
+    meta: dict[str, Any] | None = None
+
+    @property
+    def truth(self) -> pd.Series:
+        """The dataset's label of each day of the split (model predictions are checked against it)."""
+        return pd.Series(self.labels, index=pd.Index(self.dates, name="date"))
+
+
+def _key(settings: dict[str, Any], dataset_hash: str) -> str:
+    import sklearn
+
+    identity = {k: v for k, v in settings.items() if k != "data_dir"} | {
+        "hash": dataset_hash, "baselines": VERSION, "sklearn": sklearn.__version__}  # fmt: skip
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _datamodule(settings: dict[str, Any]):
+    from datamodules.market_datamodule import MarketDataModule
+    from datamodules.splits import Splits
+
+    keys = ("dataset", "version", "horizon", "threshold", "label_price", "context_length", "features", "data_dir")
+    dm = MarketDataModule(**{k: settings.get(k) for k in keys}, splits=Splits(**settings["splits"]))
+    dm.setup("fit")
+    return dm
+
+
+def _logistic(c: float, seed: int):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=c, max_iter=2000, random_state=seed)
+
+
+def _gbt(leaves: int, rounds: int, seed: int):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    return HistGradientBoostingClassifier(learning_rate=GBT_LEARNING_RATE, max_leaf_nodes=leaves, max_iter=rounds,
+                                          min_samples_leaf=50, early_stopping=False, random_state=seed)  # fmt: skip
+
+
+def _fitting():
+    """One thread for scikit-learn: on a few thousand rows OpenMP's start-up costs 20× the work, and the
+    warnings of an unconverged C are part of choosing C."""
+    from threadpoolctl import threadpool_limits
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(threadpool_limits(1))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore", category=UserWarning)
+    return stack
+
+
+def _choose(x_train, y_train, x_val, y_val, seed: int) -> dict[str, dict[str, Any]]:
+    """Each baseline's settings with the lowest validation BCE."""
+    scores = {("logistic", c): _logistic(c, seed).fit(x_train, y_train).predict_proba(x_val)[:, 1] for c in LOGISTIC_C}
+    choice = {"logistic": {"C": min(LOGISTIC_C, key=lambda c: bce(scores["logistic", c], y_val))}}
+    best = (np.inf, None)
+    for leaves in GBT_LEAVES:
+        model = _gbt(leaves, max(GBT_ROUNDS), seed).fit(x_train, y_train)
+        for rounds, probs in enumerate(model.staged_predict_proba(x_val), start=1):
+            if rounds in GBT_ROUNDS and bce(probs[:, 1], y_val) < best[0]:
+                best = (bce(probs[:, 1], y_val), {"max_leaf_nodes": leaves, "max_iter": rounds})
+    choice["gbt"] = best[1]
+    return choice
+
+
+def _predict(dm, split: str, params: dict[str, dict[str, Any]], seed: int) -> Predictions:
+    x_train, y_train, _ = dm.last_day_features("train")
+    x, y, dates = dm.last_day_features(split)
+    prior = float(y_train.mean())
+    with _fitting():
+        logistic = _logistic(params["logistic"]["C"], seed).fit(x_train, y_train)
+        gbt = _gbt(params["gbt"]["max_leaf_nodes"], params["gbt"]["max_iter"], seed).fit(x_train, y_train)
+    probs = {"base rate": np.full(len(y), prior), "logistic": logistic.predict_proba(x)[:, 1],
+             "gbt": gbt.predict_proba(x)[:, 1]}  # fmt: skip
+    return Predictions(dates, y.astype(float), probs, prior, params)
+
+
+def _write(path: Path, predictions: Predictions) -> None:
+    frame = pd.DataFrame({"date": predictions.dates, "label": predictions.labels.astype(int)})
+    for name in NAMES:
+        frame[name] = predictions.probs[name]
+    temporary = path.with_suffix(".tmp")
+    frame.to_csv(temporary, index=False, float_format="%.8f")
+    os.replace(temporary, path)
+
+
+def _read(path: Path, meta: dict[str, Any]) -> Predictions:
+    frame = pd.read_csv(path)
+    probs = {name: frame[name].to_numpy(float) for name in NAMES}
+    return Predictions(frame["date"].astype(str).tolist(), frame["label"].to_numpy(float), probs,
+                       meta["train_prior"], meta["params"])  # fmt: skip
+
+
+def baseline_predictions(settings: dict[str, Any], split: str, cache: Path, seed: int = 0) -> Predictions:
+    """The baselines' predictions on `split` ("val" or "test") for these data settings, read from `cache` or
+    computed (then `save` writes them there: the report saves only once every input has been checked)."""
+    from datamodules.manifest import PROCESSED, Manifest
+    from datamodules.sources import DATA_DIR
+
+    data_dir = Path(settings["data_dir"]) if settings.get("data_dir") else DATA_DIR
+    entry = Manifest(data_dir, PROCESSED).get(settings["dataset"], settings["version"])
+    folder = cache / f"{settings['dataset']}-v{settings['version']}-h{settings['horizon']}-{_key(settings, entry.hash)}"
+    path, meta_path = folder / f"{split}.csv", folder / "meta.json"
+    if path.is_file() and meta_path.is_file():
+        return _read(path, json.loads(meta_path.read_text()))
+    dm = _datamodule(settings)
+    if meta_path.is_file():
+        params = json.loads(meta_path.read_text())["params"]
+    else:
+        x_train, y_train, _ = dm.last_day_features("train")
+        x_val, y_val, _ = dm.last_day_features("val")
+        with _fitting():
+            params = _choose(x_train, y_train, x_val, y_val, seed)
+    predictions = _predict(dm, split, params, seed)
+    predictions.unsaved = path
+    predictions.meta = {"settings": settings, "dataset_hash": entry.hash, "seed": seed, "params": params,
+                        "train_prior": predictions.train_prior, "version": VERSION}  # fmt: skip
+    return predictions
+
+
+def save(predictions: Predictions) -> None:
+    """Write computed predictions (and their meta.json) into the cache; cached ones are left alone."""
+    if predictions.unsaved is None:
+        return
+    predictions.unsaved.parent.mkdir(parents=True, exist_ok=True)
+    _write(predictions.unsaved, predictions)
+    meta = predictions.unsaved.parent / "meta.json"
+    if not meta.is_file():
+        meta.write_text(json.dumps(predictions.meta, indent=2, default=str) + "\n")
+    predictions.unsaved = None

@@ -1,0 +1,172 @@
+"""Collect what fits and studies left under a log folder: one `Run` per finished fit or HPO trial.
+
+A run is a folder with `run.json` (written by RunRecordCallback) and `config.yaml` (LightningCLI's saved
+config). Its validation predictions are its own `val_predictions.csv` (or those of a later `cli.py validate`
+of its best checkpoint); its test metrics exist only where `cli.py test` evaluated its best checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from lightning_modules.budget import BUDGETS, GRID_TOLERANCE
+from training.run_setup import ConfigError
+
+FRAME_KEYS = ("dataset", "version", "threshold", "label_price", "features", "splits")  # besides the horizon
+
+
+class ReportError(ConfigError):
+    """Logs the report cannot use as they are (a damaged record, predictions that contradict the data)."""
+
+
+def budget_label(budget: int) -> str:
+    """The named budget within ±25% of the count (log-nearest), else the count in two digits (`21k`)."""
+    name = min(BUDGETS, key=lambda k: abs(math.log(budget / BUDGETS[k])))
+    if abs(budget / BUDGETS[name] - 1) <= GRID_TOLERANCE:
+        return name
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3), ("", 1)):
+        if budget >= scale:
+            value = budget / scale
+            value = round(value, 1 - math.floor(math.log10(value)))  # two significant digits
+            return f"{value:.0f}{unit}" if value >= 10 else f"{value:g}{unit}"
+    return str(budget)
+
+
+@dataclass
+class Run:
+    """One finished fit or HPO trial, as the report uses it."""
+
+    path: Path
+    record: dict[str, Any]
+    data: dict[str, Any]  # the run's data settings (config.yaml)
+    study: str | None = None
+    trial: int | None = None
+    state: str = "finished"  # a trial's Optuna state
+    val_predictions: Path | None = None
+    test: dict[str, float] | None = None  # test/* metrics of the best checkpoint, from `cli.py test`
+    test_predictions: Path | None = None
+
+    @property
+    def n_params(self) -> int:
+        return int(self.record["n_params"])
+
+    @property
+    def budget(self) -> int:
+        """What the run was sized for: its study's budget for a trial (trials scatter around it), else its count."""
+        return int((self.record.get("tags") or {}).get("hpo.budget") or self.n_params)
+
+    @property
+    def horizon(self) -> int:
+        return int(self.data["horizon"])
+
+    @property
+    def frame(self) -> tuple:
+        return tuple(json.dumps(self.data.get(k), sort_keys=True) for k in FRAME_KEYS)
+
+    @property
+    def val_loss(self) -> float:
+        value = self.record.get("best", {}).get("val_loss")
+        return float(value) if value is not None else math.nan
+
+    @property
+    def name(self) -> str:
+        return f"{self.study}#{self.trial}" if self.study else f"{self.path.parent.name}/{self.path.name}"
+
+
+@dataclass
+class Collection:
+    runs: list[Run] = field(default_factory=list)
+    studies: dict[str, pd.DataFrame] = field(default_factory=dict)  # trials.csv of each study
+    skipped: list[str] = field(default_factory=list)  # unfinished runs and why
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ReportError(f"{path}: unreadable run record ({type(err).__name__}); restore or remove it") from None
+    if not isinstance(value, dict):
+        raise ReportError(f"{path}: not a run record (expected a JSON object)")
+    return value
+
+
+def _data_settings(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.yaml"
+    try:
+        data = yaml.safe_load(path.read_text())["data"]
+        data["splits"] = {k: str(v) if v is not None else None for k, v in dict(data["splits"]).items()}
+        int(data["horizon"]), float(data["threshold"])
+    except FileNotFoundError:
+        raise ReportError(f"{path} is missing: the run's data settings are unknown") from None
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as err:
+        raise ReportError(f"{path}: unreadable config ({type(err).__name__}: {err})") from None
+    return data
+
+
+def _evaluations(run_dir: Path, kind: str, best_checkpoint: str | None) -> list[tuple[Path, dict]]:
+    """`cli.py validate|test` records of this run's best checkpoint, newest first."""
+    if not best_checkpoint:
+        return []
+    found = []
+    for path in sorted(run_dir.glob(f"{kind}-*/run.json"), reverse=True):
+        record = _json(path)
+        if Path(record.get("ckpt_path") or "").name == Path(best_checkpoint).name:
+            found.append((path.parent, record))
+    return found
+
+
+def _read_run(run_dir: Path, record: dict[str, Any]) -> Run:
+    run = Run(run_dir, record, _data_settings(run_dir))
+    own = run_dir / "val_predictions.csv"
+    validated = [d / "val_predictions.csv" for d, _ in _evaluations(run_dir, "validate", record["best_checkpoint"])]
+    run.val_predictions = own if own.is_file() else next((p for p in validated if p.is_file()), None)
+    tests = _evaluations(run_dir, "test", record["best_checkpoint"])
+    if tests:
+        test_dir, test_record = tests[0]
+        run.test = test_record.get("test") or None
+        run.test_predictions = (
+            test_dir / "test_predictions.csv" if (test_dir / "test_predictions.csv").is_file() else None
+        )
+    return run
+
+
+def _study_states(study_dir: Path, studies: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
+    if study_dir.name not in studies:
+        path = study_dir / "trials.csv"
+        if not path.is_file():
+            return None
+        try:
+            studies[study_dir.name] = pd.read_csv(path)
+        except (OSError, ValueError) as err:
+            raise ReportError(f"{path}: unreadable trials table ({type(err).__name__})") from None
+    return studies[study_dir.name]
+
+
+def collect(logdir: Path) -> Collection:
+    """Every finished fit and every complete HPO trial under logdir (evaluation sub-folders belong to their run)."""
+    found = Collection()
+    for path in sorted(logdir.rglob("run.json")):
+        run_dir = path.parent
+        if run_dir.name.startswith(("test-", "validate-", "predict-")):
+            continue
+        record = _json(path)
+        if "finished" not in record or not record.get("best"):
+            found.skipped.append(f"{run_dir}: unfinished (no best epoch recorded)")
+            continue
+        run = _read_run(run_dir, record)
+        tags = record.get("tags") or {}
+        trials = _study_states(run_dir.parent, found.studies) if run_dir.name.startswith("trial-") else None
+        if trials is not None:
+            run.study = str(tags.get("hpo.study") or run_dir.parent.name)
+            run.trial = int(tags.get("hpo.trial", run_dir.name.removeprefix("trial-")))
+            row = trials[trials["number"] == run.trial]
+            run.state = str(row["state"].iloc[-1]) if len(row) else "unknown"
+        found.runs.append(run)
+    return found

@@ -1,0 +1,203 @@
+"""The report's numbers: each cell's best run and the baselines, scored with bootstrap intervals; scaling fits
+and the paired comparisons that answer "does bigger help?".
+
+Selection uses validation only: in each (data settings, horizon, budget) cell the run with the lowest
+best-epoch validation BCE represents the budget. Test numbers appear only where `cli.py test` evaluated that
+run's best checkpoint; the baselines' test numbers only for horizons whose test set was opened that way.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lightning_modules.metrics import COLLAPSE_STD, constant_prior_bce
+from report.baselines import NAMES as BASELINES
+from report.baselines import Predictions, baseline_predictions
+from report.collect import FRAME_KEYS, ReportError, Run, budget_label
+from report.scaling import ScalingFit
+from report.stats import METRICS, Estimate, block_indices, estimate
+
+SPLITS = ("val", "test")
+SELECTABLE = ("finished", "complete")  # fits that ended and complete trials (pruned and failed ones are not)
+
+
+@dataclass
+class Scores:
+    """One model or baseline on one split."""
+
+    n: int
+    metrics: dict[str, Estimate]  # auroc, bce, brier (intervals NaN when only the summary was recorded)
+    prior_bce: float
+    pred_std: float
+    samples: pd.DataFrame | None = None  # date-indexed probability and label, for paired comparisons
+
+    @property
+    def collapsed(self) -> bool:
+        return self.pred_std < COLLAPSE_STD or self.metrics["bce"].value >= self.prior_bce
+
+
+@dataclass
+class Row:
+    """A line of the table: a budget's selected run, or a baseline."""
+
+    horizon: int
+    model: str  # budget label or baseline name
+    kind: str  # "model" or "baseline"
+    n_params: int | None
+    scores: dict[str, Scores] = field(default_factory=dict)  # by split
+    run: Run | None = None
+    note: str = ""
+
+
+@dataclass
+class Section:
+    """Everything about one set of data settings (usually the only one)."""
+
+    title: str
+    settings: dict
+    rows: list[Row] = field(default_factory=list)
+    fits: dict[int, ScalingFit] = field(default_factory=dict)  # by horizon
+    findings: list[str] = field(default_factory=list)
+    baselines: list[Predictions] = field(default_factory=list)  # to cache once the report is written
+
+
+@dataclass
+class Options:
+    n_boot: int = 1000
+    block: int = 20  # trading days per bootstrap block
+    seed: int = 0
+    baselines: bool = True
+    cache: Path = Path("logs/report/baselines")
+
+
+def _read_predictions(path: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, dtype={"date": str}).set_index("date")
+        p, y = frame["probability"].to_numpy(float), frame["label"].to_numpy(float)
+    except (OSError, ValueError, KeyError) as err:
+        raise ReportError(f"{path}: unreadable predictions ({type(err).__name__})") from None
+    if not (np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all() and np.isin(y, (0, 1)).all()):
+        raise ReportError(f"{path}: probabilities outside [0, 1] or labels other than 0/1")
+    return frame[["probability", "label"]]
+
+
+def _check_labels(samples: pd.DataFrame, truth: pd.Series, path: Path) -> None:
+    """Predictions must carry the dataset's own labels on the dataset's own days (edited files do not)."""
+    unknown = samples.index.difference(truth.index)
+    wrong = (samples["label"] != truth.reindex(samples.index)).sum() - len(unknown)
+    if len(unknown) or wrong:
+        raise ReportError(f"{path}: {len(unknown)} days not in the split and {wrong} labels that differ from the "
+                          "dataset's: the file does not belong to these data settings or was edited")  # fmt: skip
+
+
+@functools.lru_cache(maxsize=64)
+def resamples(n: int, n_boot: int, block: int, seed: int) -> np.ndarray:
+    """The same (n_boot, n) resamples for every model scored on n samples: intervals are paired across rows."""
+    return block_indices(n, n_boot, block, seed)
+
+
+def _score(samples: pd.DataFrame, prior: float, options: Options) -> Scores:
+    p, y = samples["probability"].to_numpy(float), samples["label"].to_numpy(float)
+    idx = resamples(len(y), options.n_boot, options.block, options.seed)
+    metrics = {m: estimate(m, p, y, idx) for m in METRICS}
+    return Scores(len(y), metrics, constant_prior_bce(float(y.mean()), prior), float(np.std(p)), samples)
+
+
+def _recorded(values: dict, prefix: str, prior: float, pos_rate: float | None) -> Scores:
+    """Scores from a run record's summary (no per-sample predictions: no interval, no paired comparison)."""
+    get = lambda k: float(values.get(f"{prefix}{k}", math.nan))  # noqa: E731
+    metrics = {m: Estimate(get("loss" if m == "bce" else m), math.nan, math.nan) for m in METRICS}
+    prior_bce = get("prior_bce") if pos_rate is None else constant_prior_bce(pos_rate, prior)
+    return Scores(int(values.get("n", 0)), metrics, prior_bce, get("pred_std"))
+
+
+def _train_prior(run: Run) -> float:
+    return float(run.record["splits"]["train"]["positive_rate"])
+
+
+def select(runs: list[Run]) -> dict[tuple, dict[int, dict[str, Run]]]:
+    """frame → horizon → budget label → the run with the lowest validation BCE."""
+    cells: dict[tuple, dict[int, dict[str, Run]]] = {}
+    for run in runs:
+        if run.state not in SELECTABLE or not math.isfinite(run.val_loss):
+            continue
+        cell = cells.setdefault(run.frame, {}).setdefault(run.horizon, {})
+        label = budget_label(run.budget)
+        if label not in cell or run.val_loss < cell[label].val_loss:
+            cell[label] = run
+    return cells
+
+
+def _frame_title(settings: dict) -> str:
+    title = f"{settings['dataset']} v{settings['version']}, +{settings['threshold']:.1%} ({settings['label_price']})"
+    if settings.get("features"):
+        title += f", {len(settings['features'])} chosen features"
+    splits = settings["splits"]
+    return title + f", train ≤ {splits['train_end']}, val ≤ {splits['val_end']}, test ≤ {splits['test_end']}"
+
+
+def _model_scores(run: Run, split: str, truth: pd.Series | None, options: Options) -> Scores | None:
+    path = run.val_predictions if split == "val" else run.test_predictions
+    prior = _train_prior(run)
+    if path is None:
+        summary = (run.record["best"] if split == "val" else run.test) or None
+        if summary is None:
+            return None
+        prefix = "val_" if split == "val" else "test/"
+        pos_rate = run.record["splits"].get(split, {}).get("positive_rate") if split == "val" else None
+        return _recorded(summary, prefix, prior, pos_rate)
+    samples = _read_predictions(path)
+    if truth is not None:
+        _check_labels(samples, truth, path)
+    return _score(samples, prior, options)
+
+
+def evaluate_section(frame_runs: dict[int, dict[str, Run]], options: Options) -> Section:
+    """The rows of one set of data settings: each budget's selected run, then the baselines, per horizon."""
+    any_run = next(iter(next(iter(frame_runs.values())).values()))
+    settings = {k: any_run.data.get(k) for k in (*FRAME_KEYS, "data_dir")}
+    section = Section(_frame_title(settings), settings)
+    for horizon in sorted(frame_runs):
+        cell = sorted(frame_runs[horizon].items(), key=lambda kv: kv[1].n_params)
+        contexts = [run.data["context_length"] for _, run in cell]
+        data = settings | {"horizon": horizon, "context_length": max(set(contexts), key=contexts.count)}
+        tested = any(run.test for _, run in cell)
+        base = {s: _baselines(data, s, options) for s in SPLITS if options.baselines and (s == "val" or tested)}
+        section.baselines += base.values()
+        for label, run in cell:
+            row = Row(horizon, label, "model", run.n_params, run=run)
+            for split in SPLITS:
+                scores = _model_scores(run, split, base[split].truth if split in base else None, options)
+                if scores is not None:
+                    row.scores[split] = scores
+            if "val" in row.scores and row.scores["val"].samples is None:
+                checkpoint = run.record["best_checkpoint"]
+                command = f"python cli.py validate --config {run.path}/config.yaml --ckpt_path {checkpoint}"
+                row.note = f"no val_predictions.csv (an older run): no interval; add it with `{command}`"
+            section.rows.append(row)
+        for name in BASELINES if base else ():
+            row = Row(horizon, name, "baseline", None)
+            for split, found in base.items():
+                samples = pd.DataFrame(
+                    {"probability": found.probs[name], "label": found.labels}, index=found.truth.index
+                )
+                row.scores[split] = _score(samples, found.train_prior, options)
+            section.rows.append(row)
+    return section
+
+
+def _baselines(data: dict, split: str, options: Options) -> Predictions:
+    return baseline_predictions(data, split, options.cache, options.seed)
+
+
+def evaluate(runs: list[Run], options: Options) -> list[Section]:
+    cells = select(runs)
+    if not cells:
+        raise ReportError("no finished fit or complete hpo trial to report")
+    return [evaluate_section(frame_runs, options) for _, frame_runs in sorted(cells.items())]

@@ -1,0 +1,114 @@
+"""The answer in words: per horizon, the scaling fit, whether each larger budget beats the next smaller one
+beyond the interval, and whether any model beats the best baseline. Every comparison is a paired bootstrap
+of BCE differences on the same days (BCE is the objective every model was selected on)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from report.evaluate import Options, Row, Scores, Section, resamples
+from report.scaling import fit_scaling
+from report.stats import Estimate, difference
+
+
+def paired(a: Scores, b: Scores, metric: str, options: Options) -> Estimate | None:
+    """metric(a) − metric(b) on their common days, resampled together; None without per-sample predictions."""
+    if a.samples is None or b.samples is None:
+        return None
+    common = a.samples.index.intersection(b.samples.index)
+    if len(common) < 2:
+        return None
+    pa = a.samples.loc[common, "probability"].to_numpy(float)
+    pb = b.samples.loc[common, "probability"].to_numpy(float)
+    y = a.samples.loc[common, "label"].to_numpy(float)
+    return difference(metric, pa, pb, y, resamples(len(common), options.n_boot, options.block, options.seed))
+
+
+def verdict(d: Estimate, a: str, b: str) -> str:
+    """d = BCE(a) − BCE(b): lower is better."""
+    if d.high < 0:
+        return f"{a} is better beyond the interval"
+    if d.low > 0:
+        return f"{b} is better beyond the interval"
+    return "no difference beyond the interval"
+
+
+def _compare(a: Row, b: Row, split: str, options: Options) -> tuple[str, Estimate | None]:
+    d_bce = paired(a.scores[split], b.scores[split], "bce", options)
+    if d_bce is None:
+        return f"{a.model} vs {b.model}: no per-sample predictions, no paired interval", None
+    d_auc = paired(a.scores[split], b.scores[split], "auroc", options)
+    return (f"{a.model} vs {b.model}: {split} BCE {d_bce.text(4, sign=True)}, AUROC {d_auc.text(3, sign=True)}: "
+            f"{verdict(d_bce, a.model, b.model)}", d_bce)  # fmt: skip
+
+
+def _scaling(section: Section, horizon: int, models: list[Row], options: Options) -> list[str]:
+    with_samples = [r for r in models if r.scores["val"].samples is not None]
+    if len({r.n_params for r in with_samples}) < 2:
+        return ["scaling fit: needs two budgets with validation predictions"]
+    common = with_samples[0].scores["val"].samples.index
+    for row in with_samples[1:]:
+        common = common.intersection(row.scores["val"].samples.index)
+    probs = np.stack([r.scores["val"].samples.loc[common, "probability"].to_numpy(float) for r in with_samples])
+    y = with_samples[0].scores["val"].samples.loc[common, "label"].to_numpy(float)
+    idx = resamples(len(common), options.n_boot, options.block, options.seed)
+    fit = fit_scaling(np.array([r.n_params for r in with_samples]), probs, y, idx)
+    section.fits[horizon] = fit
+    lines = [f"log-log line of val BCE: BCE ∝ N^(−β), β = {fit.slope.text(4)} over {fit.k} budgets"]
+    if fit.law is None:
+        lines.append("power law a·N^(−α) + c: needs three budgets")
+    else:
+        lines.append(f"power law a·N^(−α) + c: α = {fit.alpha.text(3)}, a = {fit.law.a:.3g}, c = {fit.law.c:.4f}"
+                     + (" (a < 0: the loss rises with size)" if fit.law.a < 0 else ""))  # fmt: skip
+    return lines
+
+
+def _versus_baselines(models: list[Row], baselines: list[Row], split: str, options: Options) -> list[str]:
+    best_base = min(baselines, key=lambda r: r.scores[split].metrics["bce"].value)
+    best_model = min(models, key=lambda r: r.scores[split].metrics["bce"].value)
+    line, d = _compare(best_model, best_base, split, options)
+    beaten = [m.model for m in models if (e := paired(m.scores[split], best_base.scores[split], "bce", options))
+              and e.high < 0]  # fmt: skip
+    answer = (
+        f"{', '.join(beaten)} beat{'s' if len(beaten) == 1 else ''} the best baseline ({best_base.model})"
+        if beaten
+        else f"no model beats the best baseline ({best_base.model}) beyond the interval"
+    )
+    return [f"best model vs best baseline, {line}", f"{split}: {answer}" if d is not None else ""]
+
+
+def _collapse(model: str, split: str, scores: Scores) -> str:
+    bce = scores.metrics["bce"].value
+    return f"{model} ({split}: pred std {scores.pred_std:.2g}, BCE {bce:.4f} vs prior {scores.prior_bce:.4f})"
+
+
+def horizon_findings(section: Section, horizon: int, options: Options) -> None:
+    rows = [r for r in section.rows if r.horizon == horizon]
+    models = [r for r in rows if r.kind == "model" and "val" in r.scores]
+    baselines = [r for r in rows if r.kind == "baseline"]
+    lines = _scaling(section, horizon, models, options) if models else []
+    verdicts = []
+    for split in ("val", "test"):
+        scored = [r for r in models if split in r.scores]
+        if split == "test" and not scored:
+            continue
+        for smaller, larger in zip(scored, scored[1:], strict=False):
+            line, d = _compare(larger, smaller, split, options)
+            lines.append(line)
+            if d is not None and split == "val":
+                verdicts.append(d.high < 0)
+        if scored and any(split in b.scores for b in baselines):
+            lines += [x for x in _versus_baselines(scored, [b for b in baselines if split in b.scores], split, options)
+                      if x]  # fmt: skip
+    if verdicts:
+        answer = "yes, at every step" if all(verdicts) else "no" if not any(verdicts) else "only at some steps"
+        lines.append(f"larger budgets beat smaller ones beyond the val interval: {answer}")
+    collapsed = [_collapse(r.model, s, r.scores[s]) for r in models for s in r.scores if r.scores[s].collapsed]
+    if collapsed:
+        lines.append("collapsed: " + "; ".join(collapsed))
+    section.findings += [f"h={horizon}: {line}" for line in lines]
+
+
+def add_findings(section: Section, options: Options) -> None:
+    for horizon in sorted({r.horizon for r in section.rows}):
+        horizon_findings(section, horizon, options)

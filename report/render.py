@@ -1,0 +1,133 @@
+"""The report's table as a rich table (console), `report.md` and `report.csv`."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+from rich.table import Table
+
+from report.evaluate import SPLITS, Options, Row, Section
+from report.stats import METRICS, Estimate
+
+COLUMNS = {"auroc": "AUROC", "bce": "BCE", "brier": "Brier"}
+
+
+def _cell(e: Estimate | None, digits: int = 3) -> str:
+    if e is None or not math.isfinite(e.value):
+        return "—"
+    if not math.isfinite(e.low):
+        return f"{e.value:.{digits}f}"
+    return f"{e.value:.{digits}f} [{e.low:.{digits}f}, {e.high:.{digits}f}]"
+
+
+def _flag(row: Row) -> str:
+    if row.model == "base rate":
+        return "prior"
+    flags = [s for s in SPLITS if s in row.scores and row.scores[s].collapsed]
+    return "COLLAPSED (" + ", ".join(flags) + ")" if flags else "no"
+
+
+def _params(row: Row) -> str:
+    return f"{row.n_params:,}" if row.n_params else "—"
+
+
+def _values(row: Row) -> list[str]:
+    cells = []
+    for split in SPLITS:
+        scores = row.scores.get(split)
+        for metric in METRICS:
+            cells.append(_cell(scores.metrics[metric] if scores else None, 3 if metric == "auroc" else 4))
+    return cells
+
+
+HEADERS = ["h", "model", "params", *(f"{s} {COLUMNS[m]}" for s in SPLITS for m in METRICS), "collapsed"]
+
+
+def rich_table(section: Section) -> Table:
+    table = Table(title=section.title, caption="\\[low, high]: 95% moving-block bootstrap interval over samples")
+    for header in HEADERS:
+        table.add_column(header, justify="left" if header in ("model", "collapsed") else "right")
+    for row in section.rows:
+        style = "dim" if row.kind == "baseline" else None
+        table.add_row(str(row.horizon), row.model, _params(row), *_values(row), _flag(row), style=style)
+    return table
+
+
+def _md_table(section: Section) -> list[str]:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    for row in section.rows:
+        model = row.model if row.kind == "model" else f"*{row.model}*"
+        lines.append("| " + " | ".join([str(row.horizon), model, _params(row), *_values(row), _flag(row)]) + " |")
+    return lines
+
+
+def _selected(row: Row) -> str:
+    run = row.run
+    trial = f"trial {run.name}, " if run.study else ""
+    checkpoint = Path(run.record.get("best_checkpoint") or "?").name
+    return f"- h={row.horizon} {row.model}: {trial}`{run.path}`, checkpoint `{checkpoint}`"
+
+
+def markdown(sections: list[Section], options: Options, plots: list[str], skipped: list[str]) -> str:
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    lines = [
+        "# finscale scaling report",
+        "",
+        f"Generated {now} by `python cli.py report`. Each budget is represented by its run with the lowest "
+        "best-epoch validation BCE (fits and complete HPO trials); validation numbers of selected runs are "
+        "optimistic by selection, test numbers are not. Test numbers appear only where `cli.py test` evaluated "
+        "the selected checkpoint. Intervals: 95% moving-block bootstrap over samples "
+        f"({options.n_boot} resamples, blocks of {options.block} days, seed {options.seed}). "
+        "Collapsed: prediction std below 1e-3 or BCE no better than the constant training prior.",
+    ]
+    for section in sections:
+        lines += ["", f"## {section.title}", "", *_md_table(section), "", "### Findings", ""]
+        lines += [f"- {line}" for line in section.findings] or ["- none"]
+        notes = [f"{r.model} (h={r.horizon}): {r.note}" for r in section.rows if r.note]
+        lines += ["", "### Selected runs", "", *(_selected(r) for r in section.rows if r.run)]
+        if notes:
+            lines += ["", "### Notes", "", *(f"- {n}" for n in notes)]
+    if plots:
+        lines += ["", "## Plots", "", *(f"![{p}]({p})" for p in plots)]
+    if skipped:
+        lines += ["", "## Not included", "", *(f"- {s}" for s in skipped)]
+    return "\n".join(lines) + "\n"
+
+
+RUN_KEYS = ("forward_flops_per_sample", "train_flops_per_sample", "epochs_run", "best_checkpoint", "git_commit", "seed")
+
+
+def _run_columns(run) -> dict:
+    """Where a model row comes from: the run, its trial, and what it was trained with."""
+    columns = {key: run.record.get(key) for key in RUN_KEYS}
+    columns |= {"run": str(run.path), "trial": run.name if run.study else "",
+                "dataset_hash": (run.record.get("dataset") or {}).get("hash")}  # fmt: skip
+    return columns
+
+
+def frame(sections: list[Section]) -> pd.DataFrame:
+    """One row per (data settings, horizon, model): every number of the table, with interval bounds."""
+    records = []
+    for section in sections:
+        s = section.settings
+        for row in section.rows:
+            record = {"dataset": s["dataset"], "version": s["version"], "threshold": s["threshold"],
+                      "label_price": s["label_price"], "horizon": row.horizon, "model": row.model, "kind": row.kind,
+                      "n_params": row.n_params}  # fmt: skip
+            if row.run is not None:
+                record |= _run_columns(row.run)
+            for split in SPLITS:
+                scores = row.scores.get(split)
+                record[f"{split}_n"] = scores.n if scores else None
+                for metric in METRICS:
+                    e = scores.metrics[metric] if scores else None
+                    for suffix, value in (("", "value"), ("_low", "low"), ("_high", "high")):
+                        record[f"{split}_{metric}{suffix}"] = getattr(e, value) if e else None
+                record[f"{split}_prior_bce"] = scores.prior_bce if scores else None
+                record[f"{split}_pred_std"] = scores.pred_std if scores else None
+                record[f"{split}_collapsed"] = scores.collapsed if scores and row.model != "base rate" else None
+            records.append(record)
+    return pd.DataFrame.from_records(records)

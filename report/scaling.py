@@ -1,0 +1,90 @@
+"""Scaling fits across budgets: loss(N) = a·N^(−α) + c, and the log-log line log loss = log b − β·log N.
+
+Both are fitted to one loss per budget; their bootstrap intervals come from refitting on paired resamples
+of the validation samples (every budget is scored on the same resampled days).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from report.stats import Estimate, bce, interval
+
+ALPHAS = np.geomspace(1e-3, 3.0, 600)  # exponents searched; the point estimate is refined between grid points
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """loss(N) = a·N^(−α) + c; a > 0 means the loss falls with size towards c."""
+
+    a: float
+    alpha: float
+    c: float
+
+    def __call__(self, n: np.ndarray) -> np.ndarray:
+        return self.c + self.a * np.asarray(n, dtype=float) ** -self.alpha
+
+
+@dataclass(frozen=True)
+class ScalingFit:
+    """A horizon's fit across k budgets; power-law fields are None below three distinct budgets."""
+
+    k: int
+    law: PowerLaw | None
+    alpha: Estimate | None
+    slope: Estimate  # β of the log-log line: positive when the loss falls with size
+
+
+def _profile(n: np.ndarray, losses: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, ...]:
+    """For each α, the least-squares (a_ref, c) and residual sum of squares; losses (..., k) → (..., G).
+
+    x = (N/N_ref)^(−α) with N_ref the geometric mean keeps the design well scaled from 2M to 2B."""
+    ref = np.exp(np.log(n).mean())
+    x = (n / ref)[None, :] ** -alphas[:, None]  # (G, k)
+    xc = x - x.mean(axis=1, keepdims=True)
+    sxx = (xc**2).sum(axis=1)  # (G,)
+    lc = losses - losses.mean(axis=-1, keepdims=True)  # (..., k)
+    sxy = lc @ xc.T  # (..., G)
+    a_ref = sxy / sxx
+    c = losses.mean(axis=-1, keepdims=True) - a_ref * x.mean(axis=1)
+    sse = (lc**2).sum(axis=-1, keepdims=True) - a_ref * sxy
+    return a_ref, c, sse, ref
+
+
+def fit_power_law(n_params: np.ndarray, losses: np.ndarray) -> PowerLaw:
+    """Least squares over (a, α, c): a grid over α (a and c are linear given α), refined between neighbours."""
+    n, losses = np.asarray(n_params, dtype=float), np.asarray(losses, dtype=float)
+    if len(np.unique(n)) < 3:
+        raise ValueError(f"a power law with offset needs three distinct sizes, got {len(np.unique(n))}")
+    _, _, sse, _ = _profile(n, losses, ALPHAS)
+    i = int(np.argmin(sse))
+    lo, hi = ALPHAS[max(i - 1, 0)], ALPHAS[min(i + 1, len(ALPHAS) - 1)]
+    best = minimize_scalar(lambda a: float(_profile(n, losses, np.array([a]))[2][0]), bounds=(lo, hi),
+                           method="bounded", options={"xatol": 1e-9})  # fmt: skip
+    alpha = float(best.x) if best.fun <= sse[i] else float(ALPHAS[i])
+    a_ref, c, _, ref = _profile(n, losses, np.array([alpha]))
+    return PowerLaw(float(a_ref[0] * ref**alpha), alpha, float(c[0]))
+
+
+def loglog_slope(n_params: np.ndarray, losses: np.ndarray) -> np.ndarray:
+    """β of log loss = log b − β·log N by least squares; losses (..., k) → (...)."""
+    logn = np.log(np.asarray(n_params, dtype=float))
+    xc = logn - logn.mean()
+    logl = np.log(losses)
+    return -((logl - logl.mean(axis=-1, keepdims=True)) @ xc) / (xc**2).sum()
+
+
+def fit_scaling(n_params: np.ndarray, probs: np.ndarray, y: np.ndarray, idx: np.ndarray) -> ScalingFit:
+    """Fits on each budget's BCE; probs (k, n) on the same samples y (n,); idx (B, n) paired resamples."""
+    n = np.asarray(n_params, dtype=float)
+    point = bce(probs, y)  # (k,)
+    resampled = bce(probs[:, idx], y[idx]).T  # (B, k)
+    slope = interval(loglog_slope(n, resampled), float(loglog_slope(n, point)))
+    if len(np.unique(n)) < 3:
+        return ScalingFit(len(n), None, None, slope)
+    law = fit_power_law(n, point)
+    _, _, sse, _ = _profile(n, resampled, ALPHAS)  # (B, G)
+    return ScalingFit(len(n), law, interval(ALPHAS[np.argmin(sse, axis=1)], law.alpha), slope)

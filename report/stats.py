@@ -1,0 +1,92 @@
+"""Metrics on per-sample predictions, with moving-block bootstrap intervals over samples.
+
+Consecutive daily windows share all but one input day and, for h > 1, overlapping label windows: an
+i.i.d. bootstrap would treat them as independent and give intervals that are too narrow. Resampling
+blocks of `block` consecutive samples keeps that dependence (block = 1 is the i.i.d. bootstrap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import rankdata
+
+EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] for BCE, as torch's BCE clamps its logs
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A metric on all samples, with the bootstrap percentile interval."""
+
+    value: float
+    low: float
+    high: float
+
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+    def text(self, digits: int = 3, sign: bool = False) -> str:
+        f = f"{{:{'+' if sign else ''}.{digits}f}}"
+        return f"{f.format(self.value)} [{f.format(self.low)}, {f.format(self.high)}]"
+
+
+# Metrics take probabilities p and labels y of shape (..., n) and reduce the last axis.
+
+
+def bce(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    p = np.clip(p, EPS, 1 - EPS)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean(axis=-1)
+
+
+def brier(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return ((p - y) ** 2).mean(axis=-1)
+
+
+def auroc(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUROC with tied scores counted half; NaN where a resample holds one class only."""
+    p, y = np.broadcast_arrays(p, y)
+    ranks = rankdata(p, axis=-1)  # average ranks for ties
+    n_pos = y.sum(axis=-1)
+    n_neg = y.shape[-1] - n_pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((ranks * y).sum(axis=-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {"auroc": auroc, "bce": bce, "brier": brier}
+
+
+def block_indices(n: int, n_boot: int, block: int, seed: int) -> np.ndarray:
+    """(n_boot, n) sample indices of a moving-block bootstrap: random runs of `block` consecutive samples."""
+    block = max(1, min(block, n))
+    rng = np.random.default_rng(seed)
+    n_blocks = -(-n // block)
+    starts = rng.integers(0, n - block + 1, size=(n_boot, n_blocks))  # (B, K)
+    return (starts[:, :, None] + np.arange(block)).reshape(n_boot, -1)[:, :n]  # (B, n)
+
+
+def interval(samples: np.ndarray, value: float) -> Estimate:
+    samples = samples[np.isfinite(samples)]
+    if len(samples) == 0:
+        return Estimate(value, float("nan"), float("nan"))
+    tail = (1 - LEVEL) / 2 * 100
+    low, high = np.percentile(samples, [tail, 100 - tail])
+    return Estimate(float(value), float(low), float(high))
+
+
+def estimate(metric: str, p: np.ndarray, y: np.ndarray, idx: np.ndarray) -> Estimate:
+    """The metric on all samples and its bootstrap interval (idx from block_indices)."""
+    f = METRICS[metric]
+    return interval(f(p[idx], y[idx]), float(f(p, y)))
+
+
+def difference(metric: str, p_a: np.ndarray, p_b: np.ndarray, y: np.ndarray, idx: np.ndarray) -> Estimate:
+    """metric(a) − metric(b) on the same samples, resampled together (a paired bootstrap)."""
+    f = METRICS[metric]
+    return interval(f(p_a[idx], y[idx]) - f(p_b[idx], y[idx]), float(f(p_a, y) - f(p_b, y)))
+
+
+def prediction_std(p: np.ndarray) -> float:
+    return float(np.std(p))

@@ -1,0 +1,224 @@
+"""`cli.py report` on real tiny fits and a real tiny study of two budgets, through real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import struct
+from pathlib import Path
+
+import matplotlib.image
+import pandas as pd
+import pytest
+import yaml
+from conftest import ROOT, assert_user_error, run_cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from report.plots import pixel_size
+
+LARGER = ["--model.net.d_model", "64", "--model.net.d_ff", "256", "--model.net.n_layers", "3"]
+
+
+def tiny_config(tmp_path: Path) -> Path:
+    """tiny.yaml, two epochs, logs and the stop file under tmp_path."""
+    config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    config["trainer"]["max_epochs"] = 2
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
+    for callback in config["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("StopFileCallback"):
+            callback["init_args"]["path"] = str(tmp_path / "STOP")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def ok(*args: str) -> str:
+    result = run_cli(*args, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory) -> Path:
+    """h = 1: two budgets, tiny (a 3-trial study and a plain fit) and a larger tiny (one fit, tested on its best
+    checkpoint); h = 3: one tiny fit."""
+    tmp = tmp_path_factory.mktemp("report")
+    config = tiny_config(tmp)
+    ok("hpo", "--config", str(config), "--trials", "3", "--search-space", "configs/hpo/tiny.yaml")
+    ok("fit", "--config", str(config))
+    ok("fit", "--config", str(config), *LARGER)
+    ok("fit", "--config", str(config), "--data.horizon", "3")
+    (larger,) = [p.parent for p in (tmp / "logs" / "tiny").glob("*/run.json")
+                 if json.loads(p.read_text())["n_params"] > 50_000]  # fmt: skip
+    best = json.loads((larger / "run.json").read_text())["best_checkpoint"]
+    ok("test", "--config", str(larger / "config.yaml"), "--ckpt_path", best)
+    return tmp / "logs"
+
+
+@pytest.fixture(scope="module")
+def report(logs) -> tuple[Path, str]:
+    stdout = ok("report", "--logdir", str(logs), "--bootstrap", "200")
+    return logs / "report", stdout
+
+
+def fit_records(logs: Path, horizon: int) -> list[dict]:
+    """The records of the plain fits (not trials, not evaluations) at one horizon."""
+    found = [json.loads(p.read_text()) for p in logs.glob(f"tiny/*-h{horizon}-*/run.json")]
+    return [r for r in found if "best" in r]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR"
+    return struct.unpack(">II", header[16:24])
+
+
+def test_the_table_has_each_budget_and_every_baseline(report):
+    out, stdout = report
+    table = pd.read_csv(out / "report.csv")
+    models = table[(table["kind"] == "model") & (table["horizon"] == 1)].sort_values("n_params")
+    assert len(models) == 2 and models["n_params"].iloc[1] > 3 * models["n_params"].iloc[0]
+    assert models["model"].nunique() == 2 and sorted(set(table["horizon"])) == [1, 3]
+    assert (table[table["horizon"] == 3]["kind"] == "model").sum() == 1
+    for horizon in (1, 3):
+        baselines = table[(table["kind"] == "baseline") & (table["horizon"] == horizon)]
+        assert set(baselines["model"]) == {"base rate", "logistic", "gbt"}
+    assert table.loc[table["horizon"] == 3, "test_bce"].isna().all()  # h=3's test set was never opened
+    for name in ("base rate", "logistic", "gbt", "val AUROC", "test BCE"):
+        assert name in stdout
+    md = (out / "report.md").read_text()
+    assert "| h | model | params | val AUROC |" in md and "### Findings" in md
+
+
+def test_each_budget_is_its_lowest_validation_loss_run_with_intervals(report, logs):
+    table = pd.read_csv(report[0] / "report.csv")
+    small = table[(table["kind"] == "model") & (table["horizon"] == 1)].sort_values("n_params").iloc[0]
+    (trials,) = [pd.read_csv(p) for p in logs.glob("hpo/*/trials.csv")]
+    complete = trials.loc[trials["state"] == "complete", "val_loss"].tolist()  # pruned trials are not candidates
+    fits = [r["best"]["val_loss"] for r in fit_records(logs, 1) if r["n_params"] < 50_000]
+    assert len(complete) >= 1 and len(fits) == 1
+    assert small["val_bce"] == pytest.approx(min(complete + fits), rel=1e-5)
+    for _, row in table.iterrows():
+        for metric in ("auroc", "bce", "brier"):
+            assert row[f"val_{metric}_low"] <= row[f"val_{metric}"] <= row[f"val_{metric}_high"]
+    models = table[table["kind"] == "model"]
+    assert (models["val_bce_high"] - models["val_bce_low"] > 0).all() and (models["val_n"] > 400).all()
+
+
+def test_test_numbers_only_where_cli_test_ran(report):
+    table = pd.read_csv(report[0] / "report.csv")
+    table = table[table["horizon"] == 1].set_index("model")
+    models = table[table["kind"] == "model"].sort_values("n_params")
+    small, large = models.iloc[0], models.iloc[1]
+    assert math.isnan(small["test_bce"]) and large["test_bce"] > 0 and large["test_n"] > 400
+    assert all(table.loc[name, "test_bce"] > 0 for name in ("base rate", "logistic", "gbt"))
+    assert table.loc["base rate", "val_auroc"] == pytest.approx(0.5)
+
+
+def test_findings_state_the_scaling_fit_and_the_baseline_comparison(report):
+    md = (report[0] / "report.md").read_text()
+    assert "log-log line of val BCE" in md and "power law a·N^(−α) + c: needs three budgets" in md
+    assert "best model vs best baseline" in md and "beyond the interval" in md
+    assert "larger budgets beat smaller ones beyond the val interval:" in md
+    assert "h=3: scaling fit: needs two budgets with validation predictions" in md
+
+
+def test_plots_are_real_images_of_the_expected_size(report):
+    plots = report[0] / "plots"
+    expected = {"scaling_val.png": pixel_size(2, 2), "scaling_test.png": pixel_size(2, 1),  # horizons: 1, 3 / 1
+                "hpo_trials.png": pixel_size(1, 1)}  # fmt: skip
+    assert sorted(p.name for p in plots.iterdir()) == sorted(expected)
+    for name, (width, height) in expected.items():
+        assert png_size(plots / name) == (width, height)
+        pixels = matplotlib.image.imread(plots / name)
+        assert pixels.shape[:2] == (height, width) and pixels.std() > 0.05  # decodes, and is not blank
+
+
+def test_tensorboard_holds_the_same_figures(report):
+    accumulator = EventAccumulator(str(report[0] / "tensorboard"), size_guidance={"images": 0})
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["images"])
+    assert tags == {"report/scaling_val", "report/scaling_test", "report/hpo_trials"}
+    image = accumulator.Images("report/hpo_trials")[-1]
+    assert (image.width, image.height) == pixel_size(1, 1)
+
+
+def test_a_report_from_the_cached_baselines_agrees(report, logs, tmp_path):
+    cached = {p.name.split("-")[-2]: sorted(f.name for f in p.iterdir()) for p in (report[0] / "baselines").iterdir()}
+    assert cached == {"h1": ["meta.json", "test.csv", "val.csv"], "h3": ["meta.json", "val.csv"]}
+    shutil.copytree(report[0] / "baselines", tmp_path / "again" / "baselines")
+    stdout = ok("report", "--logdir", str(logs), "--bootstrap", "200", "--out", str(tmp_path / "again"))
+    assert "train: " not in stdout and "train: " in report[1]  # no dataset was loaded, no baseline refitted
+    first = pd.read_csv(report[0] / "report.csv")
+    pd.testing.assert_frame_equal(first, pd.read_csv(tmp_path / "again" / "report.csv"))
+
+
+@pytest.fixture
+def copy(logs, tmp_path) -> Path:
+    target = tmp_path / "logs"
+    shutil.copytree(logs, target, ignore=shutil.ignore_patterns("report", "*.ckpt", "events.out.*"))
+    return target
+
+
+def _larger_run(logs: Path) -> Path:
+    (run,) = [p.parent for p in logs.glob("tiny/*/run.json") if json.loads(p.read_text())["n_params"] > 50_000]
+    return run
+
+
+def test_collapse_is_flagged_and_a_run_without_predictions_is_reported_from_its_record(copy, tmp_path):
+    larger = _larger_run(copy) / "val_predictions.csv"
+    frame = pd.read_csv(larger)
+    frame["probability"] = 0.23  # the training base rate for every day
+    frame.to_csv(larger, index=False)
+    (older,) = copy.glob("tiny/*-h3-*")  # as if written before runs kept their predictions
+    (older / "val_predictions.csv").unlink()
+    ok("report", "--logdir", str(copy), "--bootstrap", "100", "--out", str(tmp_path / "out"))
+    table = pd.read_csv(tmp_path / "out" / "report.csv")
+    models = table[table["kind"] == "model"]
+    assert models["val_collapsed"].tolist() == [False, True, False]  # h=1 small, h=1 larger, h=3
+    h3 = models[models["horizon"] == 3].iloc[0]
+    assert h3["val_bce"] == pytest.approx(json.loads((older / "run.json").read_text())["best"]["val_loss"])
+    assert math.isnan(h3["val_bce_low"]) and not math.isnan(models.iloc[0]["val_bce_low"])
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "COLLAPSED (val)" in md and "h=1: collapsed: " in md
+    assert "no val_predictions.csv" in md and "python cli.py validate" in md
+
+
+def test_a_damaged_run_record_stops_the_report_and_writes_nothing(copy, tmp_path):
+    (path, *_) = sorted(copy.rglob("run.json"))
+    path.write_text(path.read_text()[:50])
+    assert_user_error(run_cli("report", "--logdir", str(copy), "--out", str(tmp_path / "out")), "unreadable run record")
+    assert not (tmp_path / "out").exists()
+
+
+def test_edited_predictions_stop_the_report_and_write_nothing(copy, tmp_path):
+    (path, *_) = sorted(copy.glob("tiny/*/val_predictions.csv"))
+    lines = path.read_text().splitlines()
+    date, p, label = lines[5].split(",")
+    lines[5] = f"{date},{p},{1 - int(label)}"
+    path.write_text("\n".join(lines) + "\n")
+    result = run_cli("report", "--logdir", str(copy), "--out", str(tmp_path / "out"))
+    assert_user_error(result, "labels that differ from the dataset's")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--logdir", "/no/such/logs"], "log folder not found: /no/such/logs"),
+        (["--bootstrap", "10"], "--bootstrap must be ≥ 100"),
+        (["--block", "0"], "--block ≥ 1"),
+    ],
+)
+def test_impossible_requests_are_refused(args, fragment, tmp_path):
+    assert_user_error(run_cli("report", *args, "--out", str(tmp_path / "out")), fragment)
+    assert not (tmp_path / "out").exists()
+
+
+def test_logs_without_finished_runs_are_refused(tmp_path):
+    (tmp_path / "logs" / "tiny" / "run-1").mkdir(parents=True)
+    (tmp_path / "logs" / "tiny" / "run-1" / "run.json").write_text(json.dumps({"n_params": 1}))  # never finished
+    result = run_cli("report", "--logdir", str(tmp_path / "logs"))
+    assert_user_error(result, "no finished fit or complete hpo trial to report")
+    assert not (tmp_path / "logs" / "report").exists()
