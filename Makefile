@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 
-.PHONY: setup fit test test-all data lint bench
+.PHONY: setup fit test test-all data lint bench report
 
 setup: $(VENV)/.installed
 
@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 
 fit: setup
 	$(PY) cli.py fit --config configs/2M.yaml
+
+report: setup
+	$(PY) cli.py report
 
 test: setup
 	$(PY) -m pytest

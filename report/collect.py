@@ -51,6 +51,7 @@ class Run:
     state: str = "finished"  # a trial's Optuna state
     val_predictions: Path | None = None
     test: dict[str, float] | None = None  # test/* metrics of the best checkpoint, from `cli.py test`
+    test_split: dict[str, Any] = field(default_factory=dict)  # n, dates and positive rate of that test
     test_predictions: Path | None = None
 
     @property
@@ -131,6 +132,7 @@ def _read_run(run_dir: Path, record: dict[str, Any]) -> Run:
     if tests:
         test_dir, test_record = tests[0]
         run.test = test_record.get("test") or None
+        run.test_split = (test_record.get("splits") or {}).get("test", {})
         run.test_predictions = (
             test_dir / "test_predictions.csv" if (test_dir / "test_predictions.csv").is_file() else None
         )

@@ -109,12 +109,13 @@ def _score(samples: pd.DataFrame, prior: float, options: Options) -> Scores:
     return Scores(len(y), metrics, constant_prior_bce(float(y.mean()), prior), float(np.std(p)), samples)
 
 
-def _recorded(values: dict, prefix: str, prior: float, pos_rate: float | None) -> Scores:
+def _recorded(values: dict, prefix: str, prior: float, split: dict) -> Scores:
     """Scores from a run record's summary (no per-sample predictions: no interval, no paired comparison)."""
     get = lambda k: float(values.get(f"{prefix}{k}", math.nan))  # noqa: E731
     metrics = {m: Estimate(get("loss" if m == "bce" else m), math.nan, math.nan) for m in METRICS}
+    pos_rate = split.get("positive_rate")
     prior_bce = get("prior_bce") if pos_rate is None else constant_prior_bce(pos_rate, prior)
-    return Scores(int(values.get("n", 0)), metrics, prior_bce, get("pred_std"))
+    return Scores(int(split.get("n", 0)), metrics, prior_bce, get("pred_std"))
 
 
 def _train_prior(run: Run) -> float:
@@ -146,12 +147,9 @@ def _model_scores(run: Run, split: str, truth: pd.Series | None, options: Option
     path = run.val_predictions if split == "val" else run.test_predictions
     prior = _train_prior(run)
     if path is None:
-        summary = (run.record["best"] if split == "val" else run.test) or None
-        if summary is None:
-            return None
-        prefix = "val_" if split == "val" else "test/"
-        pos_rate = run.record["splits"].get(split, {}).get("positive_rate") if split == "val" else None
-        return _recorded(summary, prefix, prior, pos_rate)
+        if split == "val":
+            return _recorded(run.record["best"], "val_", prior, run.record["splits"].get("val", {}))
+        return _recorded(run.test, "test/", prior, run.test_split) if run.test else None
     samples = _read_predictions(path)
     if truth is not None:
         _check_labels(samples, truth, path)

@@ -10,9 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import ROOT, wait_for
+
+from datamodules.market_datamodule import MarketDataModule
 
 
 def long_config(tmp_path: Path, epochs: int = 1000) -> Path:
@@ -112,3 +115,10 @@ def test_ddp_on_cpu_runs_the_batch_finder_and_stops_all_ranks_together(tmp_path)
     output = (tmp_path / "out.log").read_text()
     assert "batch=128x1" in output and "stopped by SIGTERM at epoch" in output
     assert "finished" in json.loads((run_dir(tmp_path) / "run.json").read_text())
+    # each rank scored every second sample of one batch: the file holds the first 2 × 128 days, in order
+    predictions = pd.read_csv(run_dir(tmp_path) / "val_predictions.csv")
+    dm = MarketDataModule()
+    dm.setup("fit")
+    _, labels, dates = dm.last_day_features("val")
+    assert predictions["date"].tolist() == dates[:256]
+    assert predictions["label"].tolist() == labels[:256].astype(int).tolist()
