@@ -51,11 +51,11 @@ class Predictions:
         return pd.Series(self.labels, index=pd.Index(self.dates, name="date"))
 
 
-def _key(settings: dict[str, Any], dataset_hash: str) -> str:
+def _key(settings: dict[str, Any], dataset_hash: str, seed: int) -> str:
     import sklearn
 
     identity = {k: v for k, v in settings.items() if k != "data_dir"} | {
-        "hash": dataset_hash, "baselines": VERSION, "sklearn": sklearn.__version__}  # fmt: skip
+        "hash": dataset_hash, "seed": seed, "baselines": VERSION, "sklearn": sklearn.__version__}  # fmt: skip
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -144,7 +144,10 @@ def baseline_predictions(settings: dict[str, Any], split: str, cache: Path, seed
 
     data_dir = Path(settings["data_dir"]) if settings.get("data_dir") else DATA_DIR
     entry = Manifest(data_dir, PROCESSED).get(settings["dataset"], settings["version"])
-    folder = cache / f"{settings['dataset']}-v{settings['version']}-h{settings['horizon']}-{_key(settings, entry.hash)}"
+    folder = (
+        cache
+        / f"{settings['dataset']}-v{settings['version']}-h{settings['horizon']}-{_key(settings, entry.hash, seed)}"
+    )
     path, meta_path = folder / f"{split}.csv", folder / "meta.json"
     if path.is_file() and meta_path.is_file():
         return _read(path, json.loads(meta_path.read_text()))

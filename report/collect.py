@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from lightning_modules.budget import BUDGETS, GRID_TOLERANCE
 from training.run_setup import ConfigError
 
 FRAME_KEYS = ("dataset", "version", "threshold", "label_price", "features", "splits")  # besides the horizon
+TRIAL_DIR = re.compile(r"trial-(\d+)")
 
 
 class ReportError(ConfigError):
@@ -164,11 +166,20 @@ def collect(logdir: Path) -> Collection:
             continue
         run = _read_run(run_dir, record)
         tags = record.get("tags") or {}
-        trials = _study_states(run_dir.parent, found.studies) if run_dir.name.startswith("trial-") else None
-        if trials is not None:
-            run.study = str(tags.get("hpo.study") or run_dir.parent.name)
-            run.trial = int(tags.get("hpo.trial", run_dir.name.removeprefix("trial-")))
-            row = trials[trials["number"] == run.trial]
-            run.state = str(row["state"].iloc[-1]) if len(row) else "unknown"
+        if "hpo.study" in tags or TRIAL_DIR.fullmatch(run_dir.name):
+            _trial_state(run, tags, found)
         found.runs.append(run)
     return found
+
+
+def _trial_state(run: Run, tags: dict[str, Any], found: Collection) -> None:
+    """A trial counts only with its state from the study's trials.csv: a pruned trial ends like an early stop,
+    with a best epoch and a finished record, and must not be taken for a complete one."""
+    match = TRIAL_DIR.fullmatch(run.path.name)
+    run.study = str(tags.get("hpo.study") or run.path.parent.name)
+    run.trial = int(tags["hpo.trial"]) if "hpo.trial" in tags else int(match.group(1)) if match else -1
+    trials = _study_states(run.path.parent, found.studies)
+    row = trials[trials["number"] == run.trial] if trials is not None and "number" in trials else []
+    run.state = str(row["state"].iloc[-1]) if len(row) else "unknown"
+    if run.state == "unknown":
+        found.skipped.append(f"{run.path}: HPO trial without a state in {run.path.parent / 'trials.csv'}")

@@ -38,8 +38,12 @@ class Scores:
     samples: pd.DataFrame | None = None  # date-indexed probability and label, for paired comparisons
 
     @property
-    def collapsed(self) -> bool:
-        return self.pred_std < COLLAPSE_STD or self.metrics["bce"].value >= self.prior_bce
+    def collapsed(self) -> bool | None:
+        """None when the record lacks what decides it."""
+        bce = self.metrics["bce"].value
+        if not (math.isfinite(self.pred_std) and math.isfinite(bce) and math.isfinite(self.prior_bce)):
+            return None
+        return self.pred_std < COLLAPSE_STD or bce >= self.prior_bce
 
 
 @dataclass
@@ -174,7 +178,7 @@ def evaluate_section(frame_runs: dict[int, dict[str, Run]], options: Options) ->
                 scores = _model_scores(run, split, base[split].truth if split in base else None, options)
                 if scores is not None:
                     row.scores[split] = scores
-            if "val" in row.scores and row.scores["val"].samples is None:
+            if "val" in row.scores and row.scores["val"].samples is None and run.record.get("best_checkpoint"):
                 checkpoint = run.record["best_checkpoint"]
                 command = f"python cli.py validate --config {run.path}/config.yaml --ckpt_path {checkpoint}"
                 row.note = f"no val_predictions.csv (an older run): no interval; add it with `{command}`"

@@ -1,6 +1,7 @@
 """The answer in words: per horizon, the scaling fit, whether each larger budget beats the next smaller one
 beyond the interval, and whether any model beats the best baseline. Every comparison is a paired bootstrap
-of BCE differences on the same days (BCE is the objective every model was selected on)."""
+of BCE differences on the same days (BCE is the objective every model was selected on). Which model and
+which baseline are "best" is decided on validation, also where their test numbers are compared."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import numpy as np
 from report.evaluate import Options, Row, Scores, Section, resamples
 from report.scaling import fit_scaling
 from report.stats import Estimate, difference
+
+OPTIMISTIC = " (optimistic: validation also chose the checkpoints and trials)"
 
 
 def paired(a: Scores, b: Scores, metric: str, options: Options) -> Estimate | None:
@@ -26,6 +29,8 @@ def paired(a: Scores, b: Scores, metric: str, options: Options) -> Estimate | No
 
 def verdict(d: Estimate, a: str, b: str) -> str:
     """d = BCE(a) − BCE(b): lower is better."""
+    if not d.has_interval:
+        return "no interval (fewer than two bootstrap blocks of common days)"
     if d.high < 0:
         return f"{a} is better beyond the interval"
     if d.low > 0:
@@ -42,6 +47,15 @@ def _compare(a: Row, b: Row, split: str, options: Options) -> tuple[str, Estimat
             f"{verdict(d_bce, a.model, b.model)}", d_bce)  # fmt: skip
 
 
+def _power_law(fit) -> str:
+    if fit.law is None:
+        return "power law a·N^(−α) + c: needs three budgets"
+    falling = f"; the loss falls with size in {fit.falling_share:.0%} of resamples" if fit.alpha.has_interval else ""
+    if fit.unidentified:
+        return f"power law a·N^(−α) + c: not identified ({fit.unidentified}){falling}"
+    return f"power law a·N^(−α) + c: α = {fit.alpha.text(3)}, a = {fit.law.a:.3g}, c = {fit.law.c:.4f}{falling}"
+
+
 def _scaling(section: Section, horizon: int, models: list[Row], options: Options) -> list[str]:
     with_samples = [r for r in models if r.scores["val"].samples is not None]
     if len({r.n_params for r in with_samples}) < 2:
@@ -54,27 +68,42 @@ def _scaling(section: Section, horizon: int, models: list[Row], options: Options
     idx = resamples(len(common), options.n_boot, options.block, options.seed)
     fit = fit_scaling(np.array([r.n_params for r in with_samples]), probs, y, idx)
     section.fits[horizon] = fit
-    lines = [f"log-log line of val BCE: BCE ∝ N^(−β), β = {fit.slope.text(4)} over {fit.k} budgets"]
-    if fit.law is None:
-        lines.append("power law a·N^(−α) + c: needs three budgets")
-    else:
-        lines.append(f"power law a·N^(−α) + c: α = {fit.alpha.text(3)}, a = {fit.law.a:.3g}, c = {fit.law.c:.4f}"
-                     + (" (a < 0: the loss rises with size)" if fit.law.a < 0 else ""))  # fmt: skip
-    return lines
+    line = f"log-log line of val BCE: BCE ∝ N^(−β), β = {fit.slope.text(4)} over {fit.k} budgets, {fit.n} common days"
+    return [line, _power_law(fit)]
 
 
 def _versus_baselines(models: list[Row], baselines: list[Row], split: str, options: Options) -> list[str]:
-    best_base = min(baselines, key=lambda r: r.scores[split].metrics["bce"].value)
-    best_model = min(models, key=lambda r: r.scores[split].metrics["bce"].value)
+    """The best model against the best baseline (both chosen on validation) on `split`; who beats that baseline."""
+    best_base = min(baselines, key=lambda r: r.scores["val"].metrics["bce"].value)
+    best_model = min(models, key=lambda r: r.scores["val"].metrics["bce"].value)
     line, d = _compare(best_model, best_base, split, options)
-    beaten = [m.model for m in models if (e := paired(m.scores[split], best_base.scores[split], "bce", options))
-              and e.high < 0]  # fmt: skip
-    answer = (
-        f"{', '.join(beaten)} beat{'s' if len(beaten) == 1 else ''} the best baseline ({best_base.model})"
-        if beaten
-        else f"no model beats the best baseline ({best_base.model}) beyond the interval"
-    )
-    return [f"best model vs best baseline, {line}", f"{split}: {answer}" if d is not None else ""]
+    if d is None:
+        return [f"best model vs best baseline (chosen on val), {line}"]
+    beaten = [m.model for m in models
+              if (e := paired(m.scores[split], best_base.scores[split], "bce", options)) and e.high < 0]  # fmt: skip
+    answer = (f"{', '.join(beaten)} beat{'s' if len(beaten) == 1 else ''} the best baseline ({best_base.model})"
+              if beaten else f"no model beats the best baseline ({best_base.model}) beyond the interval")  # fmt: skip
+    return [f"best model vs best baseline (chosen on val), {line}", f"{split}: {answer}"]
+
+
+def _steps(models: list[Row], split: str, options: Options) -> list[str]:
+    """Each budget against the next smaller one, and the answer over all steps."""
+    lines, wins, compared = [], [], 0
+    for smaller, larger in zip(models, models[1:], strict=False):
+        line, d = _compare(larger, smaller, split, options)
+        lines.append(line)
+        if d is not None and d.has_interval:
+            compared += 1
+            wins.append(d.high < 0)
+    if compared:
+        if all(wins):
+            answer = "yes, at every step compared" if compared == len(models) - 1 else f"at {compared} compared steps"
+        else:
+            answer = f"at {sum(wins)} of {compared} compared steps" if any(wins) else "no"
+        caveat = OPTIMISTIC if split == "val" else ""
+        lines.append(f"larger budgets beat smaller ones beyond the {split} interval{caveat}: {answer} "
+                     f"({compared} of {len(models) - 1} steps compared)")  # fmt: skip
+    return lines
 
 
 def _collapse(model: str, split: str, scores: Scores) -> str:
@@ -87,22 +116,14 @@ def horizon_findings(section: Section, horizon: int, options: Options) -> None:
     models = [r for r in rows if r.kind == "model" and "val" in r.scores]
     baselines = [r for r in rows if r.kind == "baseline"]
     lines = _scaling(section, horizon, models, options) if models else []
-    verdicts = []
     for split in ("val", "test"):
         scored = [r for r in models if split in r.scores]
-        if split == "test" and not scored:
-            continue
-        for smaller, larger in zip(scored, scored[1:], strict=False):
-            line, d = _compare(larger, smaller, split, options)
-            lines.append(line)
-            if d is not None and split == "val":
-                verdicts.append(d.high < 0)
-        if scored and any(split in b.scores for b in baselines):
-            lines += [x for x in _versus_baselines(scored, [b for b in baselines if split in b.scores], split, options)
-                      if x]  # fmt: skip
-    if verdicts:
-        answer = "yes, at every step" if all(verdicts) else "no" if not any(verdicts) else "only at some steps"
-        lines.append(f"larger budgets beat smaller ones beyond the val interval: {answer}")
+        if split == "test" and len(scored) < len(models):
+            lines.append(f"test: {len(scored)} of {len(models)} budgets tested with `cli.py test`")
+        lines += _steps(scored, split, options)
+        against = [b for b in baselines if split in b.scores]
+        if scored and against:
+            lines += _versus_baselines(scored, against, split, options)
     collapsed = [_collapse(r.model, s, r.scores[s]) for r in models for s in r.scores if r.scores[s].collapsed]
     if collapsed:
         lines.append("collapsed: " + "; ".join(collapsed))

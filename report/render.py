@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +28,9 @@ def _flag(row: Row) -> str:
     if row.model == "base rate":
         return "prior"
     flags = [s for s in SPLITS if s in row.scores and row.scores[s].collapsed]
-    return "COLLAPSED (" + ", ".join(flags) + ")" if flags else "no"
+    if flags:
+        return "COLLAPSED (" + ", ".join(flags) + ")"
+    return "?" if any(scores.collapsed is None for scores in row.scores.values()) else "no"
 
 
 def _params(row: Row) -> str:
@@ -115,8 +118,9 @@ def frame(sections: list[Section]) -> pd.DataFrame:
         s = section.settings
         for row in section.rows:
             record = {"dataset": s["dataset"], "version": s["version"], "threshold": s["threshold"],
-                      "label_price": s["label_price"], "horizon": row.horizon, "model": row.model, "kind": row.kind,
-                      "n_params": row.n_params}  # fmt: skip
+                      "label_price": s["label_price"], "features": json.dumps(s["features"]),
+                      "splits": json.dumps(s["splits"], sort_keys=True), "horizon": row.horizon, "model": row.model,
+                      "kind": row.kind, "n_params": row.n_params}  # fmt: skip
             if row.run is not None:
                 record |= _run_columns(row.run)
             for split in SPLITS:

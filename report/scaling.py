@@ -33,9 +33,12 @@ class ScalingFit:
     """A horizon's fit across k budgets; power-law fields are None below three distinct budgets."""
 
     k: int
+    n: int  # common samples every budget was scored on
     law: PowerLaw | None
     alpha: Estimate | None
     slope: Estimate  # β of the log-log line: positive when the loss falls with size
+    unidentified: str = ""  # why the power law says nothing (α at the edge of the search, a ≤ 0, c < 0)
+    falling_share: float = float("nan")  # share of resamples whose best fit has the loss falling with size
 
 
 def _profile(n: np.ndarray, losses: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -77,14 +80,29 @@ def loglog_slope(n_params: np.ndarray, losses: np.ndarray) -> np.ndarray:
     return -((logl - logl.mean(axis=-1, keepdims=True)) @ xc) / (xc**2).sum()
 
 
-def fit_scaling(n_params: np.ndarray, probs: np.ndarray, y: np.ndarray, idx: np.ndarray) -> ScalingFit:
+def unidentified(law: PowerLaw) -> str:
+    """Why a fitted power law says nothing about an exponent, or "" when it does."""
+    if law.a <= 0:
+        return "a ≤ 0: the loss does not fall with size"
+    if not ALPHAS[0] * 1.01 < law.alpha < ALPHAS[-1] * 0.99:
+        return f"α at the edge of the searched range [{ALPHAS[0]:g}, {ALPHAS[-1]:g}]"
+    if law.c < 0:
+        return "c < 0: a negative loss floor"
+    return ""
+
+
+def fit_scaling(n_params: np.ndarray, probs: np.ndarray, y: np.ndarray, idx: np.ndarray | None) -> ScalingFit:
     """Fits on each budget's BCE; probs (k, n) on the same samples y (n,); idx (B, n) paired resamples."""
     n = np.asarray(n_params, dtype=float)
     point = bce(probs, y)  # (k,)
-    resampled = bce(probs[:, idx], y[idx]).T  # (B, k)
-    slope = interval(loglog_slope(n, resampled), float(loglog_slope(n, point)))
+    resampled = bce(probs[:, idx], y[idx]).T if idx is not None else None  # (B, k)
+    slope = interval(loglog_slope(n, resampled) if idx is not None else None, float(loglog_slope(n, point)))
     if len(np.unique(n)) < 3:
-        return ScalingFit(len(n), None, None, slope)
+        return ScalingFit(len(n), len(y), None, None, slope)
     law = fit_power_law(n, point)
-    _, _, sse, _ = _profile(n, resampled, ALPHAS)  # (B, G)
-    return ScalingFit(len(n), law, interval(ALPHAS[np.argmin(sse, axis=1)], law.alpha), slope)
+    if resampled is None:
+        return ScalingFit(len(n), len(y), law, interval(None, law.alpha), slope, unidentified(law))
+    a_ref, _, sse, _ = _profile(n, resampled, ALPHAS)  # (B, G)
+    best = np.argmin(sse, axis=1)  # (B,)
+    falling = float((a_ref[np.arange(len(best)), best] > 0).mean())
+    return ScalingFit(len(n), len(y), law, interval(ALPHAS[best], law.alpha), slope, unidentified(law), falling)

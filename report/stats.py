@@ -2,11 +2,14 @@
 
 Consecutive daily windows share all but one input day and, for h > 1, overlapping label windows: an
 i.i.d. bootstrap would treat them as independent and give intervals that are too narrow. Resampling
-blocks of `block` consecutive samples keeps that dependence (block = 1 is the i.i.d. bootstrap).
+blocks of `block` consecutive samples keeps that dependence (block = 1 is the i.i.d. bootstrap). Blocks wrap
+around the end of the split (the circular block bootstrap), so the first and last days are drawn as often
+as the others. Below two blocks of samples there is no honest interval: the bounds are NaN.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +30,10 @@ class Estimate:
 
     def excludes_zero(self) -> bool:
         return self.low > 0 or self.high < 0
+
+    @property
+    def has_interval(self) -> bool:
+        return math.isfinite(self.low) and math.isfinite(self.high)
 
     def text(self, digits: int = 3, sign: bool = False) -> str:
         f = f"{{:{'+' if sign else ''}.{digits}f}}"
@@ -58,17 +65,21 @@ def auroc(p: np.ndarray, y: np.ndarray) -> np.ndarray:
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {"auroc": auroc, "bce": bce, "brier": brier}
 
 
-def block_indices(n: int, n_boot: int, block: int, seed: int) -> np.ndarray:
-    """(n_boot, n) sample indices of a moving-block bootstrap: random runs of `block` consecutive samples."""
-    block = max(1, min(block, n))
+def block_indices(n: int, n_boot: int, block: int, seed: int) -> np.ndarray | None:
+    """(n_boot, n) sample indices of a circular block bootstrap: random runs of `block` consecutive samples,
+    wrapping around the end; None when n < 2·block (too few samples for an interval)."""
+    block = max(1, block)
+    if n < 2 * block:
+        return None
     rng = np.random.default_rng(seed)
     n_blocks = -(-n // block)
-    starts = rng.integers(0, n - block + 1, size=(n_boot, n_blocks))  # (B, K)
-    return (starts[:, :, None] + np.arange(block)).reshape(n_boot, -1)[:, :n]  # (B, n)
+    starts = rng.integers(0, n, size=(n_boot, n_blocks))  # (B, K)
+    return ((starts[:, :, None] + np.arange(block)) % n).reshape(n_boot, -1)[:, :n]  # (B, n)
 
 
-def interval(samples: np.ndarray, value: float) -> Estimate:
-    samples = samples[np.isfinite(samples)]
+def interval(samples: np.ndarray | None, value: float) -> Estimate:
+    """The 95% percentile interval of bootstrap values around `value` (NaN bounds without resamples)."""
+    samples = samples[np.isfinite(samples)] if samples is not None else np.empty(0)
     if len(samples) == 0:
         return Estimate(value, float("nan"), float("nan"))
     tail = (1 - LEVEL) / 2 * 100
@@ -76,17 +87,14 @@ def interval(samples: np.ndarray, value: float) -> Estimate:
     return Estimate(float(value), float(low), float(high))
 
 
-def estimate(metric: str, p: np.ndarray, y: np.ndarray, idx: np.ndarray) -> Estimate:
+def estimate(metric: str, p: np.ndarray, y: np.ndarray, idx: np.ndarray | None) -> Estimate:
     """The metric on all samples and its bootstrap interval (idx from block_indices)."""
     f = METRICS[metric]
-    return interval(f(p[idx], y[idx]), float(f(p, y)))
+    return interval(None if idx is None else f(p[idx], y[idx]), float(f(p, y)))
 
 
-def difference(metric: str, p_a: np.ndarray, p_b: np.ndarray, y: np.ndarray, idx: np.ndarray) -> Estimate:
+def difference(metric: str, p_a: np.ndarray, p_b: np.ndarray, y: np.ndarray, idx: np.ndarray | None) -> Estimate:
     """metric(a) − metric(b) on the same samples, resampled together (a paired bootstrap)."""
     f = METRICS[metric]
-    return interval(f(p_a[idx], y[idx]) - f(p_b[idx], y[idx]), float(f(p_a, y) - f(p_b, y)))
-
-
-def prediction_std(p: np.ndarray) -> float:
-    return float(np.std(p))
+    resampled = None if idx is None else f(p_a[idx], y[idx]) - f(p_b[idx], y[idx])
+    return interval(resampled, float(f(p_a, y) - f(p_b, y)))

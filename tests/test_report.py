@@ -15,6 +15,8 @@ import yaml
 from conftest import ROOT, assert_user_error, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from report.collect import collect
+from report.evaluate import select
 from report.plots import pixel_size
 
 LARGER = ["--model.net.d_model", "64", "--model.net.d_ff", "256", "--model.net.n_layers", "3"]
@@ -120,7 +122,7 @@ def test_findings_state_the_scaling_fit_and_the_baseline_comparison(report):
     md = (report[0] / "report.md").read_text()
     assert "log-log line of val BCE" in md and "power law a·N^(−α) + c: needs three budgets" in md
     assert "best model vs best baseline" in md and "beyond the interval" in md
-    assert "larger budgets beat smaller ones beyond the val interval:" in md
+    assert "larger budgets beat smaller ones beyond the val interval (optimistic" in md
     assert "h=3: scaling fit: needs two budgets with validation predictions" in md
 
 
@@ -183,6 +185,20 @@ def test_collapse_is_flagged_and_a_run_without_predictions_is_reported_from_its_
     md = (tmp_path / "out" / "report.md").read_text()
     assert "COLLAPSED (val)" in md and "h=1: collapsed: " in md
     assert "no val_predictions.csv" in md and "python cli.py validate" in md
+
+
+def test_trials_whose_study_lost_its_trials_table_are_not_candidates(copy):
+    (table,) = copy.glob("hpo/*/trials.csv")
+    states = pd.read_csv(table).set_index("number")["state"]
+    found = collect(copy)
+    trials = [r for r in found.runs if r.study]
+    assert trials and all(r.state == states[r.trial] for r in trials)
+    table.unlink()  # a pruned trial's record looks finished: without its state it must not be selected
+    found = collect(copy)
+    assert {r.state for r in found.runs if r.study} == {"unknown"}
+    assert sum("HPO trial without a state" in line for line in found.skipped) == len(trials)
+    (cell,) = select(found.runs).values()
+    assert all(run.study is None for run in cell[1].values())
 
 
 def test_a_damaged_run_record_stops_the_report_and_writes_nothing(copy, tmp_path):

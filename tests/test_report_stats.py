@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
 from report.collect import budget_label
-from report.scaling import fit_power_law, fit_scaling, loglog_slope
+from report.evaluate import Options, Row, Scores
+from report.findings import _versus_baselines
+from report.scaling import fit_power_law, fit_scaling, loglog_slope, unidentified
 from report.stats import Estimate, auroc, bce, block_indices, brier, difference, estimate
 
 N = 2e6 * 10.0 ** np.arange(4)  # 2M, 20M, 200M, 2B
@@ -58,13 +61,22 @@ def test_metrics_match_scikit_learn_with_ties():
     assert auroc(np.full(500, 0.3), y) == pytest.approx(0.5)
 
 
-def test_block_bootstrap_resamples_runs_of_consecutive_days():
-    idx = block_indices(103, 200, 10, seed=0)
-    assert idx.shape == (200, 103) and idx.min() >= 0 and idx.max() <= 102
-    blocks = idx[:, :100].reshape(200, 10, 10)
-    assert (np.diff(blocks, axis=2) == 1).all()
-    assert np.array_equal(idx, block_indices(103, 200, 10, seed=0))
+def test_block_bootstrap_resamples_runs_of_consecutive_days_around_a_circle():
+    idx = block_indices(103, 2000, 10, seed=0)
+    assert idx.shape == (2000, 103) and idx.min() >= 0 and idx.max() <= 102
+    blocks = idx[:, :100].reshape(2000, 10, 10)
+    assert (np.diff(blocks, axis=2) % 103 == 1).all()  # consecutive days, wrapping from the last to the first
+    assert np.array_equal(idx, block_indices(103, 2000, 10, seed=0))
+    counts = np.bincount(idx.ravel(), minlength=103) / 2000
+    assert counts.min() > 0.9 and counts.max() < 1.1  # the first and last days are drawn as often as the others
     assert (block_indices(50, 20, 1, seed=0) < 50).all()
+
+
+def test_too_few_samples_for_two_blocks_give_no_interval():
+    assert block_indices(39, 100, 20, seed=0) is None
+    y = np.array([0.0, 1.0] * 10)
+    e = estimate("bce", np.full(20, 0.5), y, block_indices(20, 100, 20, seed=0))
+    assert e.value == pytest.approx(np.log(2)) and not e.has_interval
 
 
 def test_intervals_hold_the_estimate_and_narrow_with_more_samples():
@@ -103,3 +115,41 @@ def test_estimates_print_with_their_interval():
                                               (176_897, "180k"), (950, "950"), (9_960, "10k")])  # fmt: skip
 def test_budget_labels(count, label):
     assert budget_label(count) == label
+
+
+@pytest.mark.parametrize(
+    ("losses", "reason"),
+    [
+        ([0.40, 0.41, 0.42, 0.43], "a ≤ 0"),  # the loss rises with size
+        ([0.45, 0.44, 0.40, 0.30], "α at the edge"),  # falls faster at the large end: no a·N^(−α) + c shape
+    ],
+)
+def test_a_power_law_that_does_not_fit_says_so(losses, reason):
+    law = fit_power_law(N, np.array(losses))
+    assert reason in unidentified(law)
+    assert unidentified(fit_power_law(N, 0.35 + 4.0 * N**-0.3)) == ""
+
+
+def _scores(p: np.ndarray, y: np.ndarray, days: pd.Index) -> Scores:
+    samples = pd.DataFrame({"probability": p, "label": y}, index=days)
+    return Scores(len(y), {m: estimate(m, p, y, None) for m in ("auroc", "bce", "brier")}, 0.6, float(p.std()), samples)
+
+
+def test_the_best_model_and_baseline_are_chosen_on_validation_also_for_the_test_comparison():
+    rng = np.random.default_rng(4)
+    y = (rng.random(400) < 0.3).astype(float)
+    days = pd.Index([f"d{i:03d}" for i in range(400)])
+    good = np.clip(0.3 + 0.4 * (y - 0.3), 0.01, 0.99)
+    poor = np.clip(0.3 + 0.1 * (y - 0.3), 0.01, 0.99)
+
+    def baseline(name: str, val: np.ndarray, test: np.ndarray) -> Row:
+        row = Row(1, name, "baseline", None)
+        row.scores = {"val": _scores(val, y, days), "test": _scores(test, y, days)}
+        return row
+
+    valid_best = baseline("a", good, poor)  # best on validation, worse on test
+    test_best = baseline("b", poor, good)
+    model = Row(1, "2M", "model", 2_000_000)
+    model.scores = {"val": _scores(good, y, days), "test": _scores(good, y, days)}
+    lines = _versus_baselines([model], [valid_best, test_best], "test", Options(n_boot=200, block=10))
+    assert "2M vs a: test BCE" in lines[0] and "(a)" in lines[1]
