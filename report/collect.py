@@ -55,6 +55,7 @@ class Run:
     test: dict[str, float] | None = None  # test/* metrics of the best checkpoint, from `cli.py test`
     test_split: dict[str, Any] = field(default_factory=dict)  # n, dates and positive rate of that test
     test_predictions: Path | None = None
+    candidates: int = 1  # runs of its budget cell it was selected from (set by the report's selection)
 
     @property
     def n_params(self) -> int:

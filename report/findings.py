@@ -91,6 +91,9 @@ def _steps(models: list[Row], split: str, options: Options) -> list[str]:
     lines, wins, compared = [], [], 0
     for smaller, larger in zip(models, models[1:], strict=False):
         line, d = _compare(larger, smaller, split, options)
+        effort = larger.run.candidates, smaller.run.candidates
+        if effort[0] != effort[1]:
+            line += f" (unequal search: best of {effort[0]} vs best of {effort[1]} runs)"
         lines.append(line)
         if d is not None and d.has_interval:
             compared += 1

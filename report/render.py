@@ -71,7 +71,9 @@ def _selected(row: Row) -> str:
     run = row.run
     trial = f"trial {run.name}, " if run.study else ""
     checkpoint = Path(run.record.get("best_checkpoint") or "?").name
-    return f"- h={row.horizon} {row.model}: {trial}`{run.path}`, checkpoint `{checkpoint}`"
+    return (
+        f"- h={row.horizon} {row.model}: {trial}`{run.path}`, checkpoint `{checkpoint}`, best of {run.candidates} runs"
+    )
 
 
 def markdown(sections: list[Section], options: Options, plots: list[str], skipped: list[str]) -> str:
@@ -106,7 +108,7 @@ RUN_KEYS = ("forward_flops_per_sample", "train_flops_per_sample", "epochs_run", 
 def _run_columns(run) -> dict:
     """Where a model row comes from: the run, its trial, and what it was trained with."""
     columns = {key: run.record.get(key) for key in RUN_KEYS}
-    columns |= {"run": str(run.path), "trial": run.name if run.study else "",
+    columns |= {"run": str(run.path), "trial": run.name if run.study else "", "candidates": run.candidates,
                 "dataset_hash": (run.record.get("dataset") or {}).get("hash")}  # fmt: skip
     return columns
 

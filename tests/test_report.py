@@ -101,6 +101,7 @@ def test_each_budget_is_its_lowest_validation_loss_run_with_intervals(report, lo
     fits = [r["best"]["val_loss"] for r in fit_records(logs, 1) if r["n_params"] < 50_000]
     assert len(complete) >= 1 and len(fits) == 1
     assert small["val_bce"] == pytest.approx(min(complete + fits), rel=1e-5)
+    assert small["candidates"] == len(complete) + len(fits)
     for _, row in table.iterrows():
         for metric in ("auroc", "bce", "brier"):
             assert row[f"val_{metric}_low"] <= row[f"val_{metric}"] <= row[f"val_{metric}_high"]
@@ -124,6 +125,7 @@ def test_findings_state_the_scaling_fit_and_the_baseline_comparison(report):
     assert "best model vs best baseline" in md and "beyond the interval" in md
     assert "larger budgets beat smaller ones beyond the val interval (optimistic" in md
     assert "h=3: scaling fit: needs two budgets with validation predictions" in md
+    assert "(unequal search: best of 1 vs best of " in md  # the larger budget had one fit, the smaller a study
 
 
 def test_plots_are_real_images_of_the_expected_size(report):
