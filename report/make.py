@@ -30,10 +30,10 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def make_report(logdir: Path, out: Path | None, options: Options) -> int:
-    if not logdir.is_dir():
-        raise ReportError(f"log folder not found: {logdir}")
     if options.n_boot < 100 or options.block < 1:
         raise ReportError(f"--bootstrap must be ≥ 100 and --block ≥ 1, got {options.n_boot} and {options.block}")
+    if not logdir.is_dir():
+        raise ReportError(f"log folder not found: {logdir}")
     out = out or logdir / "report"
     options.cache = out / "baselines"
     found = collect(logdir)

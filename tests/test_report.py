@@ -43,14 +43,15 @@ def ok(*args: str) -> str:
 
 @pytest.fixture(scope="module")
 def logs(tmp_path_factory) -> Path:
-    """h = 1: two budgets, tiny (a 3-trial study and a plain fit) and a larger tiny (one fit, tested on its best
-    checkpoint); h = 3: one tiny fit."""
+    """+1% labels, h = 1: two budgets, tiny (a 3-trial study and a plain fit) and a larger tiny (one fit,
+    tested on its best checkpoint); h = 3: one tiny fit. +2% labels, h = 1: one tiny fit."""
     tmp = tmp_path_factory.mktemp("report")
     config = tiny_config(tmp)
     ok("hpo", "--config", str(config), "--trials", "3", "--search-space", "configs/hpo/tiny.yaml")
     ok("fit", "--config", str(config))
     ok("fit", "--config", str(config), *LARGER)
     ok("fit", "--config", str(config), "--data.horizon", "3")
+    ok("fit", "--config", str(config), "--data.threshold", "0.02")  # other labels: a section of its own
     (larger,) = [p.parent for p in (tmp / "logs" / "tiny").glob("*/run.json")
                  if json.loads(p.read_text())["n_params"] > 50_000]  # fmt: skip
     best = json.loads((larger / "run.json").read_text())["best_checkpoint"]
@@ -64,10 +65,11 @@ def report(logs) -> tuple[Path, str]:
     return logs / "report", stdout
 
 
-def fit_records(logs: Path, horizon: int) -> list[dict]:
-    """The records of the plain fits (not trials, not evaluations) at one horizon."""
-    found = [json.loads(p.read_text()) for p in logs.glob(f"tiny/*-h{horizon}-*/run.json")]
-    return [r for r in found if "best" in r]
+def fit_records(logs: Path, horizon: int, threshold: float = 0.01) -> list[dict]:
+    """The records of the plain fits (not trials, not evaluations) at one horizon and label threshold."""
+    runs = [p for p in logs.glob(f"tiny/*-h{horizon}-*") if (p / "run.json").is_file()]
+    runs = [p for p in runs if yaml.safe_load((p / "config.yaml").read_text())["data"]["threshold"] == threshold]
+    return [r for r in (json.loads((p / "run.json").read_text()) for p in runs) if "best" in r]
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -76,9 +78,21 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", header[16:24])
 
 
+def test_other_data_settings_get_a_section_of_their_own(report):
+    out, stdout = report
+    table = pd.read_csv(out / "report.csv")
+    other = table[table["threshold"] == 0.02]
+    assert other["kind"].tolist() == ["model", "baseline", "baseline", "baseline"]
+    assert other["val_prior_bce"].iloc[0] != table[table["threshold"] == 0.01]["val_prior_bce"].iloc[0]
+    md = (out / "report.md").read_text()
+    assert "## GSPC.dataset.a25 v1, +1.0% (high)" in md and "## GSPC.dataset.a25 v1, +2.0% (high)" in md
+    assert stdout.count("GSPC.dataset.a25 v1, +") == 2  # two rich tables
+
+
 def test_the_table_has_each_budget_and_every_baseline(report):
     out, stdout = report
     table = pd.read_csv(out / "report.csv")
+    table = table[table["threshold"] == 0.01]
     models = table[(table["kind"] == "model") & (table["horizon"] == 1)].sort_values("n_params")
     assert len(models) == 2 and models["n_params"].iloc[1] > 3 * models["n_params"].iloc[0]
     assert models["model"].nunique() == 2 and sorted(set(table["horizon"])) == [1, 3]
@@ -95,6 +109,7 @@ def test_the_table_has_each_budget_and_every_baseline(report):
 
 def test_each_budget_is_its_lowest_validation_loss_run_with_intervals(report, logs):
     table = pd.read_csv(report[0] / "report.csv")
+    table = table[table["threshold"] == 0.01]
     small = table[(table["kind"] == "model") & (table["horizon"] == 1)].sort_values("n_params").iloc[0]
     (trials,) = [pd.read_csv(p) for p in logs.glob("hpo/*/trials.csv")]
     complete = trials.loc[trials["state"] == "complete", "val_loss"].tolist()  # pruned trials are not candidates
@@ -111,7 +126,7 @@ def test_each_budget_is_its_lowest_validation_loss_run_with_intervals(report, lo
 
 def test_test_numbers_only_where_cli_test_ran(report):
     table = pd.read_csv(report[0] / "report.csv")
-    table = table[table["horizon"] == 1].set_index("model")
+    table = table[(table["horizon"] == 1) & (table["threshold"] == 0.01)].set_index("model")
     models = table[table["kind"] == "model"].sort_values("n_params")
     small, large = models.iloc[0], models.iloc[1]
     assert math.isnan(small["test_bce"]) and large["test_bce"] > 0 and large["test_n"] > 400
@@ -131,6 +146,7 @@ def test_findings_state_the_scaling_fit_and_the_baseline_comparison(report):
 def test_plots_are_real_images_of_the_expected_size(report):
     plots = report[0] / "plots"
     expected = {"scaling_val.png": pixel_size(2, 2), "scaling_test.png": pixel_size(2, 1),  # horizons: 1, 3 / 1
+                "scaling_val_2.png": pixel_size(2, 1),  # the +2% section
                 "hpo_trials.png": pixel_size(1, 1)}  # fmt: skip
     assert sorted(p.name for p in plots.iterdir()) == sorted(expected)
     for name, (width, height) in expected.items():
@@ -143,14 +159,14 @@ def test_tensorboard_holds_the_same_figures(report):
     accumulator = EventAccumulator(str(report[0] / "tensorboard"), size_guidance={"images": 0})
     accumulator.Reload()
     tags = set(accumulator.Tags()["images"])
-    assert tags == {"report/scaling_val", "report/scaling_test", "report/hpo_trials"}
+    assert tags == {"report/scaling_val", "report/scaling_test", "report/scaling_val_2", "report/hpo_trials"}
     image = accumulator.Images("report/hpo_trials")[-1]
     assert (image.width, image.height) == pixel_size(1, 1)
 
 
 def test_a_report_from_the_cached_baselines_agrees(report, logs, tmp_path):
-    cached = {p.name.split("-")[-2]: sorted(f.name for f in p.iterdir()) for p in (report[0] / "baselines").iterdir()}
-    assert cached == {"h1": ["meta.json", "test.csv", "val.csv"], "h3": ["meta.json", "val.csv"]}
+    cached = sorted(sorted(f.name for f in p.iterdir()) for p in (report[0] / "baselines").iterdir())
+    assert cached == [["meta.json", "test.csv", "val.csv"], ["meta.json", "val.csv"], ["meta.json", "val.csv"]]
     shutil.copytree(report[0] / "baselines", tmp_path / "again" / "baselines")
     stdout = ok("report", "--logdir", str(logs), "--bootstrap", "200", "--out", str(tmp_path / "again"))
     assert "train: " not in stdout and "train: " in report[1]  # no dataset was loaded, no baseline refitted
@@ -179,7 +195,7 @@ def test_collapse_is_flagged_and_a_run_without_predictions_is_reported_from_its_
     (older / "val_predictions.csv").unlink()
     ok("report", "--logdir", str(copy), "--bootstrap", "100", "--out", str(tmp_path / "out"))
     table = pd.read_csv(tmp_path / "out" / "report.csv")
-    models = table[table["kind"] == "model"]
+    models = table[(table["kind"] == "model") & (table["threshold"] == 0.01)]
     assert models["val_collapsed"].tolist() == [False, True, False]  # h=1 small, h=1 larger, h=3
     h3 = models[models["horizon"] == 3].iloc[0]
     assert h3["val_bce"] == pytest.approx(json.loads((older / "run.json").read_text())["best"]["val_loss"])
@@ -199,8 +215,8 @@ def test_trials_whose_study_lost_its_trials_table_are_not_candidates(copy):
     found = collect(copy)
     assert {r.state for r in found.runs if r.study} == {"unknown"}
     assert sum("HPO trial without a state" in line for line in found.skipped) == len(trials)
-    (cell,) = select(found.runs).values()
-    assert all(run.study is None for run in cell[1].values())
+    selected = [run for frame in select(found.runs).values() for cell in frame.values() for run in cell.values()]
+    assert len(selected) == 4 and all(run.study is None for run in selected)
 
 
 def test_a_damaged_run_record_stops_the_report_and_writes_nothing(copy, tmp_path):
@@ -229,8 +245,8 @@ def test_edited_predictions_stop_the_report_and_write_nothing(copy, tmp_path):
         (["--block", "0"], "--block ≥ 1"),
     ],
 )
-def test_impossible_requests_are_refused(args, fragment, tmp_path):
-    assert_user_error(run_cli("report", *args, "--out", str(tmp_path / "out")), fragment)
+def test_impossible_requests_are_refused(args, fragment, logs, tmp_path):
+    assert_user_error(run_cli("report", "--logdir", str(logs), *args, "--out", str(tmp_path / "out")), fragment)
     assert not (tmp_path / "out").exists()
 
 
