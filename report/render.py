@@ -102,6 +102,7 @@ def markdown(sections: list[Section], options: Options, plots: list[str], skippe
     return "\n".join(lines) + "\n"
 
 
+INTEGERS = ("n_params", "forward_flops_per_sample", "train_flops_per_sample", "epochs_run", "seed", "candidates")
 RUN_KEYS = ("forward_flops_per_sample", "train_flops_per_sample", "epochs_run", "best_checkpoint", "git_commit", "seed")
 
 
@@ -136,4 +137,6 @@ def frame(sections: list[Section]) -> pd.DataFrame:
                 record[f"{split}_pred_std"] = scores.pred_std if scores else None
                 record[f"{split}_collapsed"] = scores.collapsed if scores and row.model != "base rate" else None
             records.append(record)
-    return pd.DataFrame.from_records(records)
+    table = pd.DataFrame.from_records(records)
+    counts = [c for c in (*INTEGERS, "val_n", "test_n") if c in table]
+    return table.astype(dict.fromkeys(counts, "Int64"))  # whole numbers stay whole where baselines leave gaps
