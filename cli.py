@@ -7,6 +7,7 @@ python cli.py predict  --config configs/2M.yaml --ckpt_path …      (prediction
 python cli.py summary  --config configs/2B.yaml                     (size, FLOPs, memory; no allocation)
 python cli.py hpo      --config configs/2M.yaml --trials 50 [--search-space …] [--storage URL] [--study-name …]
                         [--export-best FILE] [fit overrides such as --trainer.max_epochs 30]
+python cli.py campaign --config configs/campaign/scaling.yaml [--trials N] [--cells 2M:1,20M:3] [--status]
 python cli.py report   [--logdir logs] [--out DIR] [--bootstrap 1000] [--block 20] [--no-baselines]
 python cli.py data     build | verify | list | import | download
 """
@@ -93,6 +94,25 @@ def hpo_main(argv: list[str]) -> int:
     return StudyRunner(request).run()
 
 
+def _campaign_parser() -> argparse.ArgumentParser:
+    about = ("The HPO study of every cell of a budgets × horizons matrix, smallest first; rerun to resume. "
+             "Other --key value arguments are fit overrides.")  # fmt: skip
+    parser = _Parser(prog="cli.py campaign", description=about)
+    parser.add_argument("--config", type=Path, required=True, help="a campaign YAML (configs/campaign/)")
+    parser.add_argument("--trials", type=int, default=None, help="finished trials per cell (default: the config's)")
+    parser.add_argument("--cells", default=None, help="a subset, e.g. 2M:1,20M:3 (budget:horizon)")
+    parser.add_argument("--status", action="store_true", help="print where the campaign stands; run nothing")
+    return parser
+
+
+def campaign_main(argv: list[str]) -> int:
+    from campaign.plan import load_plan
+    from campaign.runner import run_campaign
+
+    args, overrides = _campaign_parser().parse_known_args(argv)
+    return run_campaign(load_plan(args.config, args.trials, args.cells, overrides), args.status)
+
+
 def _report_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cli.py report", description="Scaling table, baselines, intervals, fits and plots "
                      "from the fits and studies under a log folder.")  # fmt: skip
@@ -124,6 +144,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 COMMANDS = {
     "data": data_main,
     "hpo": hpo_main,
+    "campaign": campaign_main,
     "report": report_main,
     "summary": None,
     **dict.fromkeys(TRAINER_COMMANDS, None),
@@ -139,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # stderr: errors only
     try:
-        if argv[0] in ("data", "hpo", "report"):
+        if argv[0] in ("data", "hpo", "campaign", "report"):
             return COMMANDS[argv[0]](argv[1:])
         from training.lightning_cli import run_summary, run_trainer
 

@@ -106,7 +106,7 @@ def _checkpoint_monitor(config) -> tuple[str, str]:
     raise ConfigError("hpo needs a ModelCheckpoint with a monitor in the config: its metric is the objective")
 
 
-def _stop_file(config) -> Path:
+def stop_file_of(config) -> Path:
     for callback in config.trainer.get("callbacks") or []:
         if str(callback.class_path).endswith("StopFileCallback"):
             return Path(callback.init_args.path)
@@ -152,7 +152,7 @@ class StudyRunner:
             raise ConfigError(f"{', '.join(both)}: both sampled by the search space and overridden; drop one")
         self.monitor, self.mode = _checkpoint_monitor(self.config)
         self._check_objective()
-        self.stop = StopFileCallback(str(_stop_file(self.config)))  # the study's own: same file, same signals
+        self.stop = StopFileCallback(str(stop_file_of(self.config)))  # the study's own: same file, same signals
         trainer = self.config.trainer
         if any(k in str(trainer.strategy).lower() for k in ("ddp", "fsdp")) or trainer.devices not in (1, "1", "auto"):
             raise ConfigError(

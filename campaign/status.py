@@ -1,0 +1,149 @@
+"""Where a campaign stands, read from its studies' storages and its own state file; never writes a storage.
+
+state.json (under `<logs>/campaign/<name>/`) keeps what a storage cannot say: a cell skipped by its
+pre-flight and why, a cell whose study failed, and the wall time the campaign spent in each cell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+from rich.table import Table
+
+from campaign.plan import Cell, Plan
+from hpo.storage import alive
+
+STATES = ("done", "running", "stopped", "skipped", "failed", "pending")
+
+
+@dataclass
+class CellStatus:
+    cell: Cell
+    study: str
+    target: int
+    state: str = "pending"
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    n_params: int | None = None
+    best: dict[str, Any] | None = None  # the best complete trial's user attrs (val_loss, val_auroc, …)
+    wall_s: float = 0.0
+    reason: str = ""
+    seed: int | None = None
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+
+class StateFile:
+    """Per-cell state, reason and wall seconds, written atomically."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / "state.json"
+        self.cells: dict[str, dict[str, Any]] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def set(self, cell: Cell, state: str, reason: str = "", wall_s: float = 0.0) -> None:
+        entry = self.cells.setdefault(cell.key, {"wall_s": 0.0})
+        entry.update(state=state, reason=reason, updated=datetime.now(UTC).isoformat(timespec="seconds"))
+        entry["wall_s"] = round(float(entry.get("wall_s", 0.0)) + wall_s, 1)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.cells, indent=2) + "\n")
+        os.replace(temporary, self.path)
+
+
+def _load(study: str, path: Path) -> optuna.Study | None:
+    if not path.is_file():
+        return None
+    storage = optuna.storages.RDBStorage(f"sqlite:///{path}", skip_compatibility_check=True, skip_table_creation=True)
+    try:
+        return optuna.load_study(study_name=study, storage=storage)
+    except KeyError:
+        return None
+
+
+def _running(trials: list[optuna.trial.FrozenTrial]) -> bool:
+    """A RUNNING trial whose worker process is alive (a killed worker leaves RUNNING trials behind)."""
+    for trial in trials:
+        worker = trial.user_attrs.get("worker") or {}
+        if trial.state == TrialState.RUNNING and worker and alive(int(worker["pid"]), worker.get("pid_started", "")):
+            return True
+    return False
+
+
+def cell_status(plan: Plan, cell: Cell, hpo_root: Path, state: StateFile) -> CellStatus:
+    name = plan.study_name(cell)
+    status = CellStatus(cell, name, plan.trials)
+    saved = state.cells.get(cell.key, {})
+    status.wall_s, status.reason = float(saved.get("wall_s", 0.0)), saved.get("reason", "")
+    study = _load(name, hpo_root / name / "study.db")
+    if study is None:
+        status.state = saved.get("state", "pending") if saved.get("state") in ("skipped", "failed") else "pending"
+        return status
+    trials = study.get_trials(deepcopy=False)
+    status.seed = (study.user_attrs.get("fixed_config") or {}).get("seed_everything")
+    status.complete = sum(t.state == TrialState.COMPLETE for t in trials)
+    status.pruned = sum(t.state == TrialState.PRUNED for t in trials)
+    status.failed = sum(t.state == TrialState.FAIL for t in trials)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = min(complete, key=lambda t: t.value, default=None) if study.direction.name == "MINIMIZE" else max(
+        complete, key=lambda t: t.value, default=None)  # fmt: skip
+    status.best = dict(best.user_attrs) | {"value": best.value, "number": best.number} if best else None
+    status.n_params = (status.best or {}).get("n_params") or next(
+        (t.user_attrs["n_params"] for t in trials if t.user_attrs.get("n_params")), None)  # fmt: skip
+    if status.finished >= plan.trials:
+        status.state = "done"
+    elif _running(trials):
+        status.state = "running"
+    elif saved.get("state") in ("failed", "skipped"):
+        status.state = saved["state"]
+    else:
+        status.state = "stopped"
+    return status
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(int(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h{m:02d}m" if hours else f"{m}m{s:02d}s"
+
+
+def status_table(plan: Plan, statuses: list[CellStatus]) -> Table:
+    table = Table(title=f"campaign {plan.name}: {plan.dataset} v{plan.version}, {plan.trials} trials per cell")
+    for header in ("cell", "budget", "h", "params", "finished / target", "complete", "pruned", "failed",
+                   "best val_loss", "best val_auroc", "wall", "state"):  # fmt: skip
+        table.add_column(header, justify="left" if header in ("cell", "budget", "state") else "right")
+    for s in statuses:
+        best = s.best or {}
+        state = s.state + (f": {s.reason}" if s.reason and s.state in ("skipped", "failed") else "")
+        table.add_row(s.cell.key, s.cell.budget, str(s.cell.horizon), f"{s.n_params:,}" if s.n_params else "—",
+                      f"{s.finished} / {s.target}", str(s.complete), str(s.pruned), str(s.failed),
+                      f"{best['val_loss']:.4f}" if best.get("val_loss") is not None else "—",
+                      f"{best['val_auroc']:.3f}" if best.get("val_auroc") is not None else "—",
+                      _duration(s.wall_s), state)  # fmt: skip
+    return table
+
+
+def results_frame(plan: Plan, statuses: list[CellStatus]) -> pd.DataFrame:
+    """One row per done cell, for results.csv."""
+    rows = []
+    for s in statuses:
+        if s.state != "done" or not s.best:
+            continue
+        b = s.best
+        best = {f"best_val_{k}": b.get(f"val_{k}") for k in ("loss", "auroc", "ap")}
+        rows.append({"budget": s.cell.budget, "horizon": s.cell.horizon, "study": s.study, "params": s.n_params,
+                     "best_trial": b["number"], **best, "complete": s.complete, "pruned": s.pruned, "failed": s.failed,
+                     "wall_s": s.wall_s, "dataset": plan.dataset, "version": plan.version,
+                     "dataset_hash": b.get("dataset_hash"), "git_commit": b.get("git_commit"),
+                     "seed": s.seed})  # fmt: skip
+    return pd.DataFrame(rows)

@@ -1,0 +1,157 @@
+"""`cli.py campaign`: the smoke matrix through real subprocesses: run, stop, resume, skip, status, report."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from conftest import ROOT, assert_user_error, run_cli, wait_for
+
+from campaign.plan import load_plan, select_cells
+from training.run_setup import ConfigError
+
+HUGE = {"d_model": 2048, "n_heads": 8, "n_layers": 48, "d_ff": 8192}  # about 2.4B parameters
+
+
+def write_campaign(tmp_path: Path) -> Path:
+    """The smoke campaign with its logs and stop file under tmp_path, plus a budget no 8 GB machine can train."""
+    tiny = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    tiny["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
+    for callback in tiny["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("StopFileCallback"):
+            callback["init_args"]["path"] = str(tmp_path / "STOP")
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
+    tiny["model"]["net"].update(HUGE)
+    (tmp_path / "huge.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
+    spec = yaml.safe_load((ROOT / "configs" / "campaign" / "smoke.yaml").read_text())
+    spec["budgets"] = {"huge": str(tmp_path / "huge.yaml"), "tiny": str(tmp_path / "tiny.yaml")}  # runs smallest first
+    spec["overrides"] += ["--memory_limit", "8GiB"]
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "cli.py", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                env=env)  # fmt: skip
+
+
+@pytest.fixture
+def background():
+    """Processes started by a test; any still running at its end are killed."""
+    processes: list[subprocess.Popen] = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def states(stdout: str) -> dict[str, str]:
+    """cell → state column of the printed status table."""
+    found = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.split("│") if c.strip()]
+        if cells and ":" in cells[0] and cells[0].split(":")[0] in ("tiny", "huge"):
+            found[cells[0]] = cells[-1]
+    return found
+
+
+def finished_trials(logs: Path, horizon: int) -> int:
+    name = f"smoke-tiny-h{horizon}-GSPC.dataset.a25-v1"
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{logs / 'hpo' / name / 'study.db'}")
+    return sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
+
+
+def test_the_smoke_campaign_stops_on_the_stop_file_resumes_and_skips_what_cannot_fit(tmp_path, background):
+    config = write_campaign(tmp_path)
+    logs = tmp_path / "logs"
+    status = ["campaign", "--config", str(config), "--status"]
+    fresh = run_cli(*status)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert states(fresh.stdout) == {"tiny:1": "pending", "tiny:3": "pending", "huge:1": "pending", "huge:3": "pending"}
+    assert not logs.exists()  # a status writes nothing
+
+    process = start(["campaign", "--config", str(config)], tmp_path / "first.log")
+    background.append(process)
+    wait_for(lambda: list(logs.glob("hpo/smoke-tiny-h1-*/trial-0000/checkpoints/last.ckpt")), process, timeout=300)
+    (tmp_path / "STOP").touch()
+    assert process.wait(timeout=120) == 0
+    first = (tmp_path / "first.log").read_text()
+    assert "campaign smoke stopped by" in first and states(first)["tiny:3"] == "pending"
+    partial = run_cli(*status)
+    assert states(partial.stdout)["tiny:1"] == "stopped" and finished_trials(logs, 1) < 2
+
+    again = run_cli("campaign", "--config", str(config), timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    final = states(again.stdout)
+    assert final["tiny:1"] == final["tiny:3"] == "done"
+    assert final["huge:1"].startswith("skipped: needs") and "of memory at micro-batch 1, has 8.0 GB" in final["huge:1"]
+    assert finished_trials(logs, 1) == finished_trials(logs, 3) == 2
+    results = pd.read_csv(logs / "campaign" / "smoke" / "results.csv")
+    assert sorted(results["horizon"]) == [1, 3] and (results["complete"] + results["pruned"] == 2).all()
+    assert {"params", "best_val_loss", "best_val_auroc", "best_val_ap", "wall_s", "dataset_hash", "git_commit",
+            "seed"} <= set(results.columns) and results["dataset_hash"].str.startswith("sha256:").all()  # fmt: skip
+
+    done = run_cli(*status)
+    assert states(done.stdout) == final
+    rerun = run_cli("campaign", "--config", str(config))  # everything done: nothing runs again
+    assert rerun.returncode == 0 and "done (2/2 trials)" in rerun.stdout and "running its study" not in rerun.stdout
+    report = run_cli("report", "--logdir", str(logs), "--bootstrap", "100", "--no-baselines")
+    assert report.returncode == 0, report.stderr[-2000:]
+    table = pd.read_csv(logs / "report" / "report.csv")
+    assert sorted(table["horizon"]) == [1, 3] and (table["kind"] == "model").all()
+
+
+def test_sigterm_stops_the_campaign_at_the_current_trial(tmp_path, background):
+    config = write_campaign(tmp_path)
+    process = start(["campaign", "--config", str(config), "--cells", "tiny:1"], tmp_path / "out.log")
+    background.append(process)
+    logs = tmp_path / "logs"
+    wait_for(lambda: list(logs.glob("hpo/smoke-tiny-h1-*/trial-0000/checkpoints/last.ckpt")), process, timeout=300)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0
+    output = (tmp_path / "out.log").read_text()
+    assert "campaign smoke stopped by SIGTERM" in output and states(output) == {"tiny:1": "stopped"}
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--cells", "tiny:2"], "--cells 'tiny:2': unknown cells ['tiny:2']"),
+        (["--trials", "0"], "trials per cell must be a whole number ≥ 1"),
+        (["--model.net.n_heads", "5"], "is not divisible by n_heads 5"),
+    ],
+)
+def test_impossible_requests_are_refused_and_write_nothing(tmp_path, args, fragment):
+    config = write_campaign(tmp_path)
+    assert_user_error(run_cli("campaign", "--config", str(config), *args), fragment)
+    assert not (tmp_path / "logs").exists()
+
+
+def test_broken_campaign_configs_are_refused(tmp_path):
+    assert_user_error(run_cli("campaign", "--config", str(tmp_path / "none.yaml")), "campaign config not found")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nbudgets: {tiny: configs/tiny.yaml}\nhorizons: [1]\ncolour: blue\n")
+    assert_user_error(run_cli("campaign", "--config", str(bad)), "unknown keys ['colour']")
+
+
+def test_the_shipped_plans_and_cell_selection():
+    plan = load_plan(ROOT / "configs" / "campaign" / "scaling.yaml")
+    assert [c.key for c in plan.cells][:4] == ["2M:1", "2M:3", "2M:5", "20M:1"] and len(plan.cells) == 12
+    assert plan.trials == 50 and plan.study_name(plan.cells[0]) == "scaling-2M-h1-GSPC.dataset.a25-v1"
+    assert [c.key for c in select_cells(plan.cells, "20M:3,2M:1")] == ["2M:1", "20M:3"]
+    assert plan.cell_overrides(plan.cells[1])[-2:] == ["--data.horizon", "3"]
+    with pytest.raises(ConfigError, match="unknown cells"):
+        select_cells(plan.cells, "2M:2")
+    smoke = load_plan(ROOT / "configs" / "campaign" / "smoke.yaml", trials=3, only="tiny:3")
+    assert [c.key for c in smoke.cells] == ["tiny:3"] and smoke.trials == 3
