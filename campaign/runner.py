@@ -124,7 +124,9 @@ class Campaign:
         from hpo.study import HpoRequest, StudyRunner
 
         status = cell_status(self.plan, cell, self.logs / "hpo", self.state)
-        header = f"campaign {self.plan.name}: cell {index}/{len(self.plan.cells)} {cell.key}"
+        overall = sum(min(s.finished, self.plan.trials) for s in self.statuses())
+        total = self.plan.trials * len(self.plan.cells)
+        header = f"campaign {self.plan.name} ({overall}/{total} trials): cell {index}/{len(self.plan.cells)} {cell.key}"
         if status.state == "done":
             log.info("%s: done (%d/%d trials)", header, status.finished, self.plan.trials)
             return "done"

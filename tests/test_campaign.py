@@ -145,6 +145,36 @@ def test_broken_campaign_configs_are_refused(tmp_path):
     assert_user_error(run_cli("campaign", "--config", str(bad)), "unknown keys ['colour']")
 
 
+def test_a_tampered_dataset_stops_the_campaign_before_anything_runs(tmp_path, data_dir):
+    config = write_campaign(tmp_path)
+    tiny = yaml.safe_load((tmp_path / "tiny.yaml").read_text())
+    tiny["data"]["data_dir"] = str(data_dir)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
+    (parquet,) = data_dir.glob("processed/GSPC.dataset.a25/v1/*.parquet")
+    frame = pd.read_parquet(parquet)
+    frame.iloc[100, frame.columns.get_loc("Close")] *= 1.01  # one close, one percent: a readable, edited file
+    frame.to_parquet(parquet)
+    assert_user_error(run_cli("campaign", "--config", str(config), "--cells", "tiny:1"), "hash mismatch")
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_cell_whose_checkpoints_cannot_fit_the_disk_is_skipped(tmp_path, monkeypatch):
+    from campaign import runner
+
+    plan = load_plan(write_campaign(tmp_path), only="tiny:1")
+    campaign = runner.Campaign(plan)
+    assert campaign.preflight(plan.cells[0], 2) == ""
+    monkeypatch.setattr(runner.shutil, "disk_usage", lambda path: shutil_usage(free=1_000_000))
+    assert campaign.preflight(plan.cells[0], 2).startswith("needs ") and "of disk for 2 trials' checkpoints" in (
+        campaign.preflight(plan.cells[0], 2))  # fmt: skip
+
+
+def shutil_usage(free: int):
+    import collections
+
+    return collections.namedtuple("usage", "total used free")(free * 2, free, free)
+
+
 def test_the_shipped_plans_and_cell_selection():
     plan = load_plan(ROOT / "configs" / "campaign" / "scaling.yaml")
     assert [c.key for c in plan.cells][:4] == ["2M:1", "2M:3", "2M:5", "20M:1"] and len(plan.cells) == 12
