@@ -75,17 +75,10 @@ def _read(path: Path) -> dict[str, Any]:
 
 def load_plan(path: Path, trials: int | None = None, only: str | None = None, extra: list[str] | None = None) -> Plan:
     """The campaign of `path`, with --trials, --cells and fit overrides from the command line applied."""
-    spec = _read(path)
+    spec = _check(path, _read(path))
     budgets, horizons = spec["budgets"], spec["horizons"]
-    if not isinstance(budgets, dict) or not budgets or not isinstance(horizons, list) or not horizons:
-        raise ConfigError(f"{path}: budgets must map names to fit configs and horizons list trading days")
-    if not all(isinstance(h, int) and h >= 1 for h in horizons):
-        raise ConfigError(f"{path}: horizons must be whole trading days ≥ 1, got {horizons}")
-    for name, config in budgets.items():
-        if not Path(config).is_file():
-            raise ConfigError(f"{path}: budget {name}: fit config not found: {config}")
     trials = spec["trials"] if trials is None else trials
-    if not isinstance(trials, int) or trials < 1:
+    if not _whole(trials):
         raise ConfigError(f"trials per cell must be a whole number ≥ 1, got {trials!r}")
     overrides = [str(o) for o in spec.get("overrides") or []] + list(extra or [])
     cells = [Cell(str(b), int(h), Path(c)) for b, c in budgets.items() for h in horizons]
@@ -93,9 +86,32 @@ def load_plan(path: Path, trials: int | None = None, only: str | None = None, ex
                 Path(spec["search_space"]), overrides, path)  # fmt: skip
     if not plan.name or "/" in plan.name:
         raise ConfigError(f"{path}: campaign name {plan.name!r} must be non-empty without '/'")
-    if only:
+    if only is not None:
         plan.cells = select_cells(plan.cells, only)
     return plan
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check(path: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """Types and files of a campaign YAML, each mistake named in one line."""
+    budgets, horizons = spec["budgets"], spec["horizons"]
+    if not isinstance(budgets, dict) or not budgets or not isinstance(horizons, list) or not horizons:
+        raise ConfigError(f"{path}: budgets must map names to fit configs and horizons list trading days")
+    if not all(_whole(h) for h in horizons):
+        raise ConfigError(f"{path}: horizons must be whole trading days ≥ 1, got {horizons}")
+    for name, config in budgets.items():
+        if not isinstance(config, str) or not Path(config).is_file():
+            raise ConfigError(f"{path}: budget {name}: fit config not found: {config!r}")
+    if not _whole(spec["version"]) or not isinstance(spec["dataset"], str) or not isinstance(spec["name"], str):
+        raise ConfigError(f"{path}: name and dataset must be text and version a whole number ≥ 1")
+    if not isinstance(spec["search_space"], str) or not spec["search_space"]:
+        raise ConfigError(f"{path}: search_space must be the path of a search space YAML")
+    if not isinstance(spec.get("overrides") or [], list):
+        raise ConfigError(f'{path}: overrides must be a list such as ["--trainer.max_epochs", "20"]')
+    return spec
 
 
 def select_cells(cells: list[Cell], only: str) -> list[Cell]:

@@ -17,13 +17,14 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 from rich.console import Console
 
 from callbacks.stop_file import StopFileCallback
 from campaign.plan import Cell, Plan
-from campaign.status import StateFile, cell_status, results_frame, status_table
+from campaign.status import CellStatus, StateFile, cell_status, results_frame, status_table
 from hpo.study import stop_file_of
-from training.run_setup import ConfigError
+from training.run_setup import ConfigError, size_from_config
 
 log = logging.getLogger(__name__)
 CHECKPOINT_BYTES_PER_PARAM = 12  # fp32 weights + AdamW's two moments, as `last.ckpt` and `best-*.ckpt` hold them
@@ -32,60 +33,71 @@ DISK_MARGIN = 1.2
 
 
 class Campaign:
-    def __init__(self, plan: Plan):
-        from training.lightning_cli import parse_fit_config
+    def __init__(self, plan: Plan, stop: StopFileCallback):
+        """Every cell's study runner is built here: a config, override or search-space error stops the campaign
+        before anything runs, not hours later at its cell."""
+        from hpo.study import HpoRequest, StudyRunner
 
-        self.plan = plan
-        self.configs = {
-            c.key: parse_fit_config(["--config", str(c.config), *plan.cell_overrides(c)]) for c in plan.cells
-        }
-        self.sizes = {key: self._size(config) for key, config in self.configs.items()}
+        self.plan, self.stop = plan, stop
+        self.runners = {}
+        for c in plan.cells:
+            request = HpoRequest(c.config, plan.trials, plan.search_space, None, plan.study_name(c), None,
+                                 plan.cell_overrides(c))  # fmt: skip
+            self.runners[c.key] = StudyRunner(request)
+            self.runners[c.key].stop = stop  # one stop for the campaign and every study: signals and the file
+        self.sizes = {key: size_from_config(runner.config) for key, runner in self.runners.items()}
         plan.cells.sort(key=lambda c: (self.sizes[c.key][0].n_params, c.horizon))  # smallest budget first
-        logger = self.configs[plan.cells[0].key].trainer.get("logger")
-        self.logs = Path(getattr(getattr(logger, "init_args", None), "save_dir", None) or "logs")
+        first = self.runners[plan.cells[0].key]
+        stop.path = stop_file_of(first.config)
+        self.logs = first.trials_root.parent
         self.dir = self.logs / "campaign" / plan.name
         self.state = StateFile(self.dir)
-        self.stop = StopFileCallback(str(stop_file_of(self.configs[plan.cells[0].key])))  # from now on
 
-    @staticmethod
-    def _size(config):
-        from training.run_setup import size_from_config
-
-        return size_from_config(config)  # (RunSize, available bytes, where)
-
-    def statuses(self) -> list:
+    def statuses(self) -> list[CellStatus]:
         statuses = [cell_status(self.plan, c, self.logs / "hpo", self.state) for c in self.plan.cells]
         for status in statuses:  # before any trial: the budget config's own count
             status.n_params = status.n_params or self.sizes[status.cell.key][0].n_params
         return statuses
 
-    def print_status(self) -> None:
+    def print_status(self) -> list[CellStatus]:
         statuses = self.statuses()
         Console(width=None if sys.stdout.isatty() else 200).print(status_table(self.plan, statuses))
+        return statuses
+
+    def write_results(self, statuses: list[CellStatus]) -> None:
+        """results.csv: one row per done cell; rows of cells outside this run (`--cells`) are kept."""
         frame = results_frame(self.plan, statuses)
+        path = self.dir / "results.csv"
+        if path.is_file():
+            old = pd.read_csv(path)
+            ran = {(c.budget, c.horizon) for c in self.plan.cells}
+            old = old[[(b, h) not in ran for b, h in zip(old["budget"].astype(str), old["horizon"], strict=True)]]
+            frame = pd.concat([old, frame], ignore_index=True) if len(old) else frame
         if len(frame):
             self.dir.mkdir(parents=True, exist_ok=True)
             frame.to_csv(self.dir / ".results.csv.tmp", index=False)
-            os.replace(self.dir / ".results.csv.tmp", self.dir / "results.csv")
+            os.replace(self.dir / ".results.csv.tmp", path)
 
     # pre-flight ------------------------------------------------------------------------------------------------
 
-    def _verify_dataset(self) -> None:
+    def verify_dataset(self, cell: Cell) -> None:
         from datamodules.processed import load_dataset
         from datamodules.sources import DATA_DIR
 
-        data = self.configs[self.plan.cells[0].key].data
+        data = self.runners[cell.key].config.data
         load_dataset(self.plan.dataset, self.plan.version, Path(data.data_dir) if data.data_dir else DATA_DIR)
 
     def preflight(self, cell: Cell, remaining: int) -> str:
         """Why the cell cannot run on this machine, or ""."""
+        from lightning_modules.budget import GRID_TOLERANCE
         from lightning_modules.sizing import gb
 
         size, available, where = self.sizes[cell.key]
         need = size.memory.at(1)
         if need > available:
             return f"needs {gb(need)} of memory at micro-batch 1, has {gb(available)} ({where})"
-        disk = remaining * CHECKPOINTS_PER_TRIAL * CHECKPOINT_BYTES_PER_PARAM * size.n_params * DISK_MARGIN
+        largest = size.n_params * (1 + GRID_TOLERANCE)  # a searched architecture may be this much larger
+        disk = remaining * CHECKPOINTS_PER_TRIAL * CHECKPOINT_BYTES_PER_PARAM * largest * DISK_MARGIN
         self.logs.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(self.logs).free
         if disk > free:
@@ -96,33 +108,20 @@ class Campaign:
 
     # the loop --------------------------------------------------------------------------------------------------
 
-    def stop_requested(self) -> str | None:
-        return self.stop.requested()
-
     def run(self) -> int:
-        self._verify_dataset()
-        previous = {s: signal.signal(s, self.stop.handle_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         failed = False
-        try:
-            for index, cell in enumerate(self.plan.cells, start=1):
-                if self.stop_requested():
-                    break
-                outcome = self._run_cell(cell, index)
-                failed |= outcome == "failed"
-                if outcome == "stopped":
-                    break
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-        if self.stop_requested():
+        for index, cell in enumerate(self.plan.cells, start=1):
+            if self.stop.requested():
+                break
+            outcome = self._run_cell(cell, index)
+            failed |= outcome == "failed"
+        if self.stop.requested():
             log.warning("campaign %s stopped by %s; rerun the same command to resume", self.plan.name,
-                        self.stop_requested())  # fmt: skip
-        self.print_status()
+                        self.stop.requested())  # fmt: skip
+        self.write_results(self.print_status())
         return 1 if failed else 0
 
     def _run_cell(self, cell: Cell, index: int) -> str:
-        from hpo.study import HpoRequest, StudyRunner
-
         status = cell_status(self.plan, cell, self.logs / "hpo", self.state)
         overall = sum(min(s.finished, self.plan.trials) for s in self.statuses())
         total = self.plan.trials * len(self.plan.cells)
@@ -130,22 +129,25 @@ class Campaign:
         if status.state == "done":
             log.info("%s: done (%d/%d trials)", header, status.finished, self.plan.trials)
             return "done"
+        self.verify_dataset(cell)
         reason = self.preflight(cell, self.plan.trials - status.finished)
         if reason:
             log.warning("%s: skipped: %s", header, reason)
             self.state.set(cell, "skipped", reason)
             return "skipped"
+        if self.stop.requested():
+            return "stopped"
         log.info("%s: %d of %d trials finished; running its study", header, status.finished, self.plan.trials)
-        request = HpoRequest(cell.config, self.plan.trials, self.plan.search_space, None, self.plan.study_name(cell),
-                             None, self.plan.cell_overrides(cell))  # fmt: skip
-        runner = StudyRunner(request)
-        runner.stop.started = self.stop.started  # a stop file touched since the campaign began stops it
+        runner = self.runners[cell.key]
         began = time.time()
         self.state.set(cell, "running")
-        code = runner.run()
+        try:
+            code = runner.run()
+        except BaseException:
+            self.state.set(cell, "stopped", wall_s=time.time() - began)  # not left "running" by an error
+            raise
         wall = time.time() - began
-        if runner.stop_requested():
-            self.stop.reason = self.stop.reason or runner.stop.reason  # a signal the study's handler caught
+        if self.stop.requested():
             self.state.set(cell, "stopped", wall_s=wall)
             return "stopped"
         outcome = "failed" if code != 0 else "done"
@@ -154,10 +156,16 @@ class Campaign:
 
 
 def run_campaign(plan: Plan, status_only: bool) -> int:
+    """`--status` prints; otherwise the stop file and signals count from the command's first moment."""
     if not plan.search_space.is_file():
         raise ConfigError(f"search space not found: {plan.search_space}")
-    campaign = Campaign(plan)
+    stop = StopFileCallback()  # its path is known once the configs are read; its clock starts now
     if status_only:
-        campaign.print_status()
+        Campaign(plan, stop).print_status()
         return 0
-    return campaign.run()
+    previous = {s: signal.signal(s, stop.handle_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return Campaign(plan, stop).run()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

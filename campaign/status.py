@@ -15,13 +15,14 @@ from typing import Any
 
 import optuna
 import pandas as pd
+import sqlalchemy.exc
 from optuna.trial import TrialState
 from rich.table import Table
 
 from campaign.plan import Cell, Plan
-from hpo.storage import alive
+from hpo.storage import alive, process_started
 
-STATES = ("done", "running", "stopped", "skipped", "failed", "pending")
+STATES = ("done", "running", "stopped", "skipped", "failed", "pending", "unknown")
 
 
 @dataclass
@@ -54,6 +55,7 @@ class StateFile:
     def set(self, cell: Cell, state: str, reason: str = "", wall_s: float = 0.0) -> None:
         entry = self.cells.setdefault(cell.key, {"wall_s": 0.0})
         entry.update(state=state, reason=reason, updated=datetime.now(UTC).isoformat(timespec="seconds"))
+        entry["pid"], entry["pid_started"] = os.getpid(), process_started(os.getpid())  # who set it: alive?
         entry["wall_s"] = round(float(entry.get("wall_s", 0.0)) + wall_s, 1)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_suffix(".tmp")
@@ -62,9 +64,11 @@ class StateFile:
 
 
 def _load(study: str, path: Path) -> optuna.Study | None:
+    """The study, opened read-only (a status never writes to or blocks a storage that workers use)."""
     if not path.is_file():
         return None
-    storage = optuna.storages.RDBStorage(f"sqlite:///{path}", skip_compatibility_check=True, skip_table_creation=True)
+    url = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
+    storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True, skip_table_creation=True)
     try:
         return optuna.load_study(study_name=study, storage=storage)
     except KeyError:
@@ -85,15 +89,19 @@ def cell_status(plan: Plan, cell: Cell, hpo_root: Path, state: StateFile) -> Cel
     status = CellStatus(cell, name, plan.trials)
     saved = state.cells.get(cell.key, {})
     status.wall_s, status.reason = float(saved.get("wall_s", 0.0)), saved.get("reason", "")
-    study = _load(name, hpo_root / name / "study.db")
+    try:
+        study = _load(name, hpo_root / name / "study.db")
+        trials = study.get_trials(deepcopy=False) if study is not None else []
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as err:
+        status.state, status.reason = "unknown", f"storage unreadable now ({type(err).__name__})"
+        return status
     if study is None:
         status.state = saved.get("state", "pending") if saved.get("state") in ("skipped", "failed") else "pending"
         return status
-    trials = study.get_trials(deepcopy=False)
     status.seed = (study.user_attrs.get("fixed_config") or {}).get("seed_everything")
     status.complete = sum(t.state == TrialState.COMPLETE for t in trials)
     status.pruned = sum(t.state == TrialState.PRUNED for t in trials)
-    status.failed = sum(t.state == TrialState.FAIL for t in trials)
+    status.failed = sum(t.state == TrialState.FAIL and not t.user_attrs.get("interrupted") for t in trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = min(complete, key=lambda t: t.value, default=None) if study.direction.name == "MINIMIZE" else max(
         complete, key=lambda t: t.value, default=None)  # fmt: skip
@@ -102,7 +110,7 @@ def cell_status(plan: Plan, cell: Cell, hpo_root: Path, state: StateFile) -> Cel
         (t.user_attrs["n_params"] for t in trials if t.user_attrs.get("n_params")), None)  # fmt: skip
     if status.finished >= plan.trials:
         status.state = "done"
-    elif _running(trials):
+    elif _running(trials) or (saved.get("state") == "running" and alive(saved["pid"], saved["pid_started"])):
         status.state = "running"
     elif saved.get("state") in ("failed", "skipped"):
         status.state = saved["state"]

@@ -235,7 +235,10 @@ def _architecture(path: Path, spec: dict, config, n_channels: int) -> Architectu
     unknown = set(spec) - {"budget", "tolerance", "heads", "d_models"}
     if unknown:
         raise ConfigError(f"{path}: architecture: unknown field(s) {', '.join(sorted(unknown))}")
-    base = PatchTSTConfig(**dict(vars(config.model.net)))
+    try:
+        base = PatchTSTConfig(**dict(vars(config.model.net)))
+    except (TypeError, ValueError) as err:  # the fit config itself is impossible: say so before any search
+        raise ConfigError(str(err)) from None
     context = config.data.context_length
     budget = _budget(spec.get("budget", "auto"), parameter_count(n_channels, context, base))
     tolerance = float(spec.get("tolerance", 0.25))

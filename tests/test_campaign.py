@@ -14,25 +14,27 @@ import pytest
 import yaml
 from conftest import ROOT, assert_user_error, run_cli, wait_for
 
+from callbacks.stop_file import StopFileCallback
 from campaign.plan import load_plan, select_cells
 from training.run_setup import ConfigError
 
-HUGE = {"d_model": 2048, "n_heads": 8, "n_layers": 48, "d_ff": 8192}  # about 2.4B parameters
+BIG = {"d_model": 48, "n_heads": 4, "n_layers": 2, "d_ff": 96}  # larger than tiny, within tiny's search widths
 
 
 def write_campaign(tmp_path: Path) -> Path:
-    """The smoke campaign with its logs and stop file under tmp_path, plus a budget no 8 GB machine can train."""
+    """The smoke campaign with its logs and stop file under tmp_path, plus a budget whose config allows it 50 MB
+    of memory (`memory_limit`), less than any PatchTST needs to train (tiny needs 97 MB)."""
     tiny = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     tiny["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
     for callback in tiny["trainer"]["callbacks"]:
         if callback["class_path"].endswith("StopFileCallback"):
             callback["init_args"]["path"] = str(tmp_path / "STOP")
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
-    tiny["model"]["net"].update(HUGE)
-    (tmp_path / "huge.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
+    tiny["model"]["net"].update(BIG)
+    tiny["memory_limit"] = "50MB"
+    (tmp_path / "big.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
     spec = yaml.safe_load((ROOT / "configs" / "campaign" / "smoke.yaml").read_text())
-    spec["budgets"] = {"huge": str(tmp_path / "huge.yaml"), "tiny": str(tmp_path / "tiny.yaml")}  # runs smallest first
-    spec["overrides"] += ["--memory_limit", "8GiB"]
+    spec["budgets"] = {"big": str(tmp_path / "big.yaml"), "tiny": str(tmp_path / "tiny.yaml")}  # runs smallest first
     path = tmp_path / "campaign.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -61,7 +63,7 @@ def states(stdout: str) -> dict[str, str]:
     found = {}
     for line in stdout.splitlines():
         cells = [c.strip() for c in line.split("│") if c.strip()]
-        if cells and ":" in cells[0] and cells[0].split(":")[0] in ("tiny", "huge"):
+        if cells and ":" in cells[0] and cells[0].split(":")[0] in ("tiny", "big"):
             found[cells[0]] = cells[-1]
     return found
 
@@ -78,7 +80,7 @@ def test_the_smoke_campaign_stops_on_the_stop_file_resumes_and_skips_what_cannot
     status = ["campaign", "--config", str(config), "--status"]
     fresh = run_cli(*status)
     assert fresh.returncode == 0, fresh.stderr[-2000:]
-    assert states(fresh.stdout) == {"tiny:1": "pending", "tiny:3": "pending", "huge:1": "pending", "huge:3": "pending"}
+    assert states(fresh.stdout) == {"tiny:1": "pending", "tiny:3": "pending", "big:1": "pending", "big:3": "pending"}
     assert not logs.exists()  # a status writes nothing
 
     process = start(["campaign", "--config", str(config)], tmp_path / "first.log")
@@ -87,23 +89,32 @@ def test_the_smoke_campaign_stops_on_the_stop_file_resumes_and_skips_what_cannot
     (tmp_path / "STOP").touch()
     assert process.wait(timeout=120) == 0
     first = (tmp_path / "first.log").read_text()
+    assert "campaign smoke (0/8 trials): cell 1/4 tiny:1: 0 of 2 trials finished" in first  # smallest first
     assert "campaign smoke stopped by" in first and states(first)["tiny:3"] == "pending"
     partial = run_cli(*status)
     assert states(partial.stdout)["tiny:1"] == "stopped" and finished_trials(logs, 1) < 2
+    row = next(line for line in partial.stdout.splitlines() if "│ tiny:1" in line)
+    assert [c.strip() for c in row.split("│")][8] == "0"  # the interrupted trial is queued again, not "failed"
+    assert not (logs / "campaign" / "smoke" / "results.csv").exists()  # no cell is done yet
 
     again = run_cli("campaign", "--config", str(config), timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     final = states(again.stdout)
     assert final["tiny:1"] == final["tiny:3"] == "done"
-    assert final["huge:1"].startswith("skipped: needs") and "of memory at micro-batch 1, has 8.0 GB" in final["huge:1"]
+    assert final["big:1"].startswith("skipped: needs") and "of memory at micro-batch 1, has 48 MB" in final["big:1"]
     assert finished_trials(logs, 1) == finished_trials(logs, 3) == 2
     results = pd.read_csv(logs / "campaign" / "smoke" / "results.csv")
     assert sorted(results["horizon"]) == [1, 3] and (results["complete"] + results["pruned"] == 2).all()
     assert {"params", "best_val_loss", "best_val_auroc", "best_val_ap", "wall_s", "dataset_hash", "git_commit",
             "seed"} <= set(results.columns) and results["dataset_hash"].str.startswith("sha256:").all()  # fmt: skip
 
+    best = [optuna.load_study(study_name=s, storage=f"sqlite:///{logs / 'hpo' / s / 'study.db'}").best_trial.number
+            for s in results["study"]]  # fmt: skip
+    assert results["best_trial"].tolist() == best and (results["seed"] == 0).all()
     done = run_cli(*status)
     assert states(done.stdout) == final
+    assert run_cli(*status, "--cells", "tiny:3").returncode == 0  # a status of a subset rewrites nothing
+    assert len(pd.read_csv(logs / "campaign" / "smoke" / "results.csv")) == 2
     rerun = run_cli("campaign", "--config", str(config))  # everything done: nothing runs again
     assert rerun.returncode == 0 and "done (2/2 trials)" in rerun.stdout and "running its study" not in rerun.stdout
     report = run_cli("report", "--logdir", str(logs), "--bootstrap", "100", "--no-baselines")
@@ -145,6 +156,27 @@ def test_broken_campaign_configs_are_refused(tmp_path):
     assert_user_error(run_cli("campaign", "--config", str(bad)), "unknown keys ['colour']")
 
 
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"budgets": {"tiny": 5}}, "budget tiny: fit config not found: 5"),
+        ({"version": "one"}, "version a whole number"),
+        ({"trials": True}, "trials per cell must be a whole number"),
+        ({"overrides": "--trainer.max_epochs 2"}, "overrides must be a list"),
+        ({"search_space": None}, "search_space must be the path"),
+        ({"horizons": [0]}, "horizons must be whole trading days"),
+    ],
+)
+def test_campaign_config_mistakes_are_named(tmp_path, change, fragment):
+    spec = yaml.safe_load((ROOT / "configs" / "campaign" / "smoke.yaml").read_text()) | change
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match=fragment):
+        load_plan(path)
+    with pytest.raises(ConfigError, match="unknown cells"):
+        load_plan(ROOT / "configs" / "campaign" / "smoke.yaml", only="")
+
+
 def test_a_tampered_dataset_stops_the_campaign_before_anything_runs(tmp_path, data_dir):
     config = write_campaign(tmp_path)
     tiny = yaml.safe_load((tmp_path / "tiny.yaml").read_text())
@@ -162,7 +194,7 @@ def test_a_cell_whose_checkpoints_cannot_fit_the_disk_is_skipped(tmp_path, monke
     from campaign import runner
 
     plan = load_plan(write_campaign(tmp_path), only="tiny:1")
-    campaign = runner.Campaign(plan)
+    campaign = runner.Campaign(plan, StopFileCallback())
     assert campaign.preflight(plan.cells[0], 2) == ""
     monkeypatch.setattr(runner.shutil, "disk_usage", lambda path: shutil_usage(free=1_000_000))
     assert campaign.preflight(plan.cells[0], 2).startswith("needs ") and "of disk for 2 trials' checkpoints" in (

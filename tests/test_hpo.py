@@ -207,6 +207,7 @@ def test_a_rerun_with_other_settings_is_refused_and_writes_nothing(study_run):
         (["--model.optim.lr", "0.1"], "model.optim.lr: both sampled by the search space and overridden"),
         (["--export-best", "configs/tiny.yaml"], "was not written by an export; refusing to overwrite"),
         (["--search-space", "no/such.yaml"], "search space not found: no/such.yaml"),
+        (["--model.net.n_heads", "5"], "d_model 32 is not divisible by n_heads 5"),
     ],
 )
 def test_bad_hpo_input_is_one_line_and_nothing_is_written(tmp_path, extra, fragment):
