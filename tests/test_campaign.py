@@ -217,3 +217,21 @@ def test_the_shipped_plans_and_cell_selection():
         select_cells(plan.cells, "2M:2")
     smoke = load_plan(ROOT / "configs" / "campaign" / "smoke.yaml", trials=3, only="tiny:3")
     assert [c.key for c in smoke.cells] == ["tiny:3"] and smoke.trials == 3
+
+
+def test_a_cell_whose_study_gives_up_is_failed_with_its_reason_and_the_campaign_goes_on(tmp_path):
+    config = write_campaign(tmp_path)
+    space = yaml.safe_load((ROOT / "configs" / "hpo" / "tiny.yaml").read_text())
+    for key in ("model.optim.lr", "model.optim.warmup_steps"):
+        del space["params"][key]  # set below, for every trial: a learning rate that diverges at once
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    spec = yaml.safe_load(config.read_text()) | {"search_space": str(tmp_path / "space.yaml")}
+    spec["overrides"] += ["--model.optim.lr", "1000", "--model.optim.warmup_steps", "0",
+                          "--trainer.gradient_clip_val", "0", "--trainer.limit_train_batches", "4"]  # fmt: skip
+    config.write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = run_cli("campaign", "--config", str(config), "--cells", "tiny:1,tiny:3", timeout=600)
+    assert result.returncode == 1, result.stderr[-3000:]
+    final = states(result.stdout)
+    assert final["tiny:1"].startswith("failed: diverged") and final["tiny:3"].startswith("failed: diverged")
+    assert states(run_cli("campaign", "--config", str(config), "--cells", "tiny:1", "--status").stdout) == {
+        "tiny:1": final["tiny:1"]}  # fmt: skip
