@@ -10,7 +10,6 @@ batch; the campaign then ends with the status table.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import signal
 import sys
@@ -23,7 +22,8 @@ from rich.console import Console
 from callbacks.stop_file import StopFileCallback
 from campaign.plan import Cell, Plan
 from campaign.status import CellStatus, StateFile, cell_status, results_frame, status_table
-from hpo.study import stop_file_of
+from datamodules.manifest import atomic_write_bytes
+from hpo.fit_config import stop_file_of
 from training.run_setup import ConfigError, size_from_config
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,7 @@ class Campaign:
             old = old[[(b, h) not in ran for b, h in zip(old["budget"].astype(str), old["horizon"], strict=True)]]
             frame = pd.concat([old, frame], ignore_index=True) if len(old) else frame
         if len(frame):
-            self.dir.mkdir(parents=True, exist_ok=True)
-            frame.to_csv(self.dir / ".results.csv.tmp", index=False)
-            os.replace(self.dir / ".results.csv.tmp", path)
+            atomic_write_bytes(path, frame.to_csv(index=False).encode())
 
     # pre-flight ------------------------------------------------------------------------------------------------
 

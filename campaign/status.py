@@ -20,6 +20,8 @@ from optuna.trial import TrialState
 from rich.table import Table
 
 from campaign.plan import Cell, Plan
+from datamodules.manifest import atomic_write_bytes
+from hpo.records import duration
 from hpo.storage import alive, process_started
 
 STATES = ("done", "running", "stopped", "skipped", "failed", "pending", "unknown")
@@ -57,10 +59,7 @@ class StateFile:
         entry.update(state=state, reason=reason, updated=datetime.now(UTC).isoformat(timespec="seconds"))
         entry["pid"], entry["pid_started"] = os.getpid(), process_started(os.getpid())  # who set it: alive?
         entry["wall_s"] = round(float(entry.get("wall_s", 0.0)) + wall_s, 1)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.cells, indent=2) + "\n")
-        os.replace(temporary, self.path)
+        atomic_write_bytes(self.path, (json.dumps(self.cells, indent=2) + "\n").encode())
 
 
 def _load(study: str, path: Path) -> optuna.Study | None:
@@ -119,12 +118,6 @@ def cell_status(plan: Plan, cell: Cell, hpo_root: Path, state: StateFile) -> Cel
     return status
 
 
-def _duration(seconds: float) -> str:
-    minutes, s = divmod(int(seconds), 60)
-    hours, m = divmod(minutes, 60)
-    return f"{hours}h{m:02d}m" if hours else f"{m}m{s:02d}s"
-
-
 def status_table(plan: Plan, statuses: list[CellStatus]) -> Table:
     table = Table(title=f"campaign {plan.name}: {plan.dataset} v{plan.version}, {plan.trials} trials per cell")
     for header in ("cell", "budget", "h", "params", "finished / target", "complete", "pruned", "failed",
@@ -137,7 +130,7 @@ def status_table(plan: Plan, statuses: list[CellStatus]) -> Table:
                       f"{s.finished} / {s.target}", str(s.complete), str(s.pruned), str(s.failed),
                       f"{best['val_loss']:.4f}" if best.get("val_loss") is not None else "—",
                       f"{best['val_auroc']:.3f}" if best.get("val_auroc") is not None else "—",
-                      _duration(s.wall_s), state)  # fmt: skip
+                      duration(s.wall_s), state)  # fmt: skip
     return table
 
 

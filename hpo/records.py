@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
+from datamodules.manifest import atomic_write_bytes
 from training.run_setup import ConfigError
 
 if TYPE_CHECKING:
@@ -34,10 +34,7 @@ TOP = 10
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, text.encode())  # a unique temporary per writer: workers may write at once
 
 
 def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -241,7 +238,7 @@ def _cell(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) and abs(value) >= 10_000 else str(value)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     return (
         f"{seconds:.0f} s"
         if seconds < 120
@@ -315,7 +312,7 @@ def summary_markdown(study: optuna.Study, runner: StudyRunner) -> str:
         f"- trials: {finished} finished of {runner.request.trials} wanted — {complete} complete, {pruned} pruned "
         f"({pruned / finished if finished else 0:.0%} of finished), {failed} failed, "
         f"{states.get('running', 0)} running, {states.get('waiting', 0)} queued",
-        f"- wall time: {_duration(wall)} in trials; {_duration(span)} from the first start to the last end",
+        f"- wall time: {duration(wall)} in trials; {duration(span)} from the first start to the last end",
     ]
     if best is not None:
         a = best.user_attrs

@@ -37,6 +37,14 @@ from optuna.trial import TrialState
 from callbacks.stop_file import StopFileCallback
 from datamodules.market_datamodule import input_columns
 from hpo import records
+from hpo.fit_config import (
+    checkpoint_monitor,
+    default_study_name,
+    format_override,
+    override_keys,
+    plain_config,
+    stop_file_of,
+)
 from hpo.pruning import TrialPruning, make_pruner, make_sampler
 from hpo.space import SearchSpace, describe, fingerprint, load_space
 from hpo.storage import alive, process_started, requeue, serialize_sqlite
@@ -82,61 +90,6 @@ class HpoRequest:
     overrides: list[str] = field(default_factory=list)
 
 
-def override_keys(overrides: list[str]) -> dict[str, str]:
-    """`--a.b 1 --c=2` → {"a.b": "1", "c": "2"} (the fit overrides every trial receives)."""
-    keys, i = {}, 0
-    while i < len(overrides):
-        arg = overrides[i]
-        if not arg.startswith("--"):
-            raise ConfigError(f"hpo: unexpected argument {arg!r} (fit overrides look like --trainer.max_epochs 5)")
-        if "=" in arg:
-            key, value = arg[2:].split("=", 1)
-            i += 1
-        else:
-            key, value = arg[2:], overrides[i + 1] if i + 1 < len(overrides) else ""
-            i += 2
-        keys[key] = value
-    return keys
-
-
-def _checkpoint_monitor(config) -> tuple[str, str]:
-    for callback in config.trainer.get("callbacks") or []:
-        if str(callback.class_path).endswith("ModelCheckpoint") and callback.init_args.get("monitor"):
-            return callback.init_args.monitor, callback.init_args.mode
-    raise ConfigError("hpo needs a ModelCheckpoint with a monitor in the config: its metric is the objective")
-
-
-def stop_file_of(config) -> Path:
-    for callback in config.trainer.get("callbacks") or []:
-        if str(callback.class_path).endswith("StopFileCallback"):
-            return Path(callback.init_args.path)
-    raise ConfigError("hpo needs the StopFileCallback of the shipped configs (trainer.callbacks)")
-
-
-def _plain_config(config) -> dict:
-    """The fit config as plain data, without what may differ between workers (where logs go, memory limit)."""
-    plain = config.as_dict()
-    for key in ("config", "memory_limit", "ckpt_path"):
-        plain.pop(key, None)
-    plain["trainer"].pop("logger", None)
-    return plain
-
-
-def default_study_name(config_path: Path, config, budget: int | None) -> str:
-    """<config>[-<budget>]-h<h>-<dataset>-v<version>, e.g. `2M-h1-GSPC.dataset.a25-v1`."""
-    from lightning_modules.budget import BUDGETS
-
-    name = Path(config_path).stem
-    named = next((k for k, v in BUDGETS.items() if v == budget), None)
-    if named and named != name:
-        name += f"-{named}"
-    return f"{name}-h{config.data.horizon}-{config.data.dataset}-v{config.data.version}"
-
-
-def _format(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
 class StudyRunner:
     """Runs trials of one study in this process until it holds N finished trials or is asked to stop."""
 
@@ -150,7 +103,7 @@ class StudyRunner:
         both = sorted(set(self.space.keys) & set(self.overrides))
         if both:
             raise ConfigError(f"{', '.join(both)}: both sampled by the search space and overridden; drop one")
-        self.monitor, self.mode = _checkpoint_monitor(self.config)
+        self.monitor, self.mode = checkpoint_monitor(self.config)
         self._check_objective()
         self.stop = StopFileCallback(str(stop_file_of(self.config)))  # the study's own: same file, same signals
         trainer = self.config.trainer
@@ -174,7 +127,7 @@ class StudyRunner:
             raise ConfigError(f"--trials must be ≥ 1, got {request.trials}")
         if request.export_best is not None:
             records.check_export_target(request.export_best)
-        self.fingerprint = fingerprint(self.space, _plain_config(self.config))
+        self.fingerprint = fingerprint(self.space, plain_config(self.config))
         seed = self.space.sampler.get("seed")
         self.seed = int(seed if seed is not None else self.config.seed_everything or 0)
         self.errors_in_a_row, self.failures, self.last_error = 0, 0, ""  # this process's trials
@@ -235,7 +188,7 @@ class StudyRunner:
                 "overrides": self.request.overrides,
                 "search_space": str(self.request.search_space),
                 "space": self.space.source,
-                "fixed_config": _plain_config(self.config),
+                "fixed_config": plain_config(self.config),
             }
             for key, value in json.loads(json.dumps(attrs, default=str)).items():
                 study.set_user_attr(key, value)
@@ -252,7 +205,7 @@ class StudyRunner:
             time.sleep(0.5)
         if theirs == self.fingerprint:
             return
-        mine = json.loads(json.dumps(_plain_config(self.config), default=str))
+        mine = json.loads(json.dumps(plain_config(self.config), default=str))
         stored = study.user_attrs.get("fixed_config", {})
         differ = sorted(records.differences(stored, mine))
         if study.user_attrs.get("space") != json.loads(json.dumps(self.space.source, default=str)):
@@ -376,7 +329,7 @@ class StudyRunner:
 
     def trial_argv(self, values: dict[str, Any], version: str) -> list[str]:
         """The fit command of one trial: the study's config and overrides, the sampled values, its run dir."""
-        sampled = [item for key, value in values.items() for item in (f"--{key}", _format(value))]
+        sampled = [item for key, value in values.items() for item in (f"--{key}", format_override(value))]
         place = [
             "--trainer.logger.init_args.save_dir",
             str(self.trials_root),

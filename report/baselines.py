@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from datamodules.manifest import atomic_write_bytes
 from report.stats import bce
 
 VERSION = 1  # bump when a baseline's procedure changes: old caches are then ignored
@@ -124,9 +124,7 @@ def _write(path: Path, predictions: Predictions) -> None:
     frame = pd.DataFrame({"date": predictions.dates, "label": predictions.labels.astype(int)})
     for name in NAMES:
         frame[name] = predictions.probs[name]
-    temporary = path.with_suffix(".tmp")
-    frame.to_csv(temporary, index=False, float_format="%.8f")
-    os.replace(temporary, path)
+    atomic_write_bytes(path, frame.to_csv(index=False, float_format="%.8f").encode())
 
 
 def _read(path: Path, meta: dict[str, Any]) -> Predictions:
@@ -170,7 +168,6 @@ def save(predictions: Predictions) -> None:
     """Write computed predictions (and their meta.json) into the cache; cached ones are left alone."""
     if predictions.unsaved is None:
         return
-    predictions.unsaved.parent.mkdir(parents=True, exist_ok=True)
     _write(predictions.unsaved, predictions)
     meta = predictions.unsaved.parent / "meta.json"
     if not meta.is_file():

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lightning_modules.metrics import COLLAPSE_STD, constant_prior_bce
+from lightning_modules.metrics import constant_prior_bce, is_collapsed
 from report.baselines import NAMES as BASELINES
 from report.baselines import Predictions, baseline_predictions
 from report.collect import FRAME_KEYS, ReportError, Run, budget_label
@@ -43,7 +43,7 @@ class Scores:
         bce = self.metrics["bce"].value
         if not (math.isfinite(self.pred_std) and math.isfinite(bce) and math.isfinite(self.prior_bce)):
             return None
-        return self.pred_std < COLLAPSE_STD or bce >= self.prior_bce
+        return is_collapsed(self.pred_std, bce, self.prior_bce)
 
 
 @dataclass

@@ -7,12 +7,12 @@ figures as images), baselines/ (the cached baseline predictions per data setting
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
 from rich.console import Console
 
+from datamodules.manifest import atomic_write_bytes
 from report.baselines import save as save_baselines
 from report.collect import ReportError, collect
 from report.evaluate import Options, evaluate
@@ -21,12 +21,6 @@ from report.plots import figures, save
 from report.render import frame, markdown, rich_table
 
 log = logging.getLogger(__name__)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def make_report(logdir: Path, out: Path | None, options: Options) -> int:
@@ -47,9 +41,8 @@ def make_report(logdir: Path, out: Path | None, options: Options) -> int:
             console.print(f"  {line}", highlight=False)
     out.mkdir(parents=True, exist_ok=True)
     plots = [f"plots/{name}" for name in save(figures(sections, found.studies), out / "plots", out / "tensorboard")]
-    frame(sections).to_csv(out / ".report.csv.tmp", index=False)
-    os.replace(out / ".report.csv.tmp", out / "report.csv")
-    _atomic_write(out / "report.md", markdown(sections, options, plots, found.skipped))
+    atomic_write_bytes(out / "report.csv", frame(sections).to_csv(index=False).encode())
+    atomic_write_bytes(out / "report.md", markdown(sections, options, plots, found.skipped).encode())
     for predictions in (p for s in sections for p in s.baselines):
         save_baselines(predictions)
     n_runs = sum(1 for s in sections for r in s.rows if r.kind == "model")

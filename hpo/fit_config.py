@@ -1,0 +1,66 @@
+"""What a study reads from the fit config of its trials, and how it passes values back: `--key value`
+overrides, the checkpoint's monitor (the objective), the stop file, the settings a study is fingerprinted by,
+and the default study name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from training.run_setup import ConfigError
+
+
+def override_keys(overrides: list[str]) -> dict[str, str]:
+    """`--a.b 1 --c=2` → {"a.b": "1", "c": "2"} (the fit overrides every trial receives)."""
+    keys, i = {}, 0
+    while i < len(overrides):
+        arg = overrides[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"hpo: unexpected argument {arg!r} (fit overrides look like --trainer.max_epochs 5)")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            i += 1
+        else:
+            key, value = arg[2:], overrides[i + 1] if i + 1 < len(overrides) else ""
+            i += 2
+        keys[key] = value
+    return keys
+
+
+def checkpoint_monitor(config) -> tuple[str, str]:
+    for callback in config.trainer.get("callbacks") or []:
+        if str(callback.class_path).endswith("ModelCheckpoint") and callback.init_args.get("monitor"):
+            return callback.init_args.monitor, callback.init_args.mode
+    raise ConfigError("hpo needs a ModelCheckpoint with a monitor in the config: its metric is the objective")
+
+
+def stop_file_of(config) -> Path:
+    for callback in config.trainer.get("callbacks") or []:
+        if str(callback.class_path).endswith("StopFileCallback"):
+            return Path(callback.init_args.path)
+    raise ConfigError("hpo needs the StopFileCallback of the shipped configs (trainer.callbacks)")
+
+
+def plain_config(config) -> dict:
+    """The fit config as plain data, without what may differ between workers (where logs go, memory limit)."""
+    plain = config.as_dict()
+    for key in ("config", "memory_limit", "ckpt_path"):
+        plain.pop(key, None)
+    plain["trainer"].pop("logger", None)
+    return plain
+
+
+def default_study_name(config_path: Path, config, budget: int | None) -> str:
+    """<config>[-<budget>]-h<h>-<dataset>-v<version>, e.g. `2M-h1-GSPC.dataset.a25-v1`."""
+    from lightning_modules.budget import BUDGETS
+
+    name = Path(config_path).stem
+    named = next((k for k, v in BUDGETS.items() if v == budget), None)
+    if named and named != name:
+        name += f"-{named}"
+    return f"{name}-h{config.data.horizon}-{config.data.dataset}-v{config.data.version}"
+
+
+def format_override(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
