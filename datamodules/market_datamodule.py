@@ -7,6 +7,7 @@ transforms → purged chronological splits → train-only scaling → windows (B
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -92,7 +93,7 @@ class MarketDataModule(pl.LightningDataModule):
         features: list[str] | None = None,
         splits: Splits = Splits(),
         batch_size: int = 256,
-        seed: int = 0,
+        seed: int | None = None,
         data_dir: str | None = None,
     ):
         """
@@ -106,7 +107,7 @@ class MarketDataModule(pl.LightningDataModule):
             features: input channels; None uses the tier's list.
             splits: chronological split boundaries.
             batch_size: samples per batch.
-            seed: seed of the training shuffle.
+            seed: seed of the training shuffle; None: the run's seed (seed_everything), so seeds differ in order too.
             data_dir: data folder (default: the repository's data/).
         """
         super().__init__()
@@ -114,13 +115,15 @@ class MarketDataModule(pl.LightningDataModule):
         self.hparams["splits"] = asdict(splits)  # primitives only in checkpoints
         self.dataset, self.version, self.horizon = dataset, version, horizon
         self.threshold, self.label_price, self.context_length = threshold, label_price, context_length
-        self.splits, self.batch_size, self.seed = splits, batch_size, seed
+        self.splits, self.batch_size = splits, batch_size
+        self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed  # set by seed_everything
         self.data_dir = Path(data_dir) if data_dir else DATA_DIR
         self.features = list(features) if features else None
         self._validate()
         self.entry = None
         self.stats: dict[str, dict] = {}
         self._datasets: dict[str, WindowDataset] = {}
+        self._prepared: set[str | None] = set()
 
     def _validate(self) -> None:
         """Refuse impossible settings at construction: before any data is read or directory made."""
@@ -144,6 +147,8 @@ class MarketDataModule(pl.LightningDataModule):
         return len(self.columns)
 
     def setup(self, stage: str | None = None) -> None:
+        if stage in self._prepared:  # the CLI prepares the data before the Trainer asks (errors before any write)
+            return
         frame, self.entry = load_dataset(self.dataset, self.version, self.data_dir)
         columns = self.columns
         if len(set(columns)) != len(columns):
@@ -162,7 +167,7 @@ class MarketDataModule(pl.LightningDataModule):
         ends["predict"] = t[frame.index[t] > pd.Timestamp(self.splits.val_end)]
         self.dates = frame.index
         stages = STAGES_FOR[stage]
-        self._check_sizes(ends, stages)
+        self._check_sizes(ends, stages, labels)
         self.scaler = Standardizer.fit(inputs[first_valid : ends["train"][-1] + 1])  # training rows only
         x = torch.from_numpy(np.nan_to_num(self.scaler.transform(inputs)))  # (T, C); NaN rows precede every window
         y = torch.from_numpy(labels.astype(np.float32))  # (T,); NaN only where the future is unknown
@@ -173,6 +178,7 @@ class MarketDataModule(pl.LightningDataModule):
             self._log_split(s)
         self.train_positive_rate = float(labels[ends["train"]].mean())
         self.ends = ends
+        self._prepared.add(stage)
 
     def _log_split(self, stage: str) -> None:
         st = self.stats[stage]
@@ -193,13 +199,19 @@ class MarketDataModule(pl.LightningDataModule):
             raise DataError(f"input channel {columns[col]} is not finite on {dates[first + row].date()}")
         return first
 
-    def _check_sizes(self, ends: dict[str, np.ndarray], stages: list[str]) -> None:
+    def _check_sizes(self, ends: dict[str, np.ndarray], stages: list[str], labels: np.ndarray) -> None:
         for s in {"train", *stages}:
             if len(ends[s]) == 0:
                 raise DataError(
                     f"the {s} split has no samples (splits {asdict(self.splits)}, horizon {self.horizon}, "
                     f"data {self.entry.first_date} → {self.entry.last_date})"
                 )
+        train_rate = float(np.mean(labels[ends["train"]]))
+        if train_rate in (0.0, 1.0):
+            raise DataError(
+                f"the train split has one class only (positive rate {train_rate:g} at threshold {self.threshold}, "
+                f"horizon {self.horizon}): a classifier cannot be trained on it"
+            )
         if "val" in stages and len(ends["val"]) < MIN_VAL_SAMPLES:
             raise DataError(
                 f"the val split has {len(ends['val'])} samples, fewer than {MIN_VAL_SAMPLES}: "

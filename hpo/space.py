@@ -61,9 +61,13 @@ class Param:
     log: bool = False
     step: float | None = None
     choices: list | None = None
+    when: dict[str, Any] | None = None  # sampled only when these earlier keys took these values …
+    otherwise: Any = None  # … else this value (e.g. model.baseline_start only with model.net.linear_skip)
 
     def __post_init__(self) -> None:
         where = f"search space {self.key}"
+        if self.when is not None and (not isinstance(self.when, dict) or not self.when):
+            raise ConfigError(f"{where}: `when` must map earlier keys to the values that allow sampling it")
         if self.type not in TYPES:
             raise ConfigError(f"{where}: type must be one of {', '.join(TYPES)}, got {self.type!r}")
         if self.type == "categorical":
@@ -138,7 +142,8 @@ class SearchSpace:
         """Sample one trial: config key → value."""
         values = self.architecture.suggest(trial) if self.architecture else {}
         for param in self.params:
-            values[param.key] = param.suggest(trial)
+            allowed = all(values.get(key) == value for key, value in (param.when or {}).items())
+            values[param.key] = param.suggest(trial) if allowed else param.otherwise
         return values
 
     @property
@@ -195,10 +200,11 @@ def load_space(path: Path, config, n_channels: int) -> SearchSpace:
             raise ConfigError(f"{path}: params.{key} must be a mapping with `type` and a range or choices")
         if not _is_value(config, key):
             raise ConfigError(f"{path}: params.{key} is not a value of the fit config")
-        unknown = set(spec) - {"type", "low", "high", "log", "step", "choices"}
+        unknown = set(spec) - {"type", "low", "high", "log", "step", "choices", "when", "otherwise"}
         if unknown:
             raise ConfigError(f"{path}: params.{key}: unknown field(s) {', '.join(sorted(unknown))}")
         params.append(Param(key=key, **spec))
+    params = _conditions_first(path, params)
     architecture = None
     if raw.get("architecture") is not None:
         architecture = _architecture(path, raw["architecture"], config, n_channels)
@@ -229,6 +235,22 @@ def load_space(path: Path, config, n_channels: int) -> SearchSpace:
     if pruner["type"] not in PRUNERS:
         raise ConfigError(f"{path}: pruner.type must be one of {', '.join(PRUNERS)}, got {pruner['type']!r}")
     return SearchSpace(architecture, params, sampler, pruner, raw)
+
+
+def _conditions_first(path: Path, params: list[Param]) -> list[Param]:
+    """The params in an order where each comes after the keys its `when` names (YAML order may differ)."""
+    ordered: list[Param] = []
+    waiting = list(params)
+    while waiting:
+        ready = [p for p in waiting if set(p.when or {}) <= {q.key for q in ordered}]
+        if not ready:
+            p = waiting[0]
+            missing = sorted(set(p.when) - {q.key for q in params})
+            what = f"{', '.join(missing)}, which is not sampled" if missing else "keys that wait on each other"
+            raise ConfigError(f"{path}: params.{p.key}: `when` names {what}")
+        ordered += ready
+        waiting = [p for p in waiting if p not in ready]
+    return ordered
 
 
 def _architecture(path: Path, spec: dict, config, n_channels: int) -> Architecture:
@@ -268,9 +290,10 @@ def describe(space: SearchSpace) -> list[str]:
         heads = "heads per width" if a.sample_heads else "default heads"
         lines.append(f"{ARCH}: {len(a.shapes)} shapes at {a.budget:,} parameters ({', '.join(a.names)}); {heads}")
     for p in space.params:
+        condition = f" when {p.when}, else {p.otherwise!r}" if p.when else ""
         if p.type == "categorical":
-            lines.append(f"{p.key}: one of {p.choices}")
+            lines.append(f"{p.key}: one of {p.choices}{condition}")
         else:
             scale = "log" if p.log else (f"step {p.step}" if p.step else "uniform")
-            lines.append(f"{p.key}: {p.type} {p.low:g} … {p.high:g} ({scale})")
+            lines.append(f"{p.key}: {p.type} {p.low:g} … {p.high:g} ({scale}){condition}")
     return lines

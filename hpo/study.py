@@ -425,7 +425,7 @@ class StudyRunner:
             cfg = PatchTSTConfig(**(dict(vars(self.config.model.net)) | net))
         except (TypeError, ValueError):
             return {}
-        context = self.config.data.context_length
+        context = int(values.get("data.context_length", self.config.data.context_length))
         size = {
             "n_params": parameter_count(self.n_channels, context, cfg),
             "forward_flops_per_sample": forward_flops_per_sample(self.n_channels, context, cfg),

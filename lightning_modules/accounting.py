@@ -23,7 +23,8 @@ def forward_flops_per_sample(n_channels: int, context_length: int, cfg: PatchTST
     per_sequence = 2 * n * patch_inputs * d  # embedding
     per_layer = 2 * n * (3 * d * d + d * d + 2 * d * f) + 2 * 2 * n * n * d  # projections, FFN; QKᵀ and AV
     per_sequence += cfg.n_layers * per_layer
-    return sequences * per_sequence + 2 * n * d  # head on the pooled (N·D) vector
+    head = 2 * cfg.head_inputs(context_length)  # on the pooled vector (N·D or D)
+    return sequences * per_sequence + head + (2 * n_channels if cfg.linear_skip else 0)  # + the linear path
 
 
 def training_flops_per_sample(n_channels: int, context_length: int, cfg: PatchTSTConfig) -> int:

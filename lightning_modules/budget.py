@@ -26,8 +26,8 @@ def parameter_count(n_channels: int, context_length: int, cfg: PatchTSTConfig) -
     d, f, n = cfg.d_model, cfg.d_ff, cfg.n_patches(context_length)
     patch_inputs = cfg.patch_length * (n_channels if cfg.channel_mode == "mixing" else 1)
     layer = 2 * d + (3 * d * d + 3 * d) + (d * d + d) + 2 * d + (d * f + f) + (f * d + d)
-    total = (patch_inputs * d + d) + n * d + cfg.n_layers * layer + 2 * d + (n * d + 1)
-    return total + (2 * n_channels if cfg.revin else 0)
+    total = (patch_inputs * d + d) + n * d + cfg.n_layers * layer + 2 * d + (cfg.head_inputs(context_length) + 1)
+    return total + (2 * n_channels if cfg.revin else 0) + (n_channels + 1 if cfg.linear_skip else 0)
 
 
 @dataclass(frozen=True)

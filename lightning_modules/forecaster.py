@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_modules.accounting import count_parameters, forward_flops_per_sample, training_flops_per_sample
+from lightning_modules.baseline_start import logistic_start
 from lightning_modules.metrics import StageMetrics
 from lightning_modules.patchtst import PatchTST, PatchTSTConfig
 
@@ -21,15 +22,22 @@ class TrainingDiverged(FloatingPointError):
     """The training loss became non-finite or exploded; the message says where (LESSONS #14)."""
 
 
+SCHEDULES = ("wsd", "cosine")
+
+
 @dataclass
 class OptimConfig:
-    """AdamW with linear warmup then cosine decay to min_lr_ratio · lr."""
+    """AdamW with linear warmup, then either warmup-stable-decay or a cosine decay over the planned steps."""
 
     lr: float = 1e-3  # peak learning rate
     weight_decay: float = 0.05  # decoupled decay on weight matrices (not biases, norms)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW (β1, β2)
     warmup_steps: int = 100  # optimizer steps of linear warmup from 0
     min_lr_ratio: float = 0.1  # final learning rate as a fraction of lr
+    schedule: str = "cosine"  # "wsd": constant after warmup, then a cosine decay of decay_epochs, started when
+    #   DecayEarlyStopping sees a validation plateau, or at the latest so that it ends with the run;
+    #   "cosine": one cosine from the end of warmup to the planned last step (max_epochs / max_steps)
+    decay_epochs: float = 2.0  # length of the wsd decay in epochs
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -42,13 +50,21 @@ class OptimConfig:
             )
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two values in [0, 1), got {self.betas}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not self.decay_epochs > 0:
+            raise ValueError(f"decay_epochs must be > 0, got {self.decay_epochs}")
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
-    """Multiplier of the peak lr at an optimizer step: linear warmup, then cosine to min_lr_ratio."""
+def lr_factor(step: int, warmup_steps: int, decay_start: int, decay_steps: int, min_lr_ratio: float) -> float:
+    """Multiplier of the peak lr at an optimizer step: linear warmup, constant until decay_start, then a cosine
+    over decay_steps whose last step (decay_start + decay_steps − 1) trains at min_lr_ratio (held after it).
+    The cosine schedule is decay_start = warmup_steps, decay_steps = the rest of the planned steps."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if step < decay_start:
+        return 1.0
+    progress = min(1.0, (step - decay_start + 1) / max(1, decay_steps))
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -62,6 +78,8 @@ class Forecaster(pl.LightningModule):
         net: PatchTSTConfig = PatchTSTConfig(),
         optim: OptimConfig = OptimConfig(),
         pos_weight: bool = False,
+        baseline_start: bool = False,
+        baseline_C: float = 1.0,
     ):
         """
         Args:
@@ -70,13 +88,21 @@ class Forecaster(pl.LightningModule):
             net: the network's architecture.
             optim: optimizer and schedule.
             pos_weight: weight positives by negatives/positives of the training split in the training loss.
+            baseline_start: start the linear path (net.linear_skip) as scikit-learn's logistic regression fitted on
+                the training split's last-day features, and the transformer's head at zero: before any step the
+                model is that logistic regression, and training learns what the transformer adds.
+            baseline_C: inverse L2 strength of that logistic regression (scikit-learn's C).
         """
         super().__init__()
         net = net if isinstance(net, PatchTSTConfig) else PatchTSTConfig(**net)
         optim = optim if isinstance(optim, OptimConfig) else OptimConfig(**optim)
+        if baseline_start and not net.linear_skip:
+            raise ValueError("model.baseline_start needs the linear path: set model.net.linear_skip: true")
+        if not baseline_C > 0:
+            raise ValueError(f"model.baseline_C must be > 0, got {baseline_C}")
         self.save_hyperparameters(
             {"n_channels": n_channels, "context_length": context_length, "net": asdict(net), "optim": asdict(optim),
-             "pos_weight": pos_weight},
+             "pos_weight": pos_weight, "baseline_start": baseline_start, "baseline_C": baseline_C},
             logger=False,  # the run-record callback writes hparams once, with the best metrics
         )  # fmt: skip
         self.cfg, self.optim_cfg = net, optim
@@ -86,6 +112,7 @@ class Forecaster(pl.LightningModule):
         self.train_flops = training_flops_per_sample(n_channels, context_length, net)
         self.register_buffer("train_prior", torch.tensor(0.5, dtype=torch.float64))  # training positive rate
         self.stage_metrics = torch.nn.ModuleDict({f"{s}_metrics": StageMetrics(s) for s in STAGES})
+        self.decay_start: int | None = None  # optimizer step where the wsd decay began (None: not yet)
         self.epoch_outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {s: [] for s in STAGES}
 
@@ -93,9 +120,14 @@ class Forecaster(pl.LightningModule):
         return self.net(x)
 
     def setup(self, stage: str) -> None:
-        prior = getattr(self.trainer.datamodule, "train_positive_rate", None) if self._trainer else None
+        datamodule = self.trainer.datamodule if self._trainer else None
+        prior = getattr(datamodule, "train_positive_rate", None)
         if prior is not None:
             self.train_prior.fill_(prior)
+        if stage == "fit" and self.hparams.baseline_start:  # a resumed run's checkpoint overwrites this start
+            x, y, _ = datamodule.last_day_features("train")
+            weight, bias = logistic_start(x, y, self.hparams.baseline_C, self.hparams.n_channels)
+            self.net.start_as_linear(weight, bias)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
@@ -121,6 +153,43 @@ class Forecaster(pl.LightningModule):
     def on_fit_start(self) -> None:
         # callbacks ran first: a batch finder may have changed the micro-batch and accumulation
         self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        batches = self.trainer.num_training_batches  # inf before the loader exists (max_steps runs)
+        per_epoch = (
+            self.total_steps if math.isinf(batches) else math.ceil(batches / self.trainer.accumulate_grad_batches)
+        )
+        self.decay_steps = max(1, round(self.optim_cfg.decay_epochs * per_epoch))
+
+    @property
+    def uses_decay_trigger(self) -> bool:
+        """Whether a plateau should start the decay (wsd) rather than end the run (cosine)."""
+        return self.optim_cfg.schedule == "wsd"
+
+    def start_decay(self) -> None:
+        """Begin the wsd decay at the current optimizer step (called by DecayEarlyStopping on a plateau)."""
+        if self.decay_start is None:
+            self.decay_start = self.global_step
+
+    def decay_finished(self) -> bool:
+        """The learning rate has reached its final value (wsd: the decay has run its course)."""
+        return self.global_step >= self._decay_begins() + self.decay_steps
+
+    def _decay_begins(self) -> int:
+        """The step the decay starts at: the plateau's, or the latest start that still ends with the run."""
+        if self.optim_cfg.schedule == "cosine":
+            return self.optim_cfg.warmup_steps
+        latest = max(self.optim_cfg.warmup_steps, self.total_steps - self.decay_steps)
+        return latest if self.decay_start is None else min(self.decay_start, latest)
+
+    def _lr_factor(self, step: int) -> float:
+        o = self.optim_cfg
+        decay_steps = self.total_steps - o.warmup_steps if o.schedule == "cosine" else self.decay_steps
+        return lr_factor(step, o.warmup_steps, self._decay_begins(), decay_steps, o.min_lr_ratio)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["decay_start"] = self.decay_start  # exact resume of the schedule
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.decay_start = checkpoint.get("decay_start")
 
     def on_train_epoch_start(self) -> None:
         loader = self.trainer.train_dataloader
@@ -192,9 +261,6 @@ class Forecaster(pl.LightningModule):
             lr=self.optim_cfg.lr,
             betas=tuple(self.optim_cfg.betas),
         )
-        self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        o = self.optim_cfg
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, o.warmup_steps, self.total_steps, o.min_lr_ratio)
-        )
+        self.on_fit_start()  # the schedule's horizon (a batch finder calls this again after changing batches)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -6,6 +6,11 @@ D model width, H heads, F feed-forward width. Tokens per sample: N (channel mixi
 Nie et al., "A Time Series is Worth 64 Words" (ICLR 2023), adapted to classification: the channel-mixing
 mode (default) embeds each patch over all C channels into one token; the paper's channel-independent
 mode embeds each channel's patch separately and averages the C token sequences per sample.
+
+Patches are aligned to the END of the window: when (L − P) is not a multiple of S, the first (L − P) mod S days
+are dropped, never the last (the most informative) ones. The head reads the N tokens flattened (the paper's),
+the last token, or their mean. An optional linear path maps the last day's C features straight to the logit, so
+that the transformer can be started as, and learn what it adds to, a logistic regression on that day.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 CHANNEL_MODES = ("mixing", "independent")
+HEADS = ("flatten", "last", "mean")  # how the head pools the N tokens: all N·D values, the last token, the mean
 
 
 @dataclass
@@ -35,6 +41,8 @@ class PatchTSTConfig:
     head_dropout: float = 0.1  # before the classification head
     channel_mode: str = "mixing"  # "mixing" (one token per patch) or "independent" (one per channel-patch)
     revin: bool = False  # per-sample, per-channel instance normalisation with learned affine
+    head: str = "flatten"  # pooling of the N tokens before the logit: "flatten" (N·D), "last" (D) or "mean" (D)
+    linear_skip: bool = False  # add a linear map from the last day's C features (before RevIN) to the logit
 
     def __post_init__(self) -> None:
         for name in ("patch_length", "patch_stride", "d_model", "n_heads", "n_layers", "d_ff"):
@@ -47,12 +55,27 @@ class PatchTSTConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.channel_mode not in CHANNEL_MODES:
             raise ValueError(f"channel_mode must be one of {CHANNEL_MODES}, got {self.channel_mode!r}")
+        if self.patch_stride > self.patch_length:
+            raise ValueError(
+                f"patch_stride {self.patch_stride} > patch_length {self.patch_length} would skip days between patches"
+            )
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
 
     def n_patches(self, context_length: int) -> int:
         """N = (L − P) // S + 1; raises if a single patch does not fit the context."""
         if self.patch_length > context_length:
             raise ValueError(f"patch_length {self.patch_length} > context_length {context_length}")
         return (context_length - self.patch_length) // self.patch_stride + 1
+
+    def patch_offset(self, context_length: int) -> int:
+        """Days dropped at the START of the window so that the last patch ends on the last day."""
+        self.n_patches(context_length)
+        return (context_length - self.patch_length) % self.patch_stride
+
+    def head_inputs(self, context_length: int) -> int:
+        """Width of the pooled vector the head reads: N·D for "flatten", D for "last" and "mean"."""
+        return self.n_patches(context_length) * self.d_model if self.head == "flatten" else self.d_model
 
 
 class RevIN(nn.Module):
@@ -111,7 +134,8 @@ class PatchTST(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head_drop = nn.Dropout(cfg.head_dropout)
-        self.head = nn.Linear(self.n_patches * cfg.d_model, 1)
+        self.head = nn.Linear(cfg.head_inputs(context_length), 1)
+        self.skip = nn.Linear(n_channels, 1) if cfg.linear_skip else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -125,11 +149,23 @@ class PatchTST(nn.Module):
             for residual_out in (layer.proj, layer.ff_out):
                 nn.init.normal_(residual_out.weight, std=0.02 / math.sqrt(2 * self.cfg.n_layers))
 
+    @torch.no_grad()
+    def start_as_linear(self, weight, bias: float) -> None:
+        """Make the network the linear model `weight · x[:, -1] + bias` (C,): linear path set, head at zero."""
+        if self.skip is None:
+            raise ValueError("start_as_linear needs the linear path (linear_skip: true)")
+        self.skip.weight.copy_(torch.as_tensor(weight, dtype=self.skip.weight.dtype).view(1, -1))  # (1, C)
+        self.skip.bias.fill_(bias)
+        self.head.weight.zero_()  # the transformer's contribution starts at exactly 0
+        self.head.bias.zero_()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, L, C) → logits (B,)."""
         b, length, c = x.shape
+        last_day = x[:, -1, :]  # (B, C): the linear path's input, before any normalisation
         if self.revin is not None:
             x = self.revin(x)  # (B, L, C)
+        x = x[:, self.cfg.patch_offset(length) :, :]  # (B, L', C): end-aligned, the last day always kept
         patches = x.transpose(1, 2).unfold(-1, self.cfg.patch_length, self.cfg.patch_stride)  # (B, C, N, P)
         n = patches.shape[2]
         if self.cfg.channel_mode == "mixing":
@@ -142,4 +178,11 @@ class PatchTST(nn.Module):
         z = self.norm(z)  # (B', N, D)
         if self.cfg.channel_mode == "independent":
             z = z.view(b, c, n, -1).mean(dim=1)  # (B, N, D): pool the channels of each sample
-        return self.head(self.head_drop(z.flatten(1))).squeeze(-1)  # (B, N·D) → (B,)
+        if self.cfg.head == "flatten":
+            pooled = z.flatten(1)  # (B, N·D)
+        else:
+            pooled = z[:, -1] if self.cfg.head == "last" else z.mean(dim=1)  # (B, D)
+        logits = self.head(self.head_drop(pooled)).squeeze(-1)  # (B,)
+        if self.skip is not None:
+            logits = logits + self.skip(last_day).squeeze(-1)  # (B,)
+        return logits

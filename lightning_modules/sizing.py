@@ -102,11 +102,14 @@ def summary_table(size: RunSize, available: int, where: str, title: str) -> Tabl
     table.add_column("value")
     n = cfg.n_patches(size.context_length)
     tokens = n * (1 if cfg.channel_mode == "mixing" else size.n_channels)
+    offset = cfg.patch_offset(size.context_length)
+    dropped = f"; the first {offset} days unused" if offset else ""
     rows = [
         ("architecture", f"d_model {cfg.d_model}, n_heads {cfg.n_heads}, n_layers {cfg.n_layers}, d_ff {cfg.d_ff}, "
-                         f"{cfg.channel_mode}{', RevIN' if cfg.revin else ''}"),
+                         f"{cfg.channel_mode}{', RevIN' if cfg.revin else ''}, {cfg.head} head"
+                         f"{f', linear path ({size.n_channels + 1} parameters)' if cfg.linear_skip else ''}"),
         ("input", f"{size.context_length} days × {size.n_channels} channels → {n} patches of {cfg.patch_length} "
-                  f"(stride {cfg.patch_stride}), {tokens} tokens per sample"),
+                  f"(stride {cfg.patch_stride}, ending on the last day{dropped}), {tokens} tokens per sample"),
         ("parameters", f"{size.n_params:,} ({size.n_params / BUDGETS[size.budget] - 1:+.1%} vs {size.budget})"),
         ("FLOPs per sample", f"forward {size.forward_flops / 1e6:,.1f} M, training {size.train_flops / 1e6:,.1f} M"),
         ("precision, micro-batch", f"{size.precision}, {size.micro_batch}"

@@ -7,6 +7,7 @@ of its best checkpoint); its test metrics exist only where `cli.py test` evaluat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -55,7 +56,8 @@ class Run:
     test: dict[str, float] | None = None  # test/* metrics of the best checkpoint, from `cli.py test`
     test_split: dict[str, Any] = field(default_factory=dict)  # n, dates and positive rate of that test
     test_predictions: Path | None = None
-    candidates: int = 1  # runs of its budget cell it was selected from (set by the report's selection)
+    candidates: int = 1  # configurations of its budget cell it was selected from (set by the report's selection)
+    config_id: str = ""  # the run's configuration without its seed and log location: seeds of one config share it
 
     @property
     def n_params(self) -> int:
@@ -101,17 +103,35 @@ def _json(path: Path) -> dict[str, Any]:
     return value
 
 
-def _data_settings(run_dir: Path) -> dict[str, Any]:
+SEED_FREE = {("seed_everything",), ("data", "seed"), ("ckpt_path",), ("memory_limit",), ("trainer", "logger"),
+             ("trainer", "enable_progress_bar")}  # fmt: skip
+
+
+def configuration_id(config: dict[str, Any]) -> str:
+    """What makes runs seeds of one configuration: the resolved config without seed, log location, resumption."""
+    config = json.loads(json.dumps(config, default=str))
+    for *parents, key in SEED_FREE:
+        node = config
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _config(run_dir: Path) -> tuple[dict[str, Any], str]:
+    """The run's data settings and its configuration id, from config.yaml."""
     path = run_dir / "config.yaml"
     try:
-        data = yaml.safe_load(path.read_text())["data"]
+        config = yaml.safe_load(path.read_text())
+        data = config["data"]
         data["splits"] = {k: str(v) if v is not None else None for k, v in dict(data["splits"]).items()}
         int(data["horizon"]), float(data["threshold"])
     except FileNotFoundError:
         raise ReportError(f"{path} is missing: the run's data settings are unknown") from None
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as err:
         raise ReportError(f"{path}: unreadable config ({type(err).__name__}: {err})") from None
-    return data
+    return data, configuration_id(config)
 
 
 def _evaluations(run_dir: Path, kind: str, best_checkpoint: str | None) -> list[tuple[Path, dict]]:
@@ -127,7 +147,8 @@ def _evaluations(run_dir: Path, kind: str, best_checkpoint: str | None) -> list[
 
 
 def _read_run(run_dir: Path, record: dict[str, Any]) -> Run:
-    run = Run(run_dir, record, _data_settings(run_dir))
+    data, config_id = _config(run_dir)
+    run = Run(run_dir, record, data, config_id=config_id)
     own = run_dir / "val_predictions.csv"
     validated = [d / "val_predictions.csv" for d, _ in _evaluations(run_dir, "validate", record["best_checkpoint"])]
     run.val_predictions = own if own.is_file() else next((p for p in validated if p.is_file()), None)

@@ -1,9 +1,11 @@
 """The report's numbers: each cell's best run and the baselines, scored with bootstrap intervals; scaling fits
 and the paired comparisons that answer "does bigger help?".
 
-Selection uses validation only: in each (data settings, horizon, budget) cell the run with the lowest
-best-epoch validation BCE represents the budget. Test numbers appear only where `cli.py test` evaluated that
-run's best checkpoint; the baselines' test numbers only for horizons whose test set was opened that way.
+Selection uses validation only: in each (data settings, horizon, budget) cell the configuration with the lowest
+best-epoch validation BCE, averaged over its seeds, represents the budget (runs whose configs differ only in the
+seed are seeds of one configuration); its scores are seed means, with the seeds' spread beside them. Test numbers
+appear only where `cli.py test` evaluated that run's best checkpoint; the baselines' test numbers only for horizons
+whose test set was opened that way.
 """
 
 from __future__ import annotations
@@ -35,7 +37,14 @@ class Scores:
     metrics: dict[str, Estimate]  # auroc, bce, brier (intervals NaN when only the summary was recorded)
     prior_bce: float
     pred_std: float
-    samples: pd.DataFrame | None = None  # date-indexed probability and label, for paired comparisons
+    samples: pd.DataFrame | None = None  # date-indexed label and one probability column per seed (paired comparisons)
+    spread: dict[str, float] = field(default_factory=dict)  # standard deviation of each metric over seeds
+    seeds: int = 1
+
+    def probs(self, days: pd.Index | None = None) -> np.ndarray:
+        """(S, n): one row of probabilities per seed, on `days` (default: all)."""
+        samples = self.samples if days is None else self.samples.loc[days]
+        return samples[[c for c in samples if c.startswith("probability")]].to_numpy(float).T
 
     @property
     def collapsed(self) -> bool | None:
@@ -44,6 +53,22 @@ class Scores:
         if not (math.isfinite(self.pred_std) and math.isfinite(bce) and math.isfinite(self.prior_bce)):
             return None
         return is_collapsed(self.pred_std, bce, self.prior_bce)
+
+
+@dataclass(frozen=True)
+class Versus:
+    """A model's BCE minus the best baseline's on the same days (paired interval), and the plain verdict."""
+
+    baseline: str
+    difference: Estimate | None
+
+    @property
+    def verdict(self) -> str:
+        """better / tie / worse beyond the interval; "—" without per-sample predictions or an interval."""
+        d = self.difference
+        if d is None or not d.has_interval:
+            return "—"
+        return "better" if d.high < 0 else "worse" if d.low > 0 else "tie"
 
 
 @dataclass
@@ -55,7 +80,9 @@ class Row:
     kind: str  # "model" or "baseline"
     n_params: int | None
     scores: dict[str, Scores] = field(default_factory=dict)  # by split
-    run: Run | None = None
+    run: Run | None = None  # the selected configuration's first seed (its identity)
+    seeds: list[Run] = field(default_factory=list)  # every seed run of that configuration
+    versus: dict[str, Versus] = field(default_factory=dict)  # by split: against the best baseline (chosen on val)
     note: str = ""
 
 
@@ -107,10 +134,30 @@ def resamples(n: int, n_boot: int, block: int, seed: int) -> np.ndarray:
 
 
 def _score(samples: pd.DataFrame, prior: float, options: Options) -> Scores:
-    p, y = samples["probability"].to_numpy(float), samples["label"].to_numpy(float)
+    """Scores of one or several seeds' predictions (columns probability, probability.1, …) on the same days."""
+    scores = Scores(len(samples), {}, math.nan, math.nan, samples)
+    p, y = scores.probs(), samples["label"].to_numpy(float)  # (S, n), (n,)
     idx = resamples(len(y), options.n_boot, options.block, options.seed)
-    metrics = {m: estimate(m, p, y, idx) for m in METRICS}
-    return Scores(len(y), metrics, constant_prior_bce(float(y.mean()), prior), float(np.std(p)), samples)
+    scores.metrics = {m: estimate(m, p, y, idx) for m in METRICS}
+    scores.spread = {m: float(np.std(METRICS[m](p, y), ddof=1)) if len(p) > 1 else math.nan for m in METRICS}
+    scores.prior_bce, scores.pred_std, scores.seeds = (
+        constant_prior_bce(float(y.mean()), prior),
+        float(p.std(1).mean()),
+        len(p),
+    )
+    return scores
+
+
+def _seed_samples(paths: list[Path]) -> pd.DataFrame:
+    """The seeds' predictions side by side on their common days."""
+    frames = [_read_predictions(path) for path in paths]
+    common = frames[0].index
+    for frame in frames[1:]:
+        common = common.intersection(frame.index)
+    samples = frames[0].loc[common, ["label"]].copy()
+    for i, frame in enumerate(frames):
+        samples["probability" + (f".{i}" if i else "")] = frame.loc[common, "probability"]
+    return samples
 
 
 def _recorded(values: dict, prefix: str, prior: float, split: dict) -> Scores:
@@ -126,17 +173,19 @@ def _train_prior(run: Run) -> float:
     return float(run.record["splits"]["train"]["positive_rate"])
 
 
-def select(runs: list[Run]) -> dict[tuple, dict[int, dict[str, Run]]]:
-    """frame → horizon → budget label → the run with the lowest validation BCE (its `candidates` counts the
-    runs it was chosen from: a budget searched with 50 trials has an advantage over one fit)."""
-    groups: dict[tuple, list[Run]] = {}
+def select(runs: list[Run]) -> dict[tuple, dict[int, dict[str, list[Run]]]]:
+    """frame → horizon → budget label → the seeds of the configuration with the lowest seed-mean validation BCE
+    (`candidates` counts the configurations it was chosen from: 50 searched trials have an advantage over one)."""
+    groups: dict[tuple, dict[str, list[Run]]] = {}
     for run in runs:
         if run.state in SELECTABLE and math.isfinite(run.val_loss):
-            groups.setdefault((run.frame, run.horizon, budget_label(run.budget)), []).append(run)
-    cells: dict[tuple, dict[int, dict[str, Run]]] = {}
-    for (frame, horizon, label), group in groups.items():
-        best = min(group, key=lambda r: r.val_loss)
-        best.candidates = len(group)
+            cell = groups.setdefault((run.frame, run.horizon, budget_label(run.budget)), {})
+            cell.setdefault(run.config_id or str(run.path), []).append(run)
+    cells: dict[tuple, dict[int, dict[str, list[Run]]]] = {}
+    for (frame, horizon, label), configs in groups.items():
+        best = min(configs.values(), key=lambda seeds: np.mean([r.val_loss for r in seeds]))
+        best.sort(key=lambda r: (r.record.get("seed", 0), str(r.path)))
+        best[0].candidates = len(configs)
         cells.setdefault(frame, {}).setdefault(horizon, {})[label] = best
     return cells
 
@@ -149,35 +198,42 @@ def _frame_title(settings: dict) -> str:
     return title + f", train ≤ {splits['train_end']}, val ≤ {splits['val_end']}, test ≤ {splits['test_end']}"
 
 
-def _model_scores(run: Run, split: str, truth: pd.Series | None, options: Options) -> Scores | None:
-    path = run.val_predictions if split == "val" else run.test_predictions
-    prior = _train_prior(run)
-    if path is None:
+def _model_scores(seeds: list[Run], split: str, truth: pd.Series | None, options: Options) -> Scores | None:
+    """Seed-mean scores of a configuration on a split (test: the seeds that `cli.py test` evaluated)."""
+    runs = seeds if split == "val" else [r for r in seeds if r.test]
+    paths = [r.val_predictions if split == "val" else r.test_predictions for r in runs]
+    if not runs:
+        return None
+    prior = _train_prior(runs[0])
+    if any(path is None for path in paths):
+        run = runs[0]
         if split == "val":
             return _recorded(run.record["best"], "val_", prior, run.record["splits"].get("val", {}))
-        return _recorded(run.test, "test/", prior, run.test_split) if run.test else None
-    samples = _read_predictions(path)
+        return _recorded(run.test, "test/", prior, run.test_split)
+    samples = _seed_samples(paths)
     if truth is not None:
-        _check_labels(samples, truth, path)
+        for path in paths:
+            _check_labels(_read_predictions(path), truth, path)
     return _score(samples, prior, options)
 
 
 def evaluate_section(frame_runs: dict[int, dict[str, Run]], options: Options) -> Section:
     """The rows of one set of data settings: each budget's selected run, then the baselines, per horizon."""
-    any_run = next(iter(next(iter(frame_runs.values())).values()))
+    any_run = next(iter(next(iter(frame_runs.values())).values()))[0]
     settings = {k: any_run.data.get(k) for k in (*FRAME_KEYS, "data_dir")}
     section = Section(_frame_title(settings), settings)
     for horizon in sorted(frame_runs):
-        cell = sorted(frame_runs[horizon].items(), key=lambda kv: kv[1].n_params)
-        contexts = [run.data["context_length"] for _, run in cell]
+        cell = sorted(frame_runs[horizon].items(), key=lambda kv: kv[1][0].n_params)
+        contexts = [seeds[0].data["context_length"] for _, seeds in cell]
         data = settings | {"horizon": horizon, "context_length": max(set(contexts), key=contexts.count)}
-        tested = any(run.test for _, run in cell)
+        tested = any(run.test for _, seeds in cell for run in seeds)
         base = {s: _baselines(data, s, options) for s in SPLITS if options.baselines and (s == "val" or tested)}
         section.baselines += base.values()
-        for label, run in cell:
-            row = Row(horizon, label, "model", run.n_params, run=run)
+        for label, seeds in cell:
+            run = seeds[0]
+            row = Row(horizon, label, "model", run.n_params, run=run, seeds=seeds)
             for split in SPLITS:
-                scores = _model_scores(run, split, base[split].truth if split in base else None, options)
+                scores = _model_scores(seeds, split, base[split].truth if split in base else None, options)
                 if scores is not None:
                     row.scores[split] = scores
             if "val" in row.scores and row.scores["val"].samples is None and run.record.get("best_checkpoint"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from report.evaluate import Options, Row, Scores, Section, resamples
+from report.evaluate import Options, Row, Scores, Section, Versus, resamples
 from report.scaling import fit_scaling
 from report.stats import Estimate, difference
 
@@ -21,8 +21,7 @@ def paired(a: Scores, b: Scores, metric: str, options: Options) -> Estimate | No
     common = a.samples.index.intersection(b.samples.index)
     if len(common) < 2:
         return None
-    pa = a.samples.loc[common, "probability"].to_numpy(float)
-    pb = b.samples.loc[common, "probability"].to_numpy(float)
+    pa, pb = a.probs(common), b.probs(common)  # (S_a, n), (S_b, n): seed means are compared
     y = a.samples.loc[common, "label"].to_numpy(float)
     return difference(metric, pa, pb, y, resamples(len(common), options.n_boot, options.block, options.seed))
 
@@ -63,7 +62,7 @@ def _scaling(section: Section, horizon: int, models: list[Row], options: Options
     common = with_samples[0].scores["val"].samples.index
     for row in with_samples[1:]:
         common = common.intersection(row.scores["val"].samples.index)
-    probs = np.stack([r.scores["val"].samples.loc[common, "probability"].to_numpy(float) for r in with_samples])
+    probs = [r.scores["val"].probs(common) for r in with_samples]  # per budget (S, n)
     y = with_samples[0].scores["val"].samples.loc[common, "label"].to_numpy(float)
     idx = resamples(len(common), options.n_boot, options.block, options.seed)
     fit = fit_scaling(np.array([r.n_params for r in with_samples]), probs, y, idx)
@@ -73,14 +72,16 @@ def _scaling(section: Section, horizon: int, models: list[Row], options: Options
 
 
 def _versus_baselines(models: list[Row], baselines: list[Row], split: str, options: Options) -> list[str]:
-    """The best model against the best baseline (both chosen on validation) on `split`; who beats that baseline."""
+    """The best model against the best baseline (both chosen on validation) on `split`; who beats that baseline.
+    Every model row gets its own difference to that baseline and a verdict (Row.versus)."""
     best_base = min(baselines, key=lambda r: r.scores["val"].metrics["bce"].value)
     best_model = min(models, key=lambda r: r.scores["val"].metrics["bce"].value)
+    for row in models:
+        row.versus[split] = Versus(best_base.model, paired(row.scores[split], best_base.scores[split], "bce", options))
     line, d = _compare(best_model, best_base, split, options)
     if d is None:
         return [f"best model vs best baseline (chosen on val), {line}"]
-    beaten = [m.model for m in models
-              if (e := paired(m.scores[split], best_base.scores[split], "bce", options)) and e.high < 0]  # fmt: skip
+    beaten = [m.model for m in models if m.versus[split].verdict == "better"]
     answer = (f"{', '.join(beaten)} beat{'s' if len(beaten) == 1 else ''} the best baseline ({best_base.model})"
               if beaten else f"no model beats the best baseline ({best_base.model}) beyond the interval")  # fmt: skip
     return [f"best model vs best baseline (chosen on val), {line}", f"{split}: {answer}"]
@@ -93,7 +94,7 @@ def _steps(models: list[Row], split: str, options: Options) -> list[str]:
         line, d = _compare(larger, smaller, split, options)
         effort = larger.run.candidates, smaller.run.candidates
         if effort[0] != effort[1]:
-            line += f" (unequal search: best of {effort[0]} vs best of {effort[1]} runs)"
+            line += f" (unequal search: best of {effort[0]} vs best of {effort[1]} configurations)"
         lines.append(line)
         if d is not None and d.has_interval:
             compared += 1

@@ -42,11 +42,32 @@ def _values(row: Row) -> list[str]:
     for split in SPLITS:
         scores = row.scores.get(split)
         for metric in METRICS:
-            cells.append(_cell(scores.metrics[metric] if scores else None, 3 if metric == "auroc" else 4))
+            digits = 3 if metric == "auroc" else 4
+            cell = _cell(scores.metrics[metric] if scores else None, digits)
+            if scores and scores.seeds > 1 and math.isfinite(scores.spread[metric]):
+                cell = cell.replace(" [", f" ±{scores.spread[metric]:.{digits}f} [", 1)  # the seeds' spread (sd)
+            cells.append(cell)
     return cells
 
 
-HEADERS = ["h", "model", "params", *(f"{s} {COLUMNS[m]}" for s in SPLITS for m in METRICS), "collapsed"]
+def _seeds(row: Row) -> str:
+    return str(len(row.seeds)) if row.kind == "model" else ""
+
+
+def _versus(row: Row) -> list[str]:
+    """Per split: BCE − the best baseline's [interval] and the verdict (better / tie / worse)."""
+    cells = []
+    for split in SPLITS:
+        v = row.versus.get(split)
+        if v is None or v.difference is None:
+            cells.append("—")
+        else:
+            cells.append(f"{v.verdict} vs {v.baseline}: {v.difference.text(4, sign=True)}")
+    return cells
+
+
+HEADERS = ["h", "model", "params", "seeds", *(f"{s} {COLUMNS[m]}" for s in SPLITS for m in METRICS), "collapsed",
+           *(f"{s} vs best baseline (ΔBCE)" for s in SPLITS)]  # fmt: skip
 
 
 def rich_table(section: Section) -> Table:
@@ -55,7 +76,8 @@ def rich_table(section: Section) -> Table:
         table.add_column(header, justify="left" if header in ("model", "collapsed") else "right")
     for row in section.rows:
         style = "dim" if row.kind == "baseline" else None
-        table.add_row(str(row.horizon), row.model, _params(row), *_values(row), _flag(row), style=style)
+        table.add_row(str(row.horizon), row.model, _params(row), _seeds(row), *_values(row), _flag(row), *_versus(row),
+                      style=style)  # fmt: skip
     return table
 
 
@@ -63,7 +85,8 @@ def _md_table(section: Section) -> list[str]:
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     for row in section.rows:
         model = row.model if row.kind == "model" else f"*{row.model}*"
-        lines.append("| " + " | ".join([str(row.horizon), model, _params(row), *_values(row), _flag(row)]) + " |")
+        cells = [str(row.horizon), model, _params(row), _seeds(row), *_values(row), _flag(row), *_versus(row)]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -71,9 +94,13 @@ def _selected(row: Row) -> str:
     run = row.run
     trial = f"trial {run.name}, " if run.study else ""
     checkpoint = Path(run.record.get("best_checkpoint") or "?").name
-    return (
-        f"- h={row.horizon} {row.model}: {trial}`{run.path}`, checkpoint `{checkpoint}`, best of {run.candidates} runs"
+    seeds = (
+        f", {len(row.seeds)} seeds (also {', '.join(f'`{r.path.name}`' for r in row.seeds[1:])})"
+        if len(row.seeds) > 1
+        else ""
     )
+    return (f"- h={row.horizon} {row.model}: {trial}`{run.path}`, checkpoint `{checkpoint}`, best of {run.candidates} "
+            f"configurations{seeds}")  # fmt: skip
 
 
 def markdown(sections: list[Section], options: Options, plots: list[str], skipped: list[str]) -> str:
@@ -81,12 +108,15 @@ def markdown(sections: list[Section], options: Options, plots: list[str], skippe
     lines = [
         "# finscale scaling report",
         "",
-        f"Generated {now} by `python cli.py report`. Each budget is represented by its run with the lowest "
-        "best-epoch validation BCE (fits and complete HPO trials); validation numbers of selected runs are "
+        f"Generated {now} by `python cli.py report`. Each budget is represented by its configuration with the lowest "
+        "best-epoch validation BCE (fits and complete HPO trials; runs that differ only in the seed are seeds of one "
+        "configuration, scored by their mean, ±: their standard deviation); validation numbers of selected runs are "
         "optimistic by selection, test numbers are not. Test numbers appear only where `cli.py test` evaluated "
         "the selected checkpoint. Intervals: 95% moving-block bootstrap over samples "
         f"({options.n_boot} resamples, blocks of {options.block} days, seed {options.seed}). "
-        "Collapsed: prediction std below 1e-3 or BCE no better than the constant training prior.",
+        "Collapsed: prediction std below 1e-3 or BCE no better than the constant training prior. "
+        "vs best baseline: the model's BCE minus the baseline with the lowest validation BCE, paired on the same "
+        "days; better / worse when the interval excludes 0, else tie.",
     ]
     for section in sections:
         lines += ["", f"## {section.title}", "", *_md_table(section), "", "### Findings", ""]
@@ -102,14 +132,24 @@ def markdown(sections: list[Section], options: Options, plots: list[str], skippe
     return "\n".join(lines) + "\n"
 
 
-INTEGERS = ("n_params", "forward_flops_per_sample", "train_flops_per_sample", "epochs_run", "seed", "candidates")
+INTEGERS = (
+    "n_params",
+    "forward_flops_per_sample",
+    "train_flops_per_sample",
+    "epochs_run",
+    "seed",
+    "candidates",
+    "seeds",
+)
 RUN_KEYS = ("forward_flops_per_sample", "train_flops_per_sample", "epochs_run", "best_checkpoint", "git_commit", "seed")
 
 
-def _run_columns(run) -> dict:
+def _run_columns(row: Row) -> dict:
     """Where a model row comes from: the run, its trial, and what it was trained with."""
+    run = row.run
     columns = {key: run.record.get(key) for key in RUN_KEYS}
     columns |= {"run": str(run.path), "trial": run.name if run.study else "", "candidates": run.candidates,
+                "seed_runs": json.dumps([str(r.path) for r in row.seeds]), "seeds": len(row.seeds),
                 "dataset_hash": (run.record.get("dataset") or {}).get("hash")}  # fmt: skip
     return columns
 
@@ -125,7 +165,7 @@ def frame(sections: list[Section]) -> pd.DataFrame:
                       "splits": json.dumps(s["splits"], sort_keys=True), "horizon": row.horizon, "model": row.model,
                       "kind": row.kind, "n_params": row.n_params}  # fmt: skip
             if row.run is not None:
-                record |= _run_columns(row.run)
+                record |= _run_columns(row)
             for split in SPLITS:
                 scores = row.scores.get(split)
                 record[f"{split}_n"] = scores.n if scores else None
@@ -136,6 +176,14 @@ def frame(sections: list[Section]) -> pd.DataFrame:
                 record[f"{split}_prior_bce"] = scores.prior_bce if scores else None
                 record[f"{split}_pred_std"] = scores.pred_std if scores else None
                 record[f"{split}_collapsed"] = scores.collapsed if scores and row.model != "base rate" else None
+                for metric in METRICS:
+                    record[f"{split}_{metric}_sd"] = scores.spread.get(metric) if scores else None
+                versus = row.versus.get(split)
+                d = versus.difference if versus else None
+                record[f"{split}_best_baseline"] = versus.baseline if versus else None
+                for suffix, value in (("", "value"), ("_low", "low"), ("_high", "high")):
+                    record[f"{split}_bce_minus_best_baseline{suffix}"] = getattr(d, value) if d else None
+                record[f"{split}_verdict"] = versus.verdict if versus else None
             records.append(record)
     table = pd.DataFrame.from_records(records)
     counts = [c for c in (*INTEGERS, "val_n", "test_n") if c in table]

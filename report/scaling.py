@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from report.stats import Estimate, bce, interval
+from report.stats import Estimate, interval, seed_mean
 
 ALPHAS = np.geomspace(1e-3, 3.0, 600)  # exponents searched; the point estimate is refined between grid points
 
@@ -91,11 +91,12 @@ def unidentified(law: PowerLaw) -> str:
     return ""
 
 
-def fit_scaling(n_params: np.ndarray, probs: np.ndarray, y: np.ndarray, idx: np.ndarray | None) -> ScalingFit:
-    """Fits on each budget's BCE; probs (k, n) on the same samples y (n,); idx (B, n) paired resamples."""
+def fit_scaling(n_params: np.ndarray, probs, y: np.ndarray, idx: np.ndarray | None) -> ScalingFit:
+    """Fits on each budget's (seed-mean) BCE; probs: per budget (n,) or (S, n) on the same samples y (n,);
+    idx (B, n) paired resamples."""
     n = np.asarray(n_params, dtype=float)
-    point = bce(probs, y)  # (k,)
-    resampled = bce(probs[:, idx], y[idx]).T if idx is not None else None  # (B, k)
+    point = np.array([seed_mean("bce", p, y) for p in probs])  # (k,)
+    resampled = np.stack([seed_mean("bce", p, y, idx) for p in probs], axis=1) if idx is not None else None  # (B, k)
     slope = interval(loglog_slope(n, resampled) if idx is not None else None, float(loglog_slope(n, point)))
     if len(np.unique(n)) < 3:
         return ScalingFit(len(n), len(y), None, None, slope)

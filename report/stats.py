@@ -87,14 +87,22 @@ def interval(samples: np.ndarray | None, value: float) -> Estimate:
     return Estimate(float(value), float(low), float(high))
 
 
-def estimate(metric: str, p: np.ndarray, y: np.ndarray, idx: np.ndarray | None) -> Estimate:
-    """The metric on all samples and its bootstrap interval (idx from block_indices)."""
+def seed_mean(metric: str, p: np.ndarray, y: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
+    """The metric averaged over seeds: p (n,) or (S, n) — one row per seed of one configuration — on labels y (n,).
+
+    Without idx a scalar; with idx (B, n) one value per resample, every seed resampled on the same days."""
+    p = np.atleast_2d(p)  # (S, n)
     f = METRICS[metric]
-    return interval(None if idx is None else f(p[idx], y[idx]), float(f(p, y)))
+    return f(p, y).mean(axis=0) if idx is None else f(p[:, idx], y[idx]).mean(axis=0)  # () or (B,)
+
+
+def estimate(metric: str, p: np.ndarray, y: np.ndarray, idx: np.ndarray | None) -> Estimate:
+    """The (seed-mean) metric on all samples and its bootstrap interval (idx from block_indices)."""
+    return interval(None if idx is None else seed_mean(metric, p, y, idx), float(seed_mean(metric, p, y)))
 
 
 def difference(metric: str, p_a: np.ndarray, p_b: np.ndarray, y: np.ndarray, idx: np.ndarray | None) -> Estimate:
-    """metric(a) − metric(b) on the same samples, resampled together (a paired bootstrap)."""
-    f = METRICS[metric]
-    resampled = None if idx is None else f(p_a[idx], y[idx]) - f(p_b[idx], y[idx])
-    return interval(resampled, float(f(p_a, y) - f(p_b, y)))
+    """metric(a) − metric(b) on the same samples, resampled together (a paired bootstrap); a and b may each hold
+    several seeds (S, n), compared by their seed means."""
+    resampled = None if idx is None else seed_mean(metric, p_a, y, idx) - seed_mean(metric, p_b, y, idx)
+    return interval(resampled, float(seed_mean(metric, p_a, y) - seed_mean(metric, p_b, y)))

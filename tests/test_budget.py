@@ -25,12 +25,23 @@ from lightning_modules.patchtst import PatchTST, PatchTSTConfig
 
 
 @pytest.mark.parametrize(
-    ("mode", "revin", "d_model", "n_layers", "d_ff", "patch"),
-    list(itertools.product(["mixing", "independent"], [False, True], [16, 48], [1, 3], [32, 80], [(16, 8), (10, 3)])),
+    ("mode", "revin", "d_model", "n_layers", "d_ff", "patch", "head", "skip"),
+    list(
+        itertools.product(
+            ["mixing", "independent"],
+            [False, True],
+            [16, 48],
+            [1, 3],
+            [32],
+            [(16, 8), (10, 3)],
+            ["flatten", "last"],
+            [False, True],
+        )
+    ),  # fmt: skip
 )
-def test_closed_form_meta_and_real_counts_agree(mode, revin, d_model, n_layers, d_ff, patch):
+def test_closed_form_meta_and_real_counts_agree(mode, revin, d_model, n_layers, d_ff, patch, head, skip):
     cfg = PatchTSTConfig(d_model=d_model, n_heads=4, n_layers=n_layers, d_ff=d_ff, channel_mode=mode, revin=revin,
-                         patch_length=patch[0], patch_stride=patch[1])  # fmt: skip
+                         patch_length=patch[0], patch_stride=patch[1], head=head, linear_skip=skip)  # fmt: skip
     real = sum(p.numel() for p in PatchTST(7, 64, cfg).parameters())
     assert parameter_count(7, 64, cfg) == count_parameters(7, 64, cfg) == real
 

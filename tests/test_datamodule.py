@@ -144,6 +144,7 @@ def test_split_sizes_are_logged_and_hundreds_deep(data_dir, caplog):
         ({"splits": Splits(train_end="1999-06-30")}, "fit", "the train split has no samples"),
         ({"splits": Splits(val_end="2018-12-31", test_end=None)}, "test", "the test split has no samples"),
         ({"context_length": 5000}, "fit", "too few rows"),
+        ({"threshold": 0.5}, "fit", "the train split has one class only"),
     ],
 )
 def test_impossible_requests_are_refused(data_dir, kwargs, stage, message):

@@ -20,11 +20,18 @@ NET = PatchTSTConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, dropout=0.0, at
 
 
 def test_schedule_warms_up_linearly_then_decays_by_cosine():
-    factors = [lr_factor(step, warmup_steps=4, total_steps=104, min_lr_ratio=0.1) for step in range(105)]
+    factors = [lr_factor(step, warmup_steps=4, decay_start=4, decay_steps=100, min_lr_ratio=0.1) for step in range(105)]
     assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
-    assert factors[54] == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the decay
-    assert factors[104] == pytest.approx(0.1)
+    assert factors[53] == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the decay
+    assert factors[103] == factors[104] == pytest.approx(0.1)  # the last planned step trains at the final rate
     assert all(a >= b for a, b in zip(factors[4:], factors[5:], strict=False))
+
+
+def test_wsd_holds_the_peak_until_the_decay_starts_then_reaches_the_floor():
+    factors = [lr_factor(step, warmup_steps=4, decay_start=30, decay_steps=10, min_lr_ratio=0.05) for step in range(60)]
+    assert factors[4:30] == [1.0] * 26
+    assert factors[34] == pytest.approx(0.05 + 0.95 * 0.5)
+    assert factors[39:] == [pytest.approx(0.05)] * 21
 
 
 def _fit_one_step(optim: OptimConfig, pos_weight: bool = False) -> tuple[Forecaster, pl.Trainer]:

@@ -59,6 +59,11 @@ def test_the_default_space_on_2m_is_categorical_shapes_at_the_budget_with_heads_
         ("params: [1, 2]\n", "`params` must be a mapping"),
         ("params:\n  model.optim.lr: {type: float, low: abc, high: 1}\n", "low, high and step must be numbers"),
         ("sampler: {n_startup_trials: ten}\n", "must be numbers"),
+        (
+            "params:\n  model.baseline_start: {type: categorical, choices: [true, false], "
+            "when: {model.net.linear_skip: true}}\n",
+            "`when` names model.net.linear_skip, which is not sampled",
+        ),
     ],
 )
 def test_a_broken_search_space_is_one_clear_config_error(tmp_path, text, fragment):
@@ -98,9 +103,17 @@ def _run_two_steps(values: dict, logs: Path) -> dict[str, torch.Tensor]:
     resolved = {"model.net." + k: v for k, v in hparams["net"].items()} | {
         "model.optim." + k: v for k, v in hparams["optim"].items()
     }
-    for key, value in values.items():  # the value reached the module that ran
-        assert resolved[key] == pytest.approx(value), key
+    resolved |= {
+        "model.baseline_start": hparams["baseline_start"],
+        "data.context_length": cli.datamodule.context_length,
+    }
+    for key, value in values.items():  # the value reached the module (or the data) that ran
+        assert resolved[key] == (value if isinstance(value, str) else pytest.approx(value)), key
     return {k: v.detach().clone() for k, v in cli.model.state_dict().items()}
+
+
+def _differ(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() != b.keys() or any(a[k].shape != b[k].shape or not torch.equal(a[k], b[k]) for k in a)
 
 
 def test_every_sampled_value_changes_what_runs(tmp_path):
@@ -114,30 +127,47 @@ def test_every_sampled_value_changes_what_runs(tmp_path):
                 "model.optim.lr": 1e-3,
                 "model.optim.weight_decay": 0.01,
                 "model.net.dropout": 0.1,
-                "model.optim.warmup_steps": 5,
+                "model.optim.warmup_steps": 0,  # the schedule acts from the first step
+                "model.net.head": "flatten",
+                "model.net.linear_skip": True,
+                "model.baseline_start": False,
+                "model.optim.schedule": "wsd",
+                "model.optim.decay_epochs": 2.0,
+                "data.context_length": 80,
+                "model.net.patch_length": 16,
+                "model.net.patch_stride": 8,
             }
         )
     )
     reference = _run_two_steps(base, tmp_path / "a")
-    assert all(torch.equal(reference[k], v) for k, v in _run_two_steps(base, tmp_path / "b").items())  # control
+    assert not _differ(reference, _run_two_steps(base, tmp_path / "b"))  # control
     changes = {
         "model.net.n_heads": 2,
         "model.optim.lr": 2e-3,
         "model.optim.weight_decay": 0.2,
         "model.net.dropout": 0.25,
         "model.optim.warmup_steps": 15,
+        "model.net.head": "mean",
+        "model.net.linear_skip": False,
+        "model.baseline_start": True,
+        "model.optim.schedule": "cosine",
+        "model.optim.decay_epochs": 1.0,
+        "data.context_length": 40,
+        "model.net.patch_length": 8,
+        "model.net.patch_stride": 4,
     }
     assert set(changes) | {"model.net.d_model", "model.net.n_layers", "model.net.d_ff"} == set(space.keys)
     for key, value in changes.items():
-        changed = _run_two_steps(base | {key: value}, tmp_path / key)
-        assert any(not torch.equal(reference[k], v) for k, v in changed.items()), f"{key} changed nothing"
+        changed = _run_two_steps(base | {key: value}, tmp_path / key.replace(".", "_"))
+        assert _differ(reference, changed), f"{key} changed nothing"
     other = space.architecture.shape("d16-l11-ff2")
     changed = _run_two_steps(
         base
         | {"model.net.d_model": 16, "model.net.n_layers": 11, "model.net.d_ff": other.d_ff, "model.net.n_heads": 1},
         tmp_path / "arch",
     )
-    assert sum(v.numel() for k, v in changed.items() if k.startswith("net.")) == other.n_params
+    linear_path = 25 + 1  # the grid is sized on tiny.yaml (no linear path); this trial samples one
+    assert sum(v.numel() for k, v in changed.items() if k.startswith("net.")) == other.n_params + linear_path
 
 
 def test_a_pruning_monitor_that_is_never_logged_is_an_error(tmp_path):
@@ -167,3 +197,18 @@ def test_the_sampler_draws_from_seed_and_trial_number_so_a_resume_samples_the_sa
     resumed += sample(optuna.load_study(storage=storage, study_name="s", sampler=SeededTPESampler(7)))[:2]
     assert resumed == first
     assert sample(optuna.create_study(sampler=SeededTPESampler(8))) != first
+
+
+def test_a_conditional_parameter_is_sampled_only_when_its_condition_holds():
+    config = parse_fit_config(["--config", str(TINY)])
+    space = load_space(TINY_SPACE, config, 25)
+    seen = set()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(40):
+        trial = study.ask()
+        values = space.suggest(trial)
+        seen.add((values["model.net.linear_skip"], values["model.baseline_start"]))
+        assert ("model.baseline_start" in trial.params) == values["model.net.linear_skip"]
+        assert ("model.optim.decay_epochs" in trial.params) == (values["model.optim.schedule"] == "wsd")
+        study.tell(trial, 0.0)
+    assert seen == {(True, True), (True, False), (False, False)}  # never a start without its linear path

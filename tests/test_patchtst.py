@@ -85,3 +85,62 @@ def test_analytic_flops_match_torch_flop_counter(channel_mode):
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
         net(torch.randn(1, 80, 25))
     assert forward_flops_per_sample(25, 80, cfg) == counter.get_total_flops()
+
+
+def _valid_geometries(context_length: int):
+    for patch in range(1, context_length + 1):
+        for stride in range(1, patch + 1):
+            yield patch, stride
+
+
+@pytest.mark.parametrize("head", ["flatten", "last", "mean"])
+@pytest.mark.parametrize("channel_mode", ["mixing", "independent"])
+def test_the_last_input_day_reaches_the_network_for_every_valid_geometry(head, channel_mode):
+    """Patches end on the last day: only the first (L − P) mod S days may be dropped, never the last."""
+    torch.manual_seed(0)
+    length = 13
+    for patch, stride in _valid_geometries(length):
+        geometry = {"patch_length": patch, "patch_stride": stride, "head": head, "channel_mode": channel_mode}
+        cfg = PatchTSTConfig(d_model=8, n_heads=2, n_layers=1, d_ff=16, dropout=0, attn_dropout=0, head_dropout=0,
+                             **geometry)  # fmt: skip
+        net = PatchTST(2, length, cfg).eval()
+        x = torch.randn(3, length, 2, requires_grad=True)
+        net(x).sum().backward()
+        used = x.grad.abs().sum(dim=(0, 2)) > 0  # (L,): which days moved the logit
+        dropped = (length - patch) % stride
+        assert used[-1], f"P={patch} S={stride}: the last day does not reach the network"
+        assert used.tolist() == [False] * dropped + [True] * (length - dropped), f"P={patch} S={stride}"
+
+
+def test_a_stride_longer_than_the_patch_is_refused():
+    with pytest.raises(ValueError, match="patch_stride 9 > patch_length 8 would skip days"):
+        PatchTSTConfig(**SMALL, patch_length=8, patch_stride=9)
+
+
+def test_heads_read_the_tokens_as_configured():
+    assert PatchTSTConfig(**SMALL, head="flatten").head_inputs(80) == 9 * 32
+    assert PatchTSTConfig(**SMALL, head="last").head_inputs(80) == PatchTSTConfig(**SMALL, head="mean").head_inputs(80)
+    with pytest.raises(ValueError, match="head must be one of"):
+        PatchTSTConfig(**SMALL, head="cls")
+
+
+def test_started_as_linear_the_network_is_that_linear_model_of_the_last_day():
+    torch.manual_seed(0)
+    net = PatchTST(4, 32, PatchTSTConfig(**SMALL, patch_length=8, patch_stride=4, linear_skip=True, revin=True))
+    weight, bias = torch.tensor([0.5, -1.0, 2.0, 0.0]), 0.3
+    net.start_as_linear(weight, bias)
+    x = torch.randn(6, 32, 4)
+    assert torch.allclose(net(x), x[:, -1] @ weight + bias, atol=1e-6)
+    with pytest.raises(ValueError, match="needs the linear path"):
+        PatchTST(4, 32, PatchTSTConfig(**SMALL, patch_length=8)).start_as_linear(weight, bias)
+
+
+@pytest.mark.parametrize("head", ["flatten", "last", "mean"])
+@pytest.mark.parametrize("linear_skip", [False, True])
+def test_counts_and_flops_follow_the_head_and_the_linear_path(head, linear_skip):
+    cfg = PatchTSTConfig(**SMALL, head=head, linear_skip=linear_skip, patch_length=10, patch_stride=3)
+    net = PatchTST(25, 80, cfg).eval()
+    assert count_parameters(25, 80, cfg) == sum(p.numel() for p in net.parameters())
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.randn(1, 80, 25))
+    assert forward_flops_per_sample(25, 80, cfg) == counter.get_total_flops()

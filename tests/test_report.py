@@ -44,14 +44,14 @@ def ok(*args: str) -> str:
 @pytest.fixture(scope="module")
 def logs(tmp_path_factory) -> Path:
     """+1% labels, h = 1: two budgets, tiny (a 3-trial study and a plain fit) and a larger tiny (one fit,
-    tested on its best checkpoint); h = 3: one tiny fit. +2% labels, h = 1: one tiny fit."""
+    tested on its best checkpoint); h = 3: one tiny fit. +2% labels, h = 1: one tiny configuration, two seeds."""
     tmp = tmp_path_factory.mktemp("report")
     config = tiny_config(tmp)
     ok("hpo", "--config", str(config), "--trials", "3", "--search-space", "configs/hpo/tiny.yaml")
     ok("fit", "--config", str(config))
     ok("fit", "--config", str(config), *LARGER)
     ok("fit", "--config", str(config), "--data.horizon", "3")
-    ok("fit", "--config", str(config), "--data.threshold", "0.02")  # other labels: a section of its own
+    ok("fit", "--config", str(config), "--data.threshold", "0.02", "--seeds", "0,1")  # a section of its own, 2 seeds
     (larger,) = [p.parent for p in (tmp / "logs" / "tiny").glob("*/run.json")
                  if json.loads(p.read_text())["n_params"] > 50_000]  # fmt: skip
     best = json.loads((larger / "run.json").read_text())["best_checkpoint"]
@@ -104,7 +104,7 @@ def test_the_table_has_each_budget_and_every_baseline(report):
     for name in ("base rate", "logistic", "gbt", "val AUROC", "test BCE"):
         assert name in stdout
     md = (out / "report.md").read_text()
-    assert "| h | model | params | val AUROC |" in md and "### Findings" in md
+    assert "| h | model | params | seeds | val AUROC |" in md and "### Findings" in md
 
 
 def test_each_budget_is_its_lowest_validation_loss_run_with_intervals(report, logs):
@@ -215,7 +215,7 @@ def test_trials_whose_study_lost_its_trials_table_are_not_candidates(copy):
     found = collect(copy)
     assert {r.state for r in found.runs if r.study} == {"unknown"}
     assert sum("HPO trial without a state" in line for line in found.skipped) == len(trials)
-    selected = [run for frame in select(found.runs).values() for cell in frame.values() for run in cell.values()]
+    selected = [seeds[0] for frame in select(found.runs).values() for cell in frame.values() for seeds in cell.values()]
     assert len(selected) == 4 and all(run.study is None for run in selected)
 
 
@@ -256,3 +256,36 @@ def test_logs_without_finished_runs_are_refused(tmp_path):
     result = run_cli("report", "--logdir", str(tmp_path / "logs"))
     assert_user_error(result, "no finished fit or complete hpo trial to report")
     assert not (tmp_path / "logs" / "report").exists()
+
+
+def test_seeds_of_one_configuration_are_scored_by_their_mean_with_their_spread(report, logs):
+    records = fit_records(logs, 1, threshold=0.02)
+    assert sorted(r["seed"] for r in records) == [0, 1]  # `fit --seeds 0,1`: one run per seed
+    losses = [r["best"]["val_loss"] for r in records]
+    assert losses[0] != losses[1]  # the seeds differ (initialisation and data order)
+    table = pd.read_csv(report[0] / "report.csv")
+    (row,) = table[(table["threshold"] == 0.02) & (table["kind"] == "model")].itertuples()
+    assert row.seeds == 2 and len(json.loads(row.seed_runs)) == 2
+    assert row.val_bce == pytest.approx(sum(losses) / 2, rel=1e-5)
+    assert row.val_bce_sd == pytest.approx(abs(losses[0] - losses[1]) / math.sqrt(2), rel=1e-4)
+    assert row.val_bce_low <= row.val_bce <= row.val_bce_high
+    assert "2 seeds (also" in (report[0] / "report.md").read_text()
+
+
+def test_each_model_cell_has_its_difference_to_the_best_baseline_and_a_verdict(report):
+    table = pd.read_csv(report[0] / "report.csv")
+    for _, row in table[table["kind"] == "model"].iterrows():
+        if math.isnan(row["val_bce_low"]):  # reported from its record only: no paired interval
+            continue
+        baselines = table[(table["kind"] == "baseline") & (table["horizon"] == row["horizon"])
+                          & (table["threshold"] == row["threshold"])]  # fmt: skip
+        best = baselines.loc[baselines["val_bce"].idxmin()]
+        assert row["val_best_baseline"] == best["model"]
+        d = row["val_bce_minus_best_baseline"]
+        assert d == pytest.approx(row["val_bce"] - best["val_bce"], abs=1e-6)
+        low, high = row["val_bce_minus_best_baseline_low"], row["val_bce_minus_best_baseline_high"]
+        assert low <= d <= high
+        assert row["val_verdict"] == ("better" if high < 0 else "worse" if low > 0 else "tie")
+    tested = table[(table["kind"] == "model") & table["test_bce"].notna()]
+    assert tested["test_verdict"].isin(["better", "tie", "worse"]).all() and len(tested) == 1
+    assert "vs best baseline" in (report[0] / "report.md").read_text()

@@ -41,6 +41,8 @@ class FinscaleCLI(LightningCLI):
             super().instantiate_classes()
         except (ValueError, TypeError) as err:
             raise _root_data_error(err) or ConfigError(_one_line(err)) from None
+        if self.subcommand in ("fit", "validate", "test", "predict"):
+            self.datamodule.setup(self.subcommand)  # data errors now, before the logger creates the run directory
 
 
 def _trainer_defaults(extra_callbacks: list | None = None, record=None) -> dict:
@@ -81,15 +83,33 @@ def run_lightning(argv: list[str], extra_callbacks: list | None = None, record=N
     )
 
 
+def seed_list(argv: list[str]) -> tuple[list[str], list[int | None]]:
+    """`fit … --seeds 0,1,2`: the arguments without it, and the seeds to run (one run each; [None]: as configured)."""
+    if "--seeds" not in argv:
+        return argv, [None]
+    at = argv.index("--seeds")
+    value = argv[at + 1] if at + 1 < len(argv) else ""
+    try:
+        seeds = [int(s) for s in value.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds takes a comma-separated list of integers (e.g. 0,1,2), got {value!r}") from None
+    if argv[0] != "fit" or "--seed_everything" in argv or len(set(seeds)) != len(seeds):
+        raise ConfigError("--seeds goes with `fit`, without --seed_everything, and names each seed once")
+    return argv[:at] + argv[at + 2 :], seeds
+
+
 def run_trainer(argv: list[str]) -> int:
-    """`fit`, `validate`, `test`, `predict`: exit code 1 when training diverged."""
+    """`fit`, `validate`, `test`, `predict`: exit code 1 when training diverged. `fit --seeds 0,1,2` runs the
+    configuration once per seed (each its own run; the report scores them as seeds of one configuration)."""
     from lightning_modules.forecaster import TrainingDiverged
 
-    try:
-        run_lightning(argv)
-    except TrainingDiverged as err:
-        print(f"error: training diverged: {err}", file=sys.stderr)
-        return 1
+    argv, seeds = seed_list(argv)
+    for seed in seeds:
+        try:
+            run_lightning(argv if seed is None else [*argv, "--seed_everything", str(seed)])
+        except TrainingDiverged as err:
+            print(f"error: training diverged{'' if seed is None else f' (seed {seed})'}: {err}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -1,0 +1,168 @@
+"""The training recipe: the logistic baseline start, and a learning-rate schedule true to the run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from conftest import assert_user_error, run_cli
+from sklearn.linear_model import LogisticRegression
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from datamodules.market_datamodule import MarketDataModule
+from datamodules.splits import Splits
+from lightning_modules.forecaster import Forecaster, OptimConfig
+from lightning_modules.patchtst import PatchTSTConfig
+
+NET = PatchTSTConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, patch_length=8, patch_stride=4, linear_skip=True)
+FEATURES = ["Close", "Volume", "rsi_daily", "atr_14", "bb_percent_b"]  # a few real channels
+
+
+class Snapshot(pl.Callback):
+    """The model's training-window probabilities before the first step and after the last."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x, self.before, self.after = x, None, None
+
+    def _probs(self, module) -> np.ndarray:
+        was_training = module.training
+        module.eval()
+        with torch.no_grad():
+            probs = torch.sigmoid(module(self.x)).numpy()
+        module.train(was_training)
+        return probs
+
+    def on_train_start(self, trainer, pl_module):
+        self.before = self._probs(pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        self.after = self._probs(pl_module)
+
+
+def _trainer(steps: int, snapshot: Snapshot) -> pl.Trainer:
+    quiet = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return pl.Trainer(max_steps=steps, limit_val_batches=0, accelerator="cpu", callbacks=[snapshot], **quiet)
+
+
+def _datamodule(data_dir) -> MarketDataModule:
+    splits = Splits(train_end="2008-12-31", val_end="2010-12-31", test_end=None)
+    return MarketDataModule(data_dir=str(data_dir), features=FEATURES, context_length=16, splits=splits, batch_size=64)
+
+
+def test_baseline_start_is_scikit_learns_logistic_regression_before_any_step_then_moves(data_dir):
+    dm = _datamodule(data_dir)
+    dm.setup("fit")
+    x_last, y, _ = dm.last_day_features("train")
+    windows = torch.stack([dm._datasets["train"][i][0] for i in range(len(dm._datasets["train"]))])  # (n, L, C)
+    reference = LogisticRegression(C=0.5, max_iter=2000).fit(x_last, y).predict_proba(x_last)[:, 1]
+
+    pl.seed_everything(0)
+    model = Forecaster(
+        len(FEATURES), 16, NET, OptimConfig(lr=3e-3, warmup_steps=0), baseline_start=True, baseline_C=0.5
+    )
+    snapshot = Snapshot(windows)
+    trainer = _trainer(20, snapshot)
+    trainer.fit(model, datamodule=dm)
+    np.testing.assert_allclose(snapshot.before, reference, atol=1e-4)
+    assert np.abs(snapshot.after - reference).max() > 1e-2  # training moved away from the start
+    assert model.net.head.weight.abs().sum() > 0  # the transformer's head left zero: it now contributes
+
+
+def test_without_the_baseline_start_the_model_is_not_the_logistic_regression(data_dir):
+    dm = _datamodule(data_dir)
+    dm.setup("fit")
+    x_last, y, _ = dm.last_day_features("train")
+    windows = torch.stack([dm._datasets["train"][i][0] for i in range(64)])
+    reference = LogisticRegression(C=1.0, max_iter=2000).fit(x_last, y).predict_proba(x_last[:64])[:, 1]
+    model = Forecaster(len(FEATURES), 16, NET)
+    snapshot = Snapshot(windows)
+    trainer = _trainer(1, snapshot)
+    trainer.fit(model, datamodule=dm)
+    assert np.abs(snapshot.before - reference).max() > 1e-2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model.baseline_start", "true", "--model.net.linear_skip", "false"], "needs the linear path"),
+        (
+            ["--model.baseline_start", "true", "--model.net.linear_skip", "true", "--data.threshold", "0.5"],
+            "the train split has one class only",
+        ),
+        (["--model.net.patch_stride", "20"], "patch_stride 20 > patch_length 16"),
+        (["--model.net.head", "cls"], "head must be one of"),
+        (["--model.optim.schedule", "step"], "schedule must be one of"),
+        (["--model.baseline_C", "0"], "baseline_C must be > 0"),
+    ],
+)
+def test_impossible_recipes_are_one_line_and_write_nothing(tmp_path, args, message):
+    logs = tmp_path / "logs"
+    result = run_cli("fit", "--config", "configs/tiny.yaml", "--trainer.logger.init_args.save_dir", str(logs), *args)
+    assert_user_error(result, message)
+    assert not logs.exists()
+
+
+def _lr_trace(logs: Path) -> tuple[list[float], dict]:
+    (run,) = (logs / "tiny").iterdir()
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    return [e.value for e in events.Scalars("train/lr")], json.loads((run / "run.json").read_text())
+
+
+def _fit_until_plateau(logs: Path, schedule: str) -> tuple[list[float], dict]:
+    """A tiny fit whose validation loss never improves by min_delta: a plateau from the second epoch on."""
+    config = Path(logs.parent / "tiny.yaml")
+    text = Path("configs/tiny.yaml").read_text()
+    config.write_text(text.replace("patience: 2", "patience: 1").replace("min_delta: 0.001", "min_delta: 10.0"))
+    result = run_cli("fit", "--config", str(config), "--trainer.logger.init_args.save_dir", str(logs),
+                     "--trainer.max_epochs", "30", "--trainer.limit_train_batches", "4", "--trainer.log_every_n_steps",
+                     "1", "--model.optim.schedule", schedule, "--model.optim.decay_epochs", "2",
+                     "--model.optim.warmup_steps", "2", "--model.optim.min_lr_ratio", "0.05")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return _lr_trace(logs)
+
+
+def test_wsd_decays_to_its_final_rate_before_early_stopping_ends_the_run(tmp_path):
+    lrs, record = _fit_until_plateau(tmp_path / "logs", "wsd")
+    peak = 1e-3  # configs/tiny.yaml
+    assert record["epochs_run"] < 30  # early stopping ended the run …
+    assert lrs[-1] == pytest.approx(0.05 * peak, rel=1e-3)  # … at the schedule's final rate
+    at_peak = [i for i, lr in enumerate(lrs) if lr == pytest.approx(peak, rel=1e-6)]
+    assert max(lrs) == pytest.approx(peak) and len(at_peak) >= 4  # a stable phase at the peak before the decay
+    decay = lrs[at_peak[-1] :]
+    assert len(decay) > 4 and all(a > b for a, b in zip(decay, decay[1:-1], strict=False))  # then down to the floor
+
+
+def test_the_cosine_planned_for_max_epochs_is_cut_short_by_early_stopping(tmp_path):
+    """What the wsd schedule fixes: with a cosine sized for 30 epochs, the run ends near its peak rate."""
+    lrs, record = _fit_until_plateau(tmp_path / "logs", "cosine")
+    assert record["epochs_run"] < 30 and lrs[-1] > 0.9 * 1e-3
+
+
+def test_the_decay_start_travels_with_the_checkpoint(tmp_path):
+    """Exact resume: a run stopped during its decay resumes the same decay (the start is checkpoint state)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from callbacks.decay_early_stopping import DecayEarlyStopping
+
+    pl.seed_everything(0)
+    data = TensorDataset(torch.randn(64, 16, 3), (torch.rand(64) < 0.3).float())
+    net = PatchTSTConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, patch_length=8, patch_stride=4)
+    model = Forecaster(3, 16, net, OptimConfig(schedule="wsd", decay_epochs=2, warmup_steps=0))
+    stopping = DecayEarlyStopping(monitor="val/loss", patience=1, min_delta=10.0)
+    trainer = pl.Trainer(max_epochs=20, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", callbacks=[stopping])  # fmt: skip
+    trainer.fit(model, DataLoader(data, batch_size=16), DataLoader(data, batch_size=64))
+    assert model.decay_start == 2 * 4  # the plateau after epoch 1's validation: 2 epochs of 4 steps
+    assert trainer.current_epoch == 4 and trainer.global_step == model.decay_start + 2 * 4  # stopped as it ended
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    assert Forecaster.load_from_checkpoint(tmp_path / "run.ckpt").decay_start == model.decay_start
