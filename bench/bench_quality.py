@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -30,14 +31,14 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from report.baselines import baseline_predictions  # noqa: E402
-from report.stats import METRICS, block_indices, interval  # noqa: E402
+from report.baselines import baseline_predictions, save  # noqa: E402
+from report.stats import METRICS, block_indices, difference  # noqa: E402
 
 # Each variant: changes to the config (dotted keys), applied to the budget's shipped config. "base" is the
 # first-wave recipe (cosine over max_epochs, flatten head, no linear path); the others change one thing each,
 # "full" all the ones that helped. Early stopping keeps the config's monitor and min_delta.
-PRE = {"model.optim.schedule": "cosine", "model.net.head": "flatten", "model.net.linear_skip": False,
-       "model.baseline_start": False, "early_stopping.patience": 10}  # fmt: skip
+PRE = {"model.optim.schedule": "cosine", "model.optim.min_lr_ratio": 0.1, "model.net.head": "flatten",
+       "model.net.linear_skip": False, "model.baseline_start": False, "early_stopping.patience": 10}  # fmt: skip
 WSD = {"model.optim.schedule": "wsd", "model.optim.decay_epochs": 2, "model.optim.min_lr_ratio": 0.01,
        "early_stopping.patience": 3}  # fmt: skip
 START = {"model.net.linear_skip": True, "model.baseline_start": True}
@@ -74,7 +75,9 @@ def variant_config(base: Path, changes: dict, out: Path) -> Path:
 
 
 def finished_run(folder: Path, horizon: int, seed: int) -> Path | None:
-    for record in sorted(folder.glob(f"*-h{horizon}-s{seed}*/run.json")):
+    """The first finished run of (horizon, seed) in the variant's folder (`…-h1-s1`, `…-h1-s1-2`; not `…-s10`)."""
+    name = re.compile(rf".*-h{horizon}-s{seed}(-\d+)?")
+    for record in sorted(r for r in folder.glob("*/run.json") if name.fullmatch(r.parent.name)):
         if json.loads(record.read_text()).get("finished") and (record.parent / "val_predictions.csv").is_file():
             return record.parent
     return None
@@ -107,11 +110,6 @@ def data_settings(config: Path, horizon: int) -> dict:
                                  "splits", "data_dir")} | {"horizon": horizon}  # fmt: skip
 
 
-def per_day_loss(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
-
-
 def score(runs: list[Path], baselines, n_boot: int, block: int) -> dict:
     """Seed-mean BCE and AUROC of the runs and their paired differences to each baseline."""
     truth = baselines.truth
@@ -130,10 +128,8 @@ def score(runs: list[Path], baselines, n_boot: int, block: int) -> dict:
     for name in ("logistic", "gbt"):
         q = baselines.probs[name]
         for m in ("bce", "auroc"):
-            base = float(METRICS[m](q, y))
-            out[f"{name}_{m}"] = base
-            boot = np.mean([METRICS[m](s[idx], y[idx]) for s in p], axis=0) - METRICS[m](q[idx], y[idx])
-            out[f"d_{name}_{m}"] = interval(boot, out[m] - base)
+            out[f"{name}_{m}"] = float(METRICS[m](q, y))
+            out[f"d_{name}_{m}"] = difference(m, p, q, y, idx)  # seed means, paired on the same days
     return out
 
 
@@ -179,6 +175,7 @@ def main() -> None:
             if baselines is None:
                 settings = data_settings(ROOT / args.config, h)
                 baselines = baseline_predictions(settings, "val", ROOT / "bench/logs/baselines")
+                save(baselines)  # cached for the next invocation
                 print(f"h{h}: baselines chosen on val: {baselines.params}", flush=True)
             runs = [finished_run(folder, h, s) if args.summary_only else fit(config, folder, h, s, args.max_epochs)
                     for s in args.seeds]  # fmt: skip

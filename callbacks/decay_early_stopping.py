@@ -4,7 +4,8 @@ A fixed cosine sized for max_epochs never decays when early stopping ends the ru
 run stopped at ~12% of its planned steps with the rate at ~98% of its peak). Under the Forecaster's "wsd"
 schedule this callback turns the plateau into the decay instead: when the monitored metric has not improved
 for `patience` validations, the decay starts; the run stops when the decay has reached its final rate.
-Under any other schedule it is Lightning's EarlyStopping.
+Under any other schedule it is Lightning's EarlyStopping; its other reasons to stop (a non-finite metric,
+stopping or divergence thresholds) stop at once under either.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class DecayEarlyStopping(EarlyStopping):
         if not getattr(module, "uses_decay_trigger", False):
             return should_stop, reason
         plateau = should_stop and self.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED
+        if should_stop and not plateau:  # a non-finite metric or a threshold: stop as EarlyStopping does
+            return should_stop, reason
         if plateau and module.decay_start is None:
             module.start_decay()
             reason = f"{reason.split(' Signaling')[0]} Learning-rate decay started at step {module.global_step}."

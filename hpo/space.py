@@ -68,6 +68,8 @@ class Param:
         where = f"search space {self.key}"
         if self.when is not None and (not isinstance(self.when, dict) or not self.when):
             raise ConfigError(f"{where}: `when` must map earlier keys to the values that allow sampling it")
+        if self.when is not None and self.otherwise is None:
+            raise ConfigError(f"{where}: `when` needs `otherwise`, the value the key takes when it is not sampled")
         if self.type not in TYPES:
             raise ConfigError(f"{where}: type must be one of {', '.join(TYPES)}, got {self.type!r}")
         if self.type == "categorical":

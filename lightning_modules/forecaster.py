@@ -165,9 +165,15 @@ class Forecaster(pl.LightningModule):
         return self.optim_cfg.schedule == "wsd"
 
     def start_decay(self) -> None:
-        """Begin the wsd decay at the current optimizer step (called by DecayEarlyStopping on a plateau)."""
-        if self.decay_start is None:
-            self.decay_start = self.global_step
+        """Begin the wsd decay at the current optimizer step, or at the end of warmup if that is later (called by
+        DecayEarlyStopping on a plateau). The next step already trains at the decay's first rate."""
+        if self.decay_start is not None:
+            return
+        self.decay_start = max(self.global_step, self.optim_cfg.warmup_steps)
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:  # the scheduler set this step's rate before the plateau was seen: set it again
+            for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
+                group["lr"] = base_lr * self._lr_factor(self.global_step)
 
     def decay_finished(self) -> bool:
         """The learning rate has reached its final value (wsd: the decay has run its course)."""

@@ -45,13 +45,18 @@ def _values(row: Row) -> list[str]:
             digits = 3 if metric == "auroc" else 4
             cell = _cell(scores.metrics[metric] if scores else None, digits)
             if scores and scores.seeds > 1 and math.isfinite(scores.spread[metric]):
-                cell = cell.replace(" [", f" ±{scores.spread[metric]:.{digits}f} [", 1)  # the seeds' spread (sd)
+                spread = f" ±{scores.spread[metric]:.{digits}f}"  # the seeds' standard deviation
+                cell = cell.replace(" [", spread + " [", 1) if " [" in cell else cell + spread
             cells.append(cell)
     return cells
 
 
 def _seeds(row: Row) -> str:
-    return str(len(row.seeds)) if row.kind == "model" else ""
+    """Seed runs of the configuration; "k of n" where its validation scores use fewer (older runs)."""
+    if row.kind != "model":
+        return ""
+    used = row.scores["val"].seeds if "val" in row.scores else 0
+    return str(len(row.seeds)) if used == len(row.seeds) else f"{used} of {len(row.seeds)}"
 
 
 def _versus(row: Row) -> list[str]:
@@ -176,6 +181,7 @@ def frame(sections: list[Section]) -> pd.DataFrame:
                 record[f"{split}_prior_bce"] = scores.prior_bce if scores else None
                 record[f"{split}_pred_std"] = scores.pred_std if scores else None
                 record[f"{split}_collapsed"] = scores.collapsed if scores and row.model != "base rate" else None
+                record[f"{split}_seeds"] = scores.seeds if scores and row.kind == "model" else None
                 for metric in METRICS:
                     record[f"{split}_{metric}_sd"] = scores.spread.get(metric) if scores else None
                 versus = row.versus.get(split)
@@ -186,5 +192,5 @@ def frame(sections: list[Section]) -> pd.DataFrame:
                 record[f"{split}_verdict"] = versus.verdict if versus else None
             records.append(record)
     table = pd.DataFrame.from_records(records)
-    counts = [c for c in (*INTEGERS, "val_n", "test_n") if c in table]
+    counts = [c for c in (*INTEGERS, "val_n", "test_n", "val_seeds", "test_seeds") if c in table]
     return table.astype(dict.fromkeys(counts, "Int64"))  # whole numbers stay whole where baselines leave gaps

@@ -61,8 +61,13 @@ def test_the_default_space_on_2m_is_categorical_shapes_at_the_budget_with_heads_
         ("sampler: {n_startup_trials: ten}\n", "must be numbers"),
         (
             "params:\n  model.baseline_start: {type: categorical, choices: [true, false], "
-            "when: {model.net.linear_skip: true}}\n",
+            "when: {model.net.linear_skip: true}, otherwise: false}\n",
             "`when` names model.net.linear_skip, which is not sampled",
+        ),
+        (
+            "params:\n  model.net.linear_skip: {type: categorical, choices: [true, false]}\n  model.baseline_start: "
+            "{type: categorical, choices: [true, false], when: {model.net.linear_skip: true}}\n",
+            "`when` needs `otherwise`",
         ),
     ],
 )
@@ -105,6 +110,7 @@ def _run_two_steps(values: dict, logs: Path) -> dict[str, torch.Tensor]:
     }
     resolved |= {
         "model.baseline_start": hparams["baseline_start"],
+        "model.baseline_C": hparams["baseline_C"],
         "data.context_length": cli.datamodule.context_length,
     }
     for key, value in values.items():  # the value reached the module (or the data) that ran
@@ -131,6 +137,7 @@ def test_every_sampled_value_changes_what_runs(tmp_path):
                 "model.net.head": "flatten",
                 "model.net.linear_skip": True,
                 "model.baseline_start": False,
+                "model.baseline_C": 1.0,
                 "model.optim.schedule": "wsd",
                 "model.optim.decay_epochs": 2.0,
                 "data.context_length": 80,
@@ -156,10 +163,17 @@ def test_every_sampled_value_changes_what_runs(tmp_path):
         "model.net.patch_length": 8,
         "model.net.patch_stride": 4,
     }
-    assert set(changes) | {"model.net.d_model", "model.net.n_layers", "model.net.d_ff"} == set(space.keys)
+    conditional = {"model.baseline_C": 0.01}  # used only with the baseline start: compared with it on
+    arch = {"model.net.d_model", "model.net.n_layers", "model.net.d_ff"}
+    assert set(changes) | set(conditional) | arch == set(space.keys)
     for key, value in changes.items():
         changed = _run_two_steps(base | {key: value}, tmp_path / key.replace(".", "_"))
         assert _differ(reference, changed), f"{key} changed nothing"
+    started = base | {"model.baseline_start": True}
+    with_start = _run_two_steps(started, tmp_path / "start")
+    assert _differ(with_start, _run_two_steps(started | conditional, tmp_path / "start_c")), (
+        "baseline_C changed nothing"
+    )
     other = space.architecture.shape("d16-l11-ff2")
     changed = _run_two_steps(
         base

@@ -148,21 +148,67 @@ def test_the_cosine_planned_for_max_epochs_is_cut_short_by_early_stopping(tmp_pa
     assert record["epochs_run"] < 30 and lrs[-1] > 0.9 * 1e-3
 
 
-def test_the_decay_start_travels_with_the_checkpoint(tmp_path):
-    """Exact resume: a run stopped during its decay resumes the same decay (the start is checkpoint state)."""
+def _wsd_fit(stopping, warmup_steps: int = 0) -> tuple[Forecaster, pl.Trainer]:
+    """A wsd fit of 4 steps per epoch on random windows, ended by `stopping` (a DecayEarlyStopping)."""
     from torch.utils.data import DataLoader, TensorDataset
-
-    from callbacks.decay_early_stopping import DecayEarlyStopping
 
     pl.seed_everything(0)
     data = TensorDataset(torch.randn(64, 16, 3), (torch.rand(64) < 0.3).float())
     net = PatchTSTConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, patch_length=8, patch_stride=4)
-    model = Forecaster(3, 16, net, OptimConfig(schedule="wsd", decay_epochs=2, warmup_steps=0))
-    stopping = DecayEarlyStopping(monitor="val/loss", patience=1, min_delta=10.0)
+    model = Forecaster(3, 16, net, OptimConfig(schedule="wsd", decay_epochs=2, warmup_steps=warmup_steps))
     trainer = pl.Trainer(max_epochs=20, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", callbacks=[stopping])  # fmt: skip
     trainer.fit(model, DataLoader(data, batch_size=16), DataLoader(data, batch_size=64))
+    return model, trainer
+
+
+def test_the_decay_start_travels_with_the_checkpoint(tmp_path):
+    """A run saved during its decay is restored with the same decay start (it is checkpoint state)."""
+    from callbacks.decay_early_stopping import DecayEarlyStopping
+
+    model, trainer = _wsd_fit(DecayEarlyStopping(monitor="val/loss", patience=1, min_delta=10.0))
     assert model.decay_start == 2 * 4  # the plateau after epoch 1's validation: 2 epochs of 4 steps
     assert trainer.current_epoch == 4 and trainer.global_step == model.decay_start + 2 * 4  # stopped as it ended
     trainer.save_checkpoint(tmp_path / "run.ckpt")
     assert Forecaster.load_from_checkpoint(tmp_path / "run.ckpt").decay_start == model.decay_start
+
+
+def test_a_plateau_inside_the_warmup_decays_only_after_it():
+    from callbacks.decay_early_stopping import DecayEarlyStopping
+
+    model, trainer = _wsd_fit(DecayEarlyStopping(monitor="val/loss", patience=1, min_delta=10.0), warmup_steps=20)
+    assert model.decay_start == 20  # the plateau came at step 8, inside the warmup
+    assert trainer.global_step == 20 + 2 * 4  # warmup, then the whole decay
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 * 0.1)  # OptimConfig's final rate
+
+
+def test_other_reasons_to_stop_still_stop_under_wsd():
+    from callbacks.decay_early_stopping import DecayEarlyStopping
+
+    model, trainer = _wsd_fit(DecayEarlyStopping(monitor="val/loss", patience=5, stopping_threshold=10.0))
+    assert trainer.current_epoch == 1 and model.decay_start is None  # stopped by the threshold after epoch 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["fit", "--seeds", "0,x"],
+        ["fit", "--seeds=0,0"],
+        ["fit", "--seeds", "0,1", "--seed_everything=3"],
+        ["fit", "--seeds", "0,1", "--ckpt_path", "logs/tiny/run/checkpoints/last.ckpt"],
+        ["validate", "--seeds", "0,1"],
+    ],
+)
+def test_seeds_refuse_what_would_mix_or_overwrite_runs(argv):
+    from training.lightning_cli import seed_list
+    from training.run_setup import ConfigError
+
+    with pytest.raises(ConfigError, match="--seeds"):
+        seed_list(argv)
+
+
+def test_seeds_become_one_run_each():
+    from training.lightning_cli import seed_list
+
+    assert seed_list(["fit", "--config", "c.yaml", "--seeds=2,5"]) == (["fit", "--config", "c.yaml"], [2, 5])
+    assert seed_list(["fit", "--config", "c.yaml"]) == (["fit", "--config", "c.yaml"], [None])

@@ -85,17 +85,20 @@ def run_lightning(argv: list[str], extra_callbacks: list | None = None, record=N
 
 def seed_list(argv: list[str]) -> tuple[list[str], list[int | None]]:
     """`fit … --seeds 0,1,2`: the arguments without it, and the seeds to run (one run each; [None]: as configured)."""
-    if "--seeds" not in argv:
+    at = next((i for i, a in enumerate(argv) if a == "--seeds" or a.startswith("--seeds=")), None)
+    if at is None:
         return argv, [None]
-    at = argv.index("--seeds")
-    value = argv[at + 1] if at + 1 < len(argv) else ""
+    inline = argv[at].startswith("--seeds=")
+    value = argv[at].split("=", 1)[1] if inline else (argv[at + 1] if at + 1 < len(argv) else "")
+    rest = argv[:at] + argv[at + (1 if inline else 2) :]
     try:
         seeds = [int(s) for s in value.split(",")]
     except ValueError:
         raise ConfigError(f"--seeds takes a comma-separated list of integers (e.g. 0,1,2), got {value!r}") from None
-    if argv[0] != "fit" or "--seed_everything" in argv or len(set(seeds)) != len(seeds):
-        raise ConfigError("--seeds goes with `fit`, without --seed_everything, and names each seed once")
-    return argv[:at] + argv[at + 2 :], seeds
+    fixed = any(a.split("=", 1)[0] in ("--seed_everything", "--ckpt_path") for a in rest)
+    if rest[0] != "fit" or fixed or len(set(seeds)) != len(seeds):
+        raise ConfigError("--seeds goes with `fit`, without --seed_everything or --ckpt_path, and names each seed once")
+    return rest, seeds
 
 
 def run_trainer(argv: list[str]) -> int:
