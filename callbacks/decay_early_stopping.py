@@ -10,9 +10,13 @@ stopping or divergence thresholds) stop at once under either.
 
 from __future__ import annotations
 
+import logging
+
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+
+log = logging.getLogger(__name__)
 
 
 class DecayEarlyStopping(EarlyStopping):
@@ -32,8 +36,13 @@ class DecayEarlyStopping(EarlyStopping):
             return should_stop, reason
         if plateau and module.decay_start is None:
             module.start_decay()
-            reason = f"{reason.split(' Signaling')[0]} Learning-rate decay started at step {module.global_step}."
+            reason = f"{reason.split(' Signaling')[0]} Learning-rate decay starts at step {module.decay_start}."
+            if module.trainer.is_global_zero:
+                log.info("%s: no improvement in %d validations: learning-rate decay from step %d over %d steps",
+                         self.monitor, self.patience, module.decay_start, module.decay_steps)  # fmt: skip
         if module.decay_finished():
+            if module.trainer.is_global_zero:
+                log.info("learning-rate decay ended at step %d: stopping", module.global_step)
             self.stopping_reason = EarlyStoppingReason.PATIENCE_EXHAUSTED
             return True, f"The learning-rate decay has ended at step {module.global_step}. Signaling Trainer to stop."
         if plateau:  # a plateau only starts (or continues) the decay
