@@ -175,13 +175,11 @@ def test_every_sampled_value_changes_what_runs(tmp_path):
         "baseline_C changed nothing"
     )
     other = space.architecture.shape("d16-l11-ff2")
-    changed = _run_two_steps(
-        base
-        | {"model.net.d_model": 16, "model.net.n_layers": 11, "model.net.d_ff": other.d_ff, "model.net.n_heads": 1},
-        tmp_path / "arch",
-    )
-    linear_path = 25 + 1  # the grid is sized on tiny.yaml (no linear path); this trial samples one
-    assert sum(v.numel() for k, v in changed.items() if k.startswith("net.")) == other.n_params + linear_path
+    # the grid is sized on tiny.yaml's head and linear path; the trial's own (sampled) ones are what it builds
+    shape = {"model.net.d_model": 16, "model.net.n_layers": 11, "model.net.d_ff": other.d_ff, "model.net.n_heads": 1}
+    same_head = {"model.net.head": config.model.net.head, "model.net.linear_skip": config.model.net.linear_skip}
+    changed = _run_two_steps(base | shape | same_head, tmp_path / "arch")
+    assert sum(v.numel() for k, v in changed.items() if k.startswith("net.")) == other.n_params
 
 
 def test_a_pruning_monitor_that_is_never_logged_is_an_error(tmp_path):
