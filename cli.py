@@ -42,13 +42,13 @@ def _data_parser() -> argparse.ArgumentParser:
     build.add_argument("--version", type=int, default=None, help="default: latest if identical, else the next")
     commands.add_parser("verify", help="check every manifest entry against its file")
     commands.add_parser("list", help="show registered datasets")
-    imp = commands.add_parser("import", help="validate and register an OHLCV CSV")
-    imp.add_argument("--csv", type=Path, required=True)
-    imp.add_argument("--ticker", required=True)
+    imp = commands.add_parser("import", help="validate and register OHLCV CSVs (all validated before any is copied)")
+    imp.add_argument("--csv", type=Path, nargs="+", required=True, help="one file per ticker")
+    imp.add_argument("--ticker", "--tickers", dest="tickers", required=True, help="e.g. SPY, or SPY,DIA for two files")
     imp.add_argument("--no-volume", action="store_true", help="the series has no Volume column (e.g. VIX)")
     down = commands.add_parser("download", help="fetch daily OHLCV through yfinance, then import it")
-    down.add_argument("--ticker", required=True)
-    down.add_argument("--symbol", default=None, help="yfinance symbol if it differs (e.g. ^GSPC)")
+    down.add_argument("--ticker", "--tickers", dest="tickers", required=True, help="e.g. SPY,DIA,QQQ,^DJI,^IXIC")
+    down.add_argument("--symbol", default=None, help="yfinance symbol if it differs (e.g. ^GSPC; one ticker only)")
     for sub in commands.choices.values():
         sub.add_argument("--data-dir", type=Path, default=DATA_DIR)
     return parser
@@ -63,10 +63,30 @@ def data_main(argv: list[str]) -> int:
     if args.command == "verify":
         return commands.verify(args.data_dir)
     if args.command == "list":
-        return commands.list_datasets(args.data_dir)
+        return commands.list_datasets(args.data_dir, _budget_counters())
+    tickers = [t.strip() for t in args.tickers.split(",") if t.strip()]
     if args.command == "import":
-        return commands.import_file(args.csv, args.ticker, args.data_dir, args.no_volume)
-    return commands.download_ticker(args.ticker, args.symbol, args.data_dir)
+        if len(tickers) != len(args.csv):
+            raise DataError(f"data import: {len(args.csv)} file(s) but {len(tickers)} ticker(s); give one per file")
+        return commands.import_files(list(zip(args.csv, tickers, strict=True)), args.data_dir, args.no_volume)
+    if args.symbol and len(tickers) != 1:
+        raise DataError("data download: --symbol goes with one --ticker")
+    return commands.download_tickers(tickers, [args.symbol] if args.symbol else None, args.data_dir)
+
+
+def _budget_counters() -> dict:
+    """Budget → parameter count of its shipped config's shape on C input channels (for `data list`)."""
+    import yaml
+
+    from lightning_modules.budget import BUDGETS, parameter_count
+    from lightning_modules.patchtst import PatchTSTConfig
+
+    counters = {}
+    for name in BUDGETS:
+        config = yaml.safe_load((Path(__file__).parent / "configs" / f"{name}.yaml").read_text())
+        net, context = PatchTSTConfig(**config["model"]["net"]), int(config["data"]["context_length"])
+        counters[name] = lambda channels, net=net, context=context: parameter_count(channels, context, net)
+    return counters
 
 
 def _hpo_parser() -> argparse.ArgumentParser:
@@ -78,7 +98,7 @@ def _hpo_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trials", type=int, required=True, help="finished (complete + pruned) trials wanted")
     parser.add_argument("--search-space", type=Path, default=DEFAULT_SPACE)
     parser.add_argument("--storage", default=None, help="Optuna RDB URL; default sqlite under <logs>/hpo/<study>/")
-    parser.add_argument("--study-name", default=None, help="default: <config>-h<h>-<dataset>-v<version>")
+    parser.add_argument("--study-name", default=None, help="default: <config>-h<h>-<tickers>.dataset.<tier>-v<version>")
     parser.add_argument("--export-best", type=Path, default=None, help="write the best trial as a fit config")
     return parser
 

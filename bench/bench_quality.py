@@ -106,16 +106,19 @@ def fit(config: Path, folder: Path, horizon: int, seed: int, max_epochs: int | N
 
 def data_settings(config: Path, horizon: int) -> dict:
     data = yaml.safe_load(config.read_text())["data"]
-    return {k: data[k] for k in ("dataset", "version", "threshold", "label_price", "context_length", "features",
-                                 "splits", "data_dir")} | {"horizon": horizon}  # fmt: skip
+    keys = ("tickers", "tier", "version", "threshold", "label_price", "context_length", "features", "splits",
+            "scaling", "data_dir")  # fmt: skip
+    return {k: data[k] for k in keys} | {"horizon": horizon}
 
 
 def score(runs: list[Path], baselines, n_boot: int, block: int) -> dict:
-    """Seed-mean BCE and AUROC of the runs and their paired differences to each baseline."""
+    """Seed-mean BCE and AUROC of the runs and their paired differences to each baseline, on the baselines'
+    samples (a pooled run's predictions are matched by date and asset)."""
     truth = baselines.truth
     probs = []
     for run in runs:
-        frame = pd.read_csv(run / "val_predictions.csv", dtype={"date": str}).set_index("date")
+        frame = pd.read_csv(run / "val_predictions.csv", dtype={"date": str, "asset": str})
+        frame.index = frame["date"] + " " + frame["asset"]
         common = truth.index.intersection(frame.index)  # a shorter context starts earlier: the baselines' days
         assert len(common) == len(truth) and (frame.loc[common, "label"] == truth).all(), f"{run}: labels differ"
         probs.append(frame.loc[truth.index, "probability"].to_numpy(float))

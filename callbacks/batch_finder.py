@@ -121,7 +121,7 @@ class MemoryAwareBatchFinder(pl.Callback):
 
 def _probe(trainer: pl.Trainer, module: pl.LightningModule, dataset, size: int) -> int:
     """Peak memory level (absolute) during one real training step at micro-batch `size`."""
-    x, y = (torch.stack(t) for t in zip(*(dataset[i % len(dataset)] for i in range(size)), strict=True))
+    x, y, *_ = (torch.stack(t) for t in zip(*(dataset[i % len(dataset)] for i in range(size)), strict=True))
     x, y = x.to(module.device), y.to(module.device)
     optimizer = trainer.optimizers[0]
     module.train()

@@ -1,4 +1,4 @@
-"""PredictionWriter: `cli.py predict` writes predictions.csv (date, probability, label) into the run dir."""
+"""PredictionWriter: `cli.py predict` writes predictions.csv (date, asset, probability, label) into the run dir."""
 
 from __future__ import annotations
 
@@ -19,18 +19,18 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_epoch_end(self, trainer: pl.Trainer, pl_module, predictions, batch_indices) -> None:
         probs = torch.cat(predictions).tolist()
         dm = trainer.datamodule
-        dates = dm.sample_dates("predict")
-        labels = [float(y) for _, y in (dm.predict_dataloader().dataset[i] for i in range(len(probs)))]
-        write_predictions(Path(trainer.log_dir or ".") / "predictions.csv", dates, probs, labels)
+        dates, assets = dm.sample_dates("predict"), dm.sample_assets("predict")
+        labels = [float(item[1]) for item in (dm.predict_dataloader().dataset[i] for i in range(len(probs)))]
+        write_predictions(Path(trainer.log_dir or ".") / "predictions.csv", dates, assets, probs, labels)
 
 
-def write_predictions(path: Path, dates: list[str], probs: list[float], labels: list[float]) -> None:
-    """date, probability, label (empty where the future is not known yet); written whole or not at all."""
+def write_predictions(path: Path, dates: list[str], assets: list[str], probs: list[float], labels: list[float]) -> None:
+    """date, asset, probability, label (empty where the future is not known yet); written whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".csv.tmp")
     with open(temporary, "w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["date", "probability", "label"])
-        for date, p, y in zip(dates, probs, labels, strict=True):
-            out.writerow([date, f"{p:.8f}", "" if math.isnan(y) else int(y)])
+        out.writerow(["date", "asset", "probability", "label"])
+        for date, asset, p, y in zip(dates, assets, probs, labels, strict=True):
+            out.writerow([date, asset, f"{p:.8f}", "" if math.isnan(y) else int(y)])
     os.replace(temporary, path)

@@ -65,9 +65,9 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 def run_identity(trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, Any]:
     """Everything needed to say which run this was and to reproduce it."""
     dm = trainer.datamodule
-    entry = getattr(dm, "entry", None)
+    entries = getattr(dm, "entries", None) or []
     return {
-        "dataset": {"name": entry.name, "version": entry.version, "hash": entry.hash} if entry else None,
+        "datasets": [{"name": e.name, "version": e.version, "hash": e.hash} for e in entries],
         "git_commit": git_commit(),
         "seed": int(os.environ.get("PL_GLOBAL_SEED", -1)),
         "n_params": getattr(module, "n_params", sum(p.numel() for p in module.parameters())),
@@ -113,7 +113,7 @@ class RunRecordCallback(pl.Callback):
             "run.git_commit": identity["git_commit"],
             "run.forward_flops_per_sample": identity["forward_flops_per_sample"] or 0,
             "run.train_flops_per_sample": identity["train_flops_per_sample"] or 0,
-            "run.dataset_hash": (identity["dataset"] or {}).get("hash", ""),
+            "run.dataset_hash": ",".join(d["hash"] for d in identity["datasets"]),
             "trainer.max_epochs": trainer.max_epochs or -1, "trainer.precision": str(trainer.precision),
             "trainer.accumulate_grad_batches": trainer.accumulate_grad_batches,
             "trainer.gradient_clip_val": float(trainer.gradient_clip_val or 0.0),
@@ -136,11 +136,12 @@ class RunRecordCallback(pl.Callback):
         log_dir = trainer.log_dir
         if outputs is None or not hasattr(dm, "sample_dates"):
             return
-        dates = dm.sample_dates(stage)
+        dates, assets = dm.sample_dates(stage), dm.sample_assets(stage)
         probs, targets = (gather_in_order(t, trainer, len(dates)) for t in outputs)
-        dates = dates[: len(probs)]  # limit_val_batches / limit_test_batches: the first batches of the split
+        n = len(probs)  # limit_val_batches / limit_test_batches: the first batches of the split
         if trainer.is_global_zero and log_dir:
-            write_predictions(Path(log_dir) / f"{stage}_predictions.csv", dates, probs.tolist(), targets.tolist())
+            path = Path(log_dir) / f"{stage}_predictions.csv"
+            write_predictions(path, dates[:n], assets[:n], probs.tolist(), targets.tolist())
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         checkpoint = trainer.checkpoint_callback
@@ -155,6 +156,7 @@ class RunRecordCallback(pl.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
                 names = [f"best/val_{name}" for name in BEST_METRICS] + ["best/epoch", *self.extra_metrics]
+                names += [f"best/val_{a}_{name}" for a in _pooled_assets(trainer) for name in BEST_METRICS]
                 metrics = dict.fromkeys(names, 0.0)
                 writer = logger.experiment._get_file_writer()
                 for summary in hparams_summary(self._params(trainer, pl_module), metrics):  # declares names only
@@ -177,10 +179,11 @@ class RunRecordCallback(pl.Callback):
         if not self._improved(value):
             return
         self.best = {"monitor": value, "epoch": float(trainer.current_epoch)}
-        for name in BEST_METRICS:
-            key = f"val/{name}"
-            if key in trainer.callback_metrics:
-                self.best[f"val_{name}"] = float(trainer.callback_metrics[key])
+        for asset in ("", *_pooled_assets(trainer)):  # pooled metrics, then each asset's: val_GSPC_loss
+            for name in BEST_METRICS:
+                key = f"val/{asset}/{name}" if asset else f"val/{name}"
+                if key in trainer.callback_metrics:
+                    self.best[f"val_{asset}_{name}" if asset else f"val_{name}"] = float(trainer.callback_metrics[key])
         self.best_outputs = pl_module.epoch_outputs.get("val") if hasattr(pl_module, "epoch_outputs") else None
         metrics = {f"best/{k}": v for k, v in self.best.items() if k != "monitor"}
         for logger in trainer.loggers:
@@ -213,6 +216,12 @@ class RunRecordCallback(pl.Callback):
         self.record = {**run_identity(trainer, pl_module), key: metrics, "ckpt_path": trainer.ckpt_path}
         self._write(trainer)
         self._write_predictions(trainer, pl_module, stage)
+
+
+def _pooled_assets(trainer: pl.Trainer) -> list[str]:
+    """The assets of a pooled run (they get per-asset best metrics); none for a single asset."""
+    assets = list(getattr(trainer.datamodule, "assets", None) or [])
+    return assets if len(assets) > 1 else []
 
 
 def gather_in_order(values: torch.Tensor, trainer: pl.Trainer, n: int) -> torch.Tensor:

@@ -1,20 +1,29 @@
-"""A campaign's plan: the YAML that names the matrix (budgets × horizons), and the cells to run, smallest first.
+"""A campaign's plan: the YAML that names the matrix (budgets × data × horizons), and the cells to run, smallest
+budget first.
 
-Every cell is an ordinary `cli.py hpo` study of one budget's fit config at one horizon, named
-`<campaign>-<budget>-h<h>-<dataset>-v<version>`, with its storage where `hpo` keeps it.
+The data axes are the asset pools (`pools: [[GSPC], [GSPC, IXIC]]`), the feature tiers (`tiers: [a25, a50]`) and the
+first training dates (`train_starts: [null, "2008-01-01"]`, the data-size axis); each defaults to one value. Every
+cell is an ordinary `cli.py hpo` study of one budget's fit config on one data choice at one horizon, named
+`<campaign>-<budget>-h<h>-<tickers>.dataset.<tier>-v<version>[-from<date>]`, with its storage where `hpo` keeps it.
+A cell's key is `<budget>:<h>`, followed by the value of each data axis the plan varies
+(`2M:1:GSPC+IXIC:a50:2008-01-01`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from training.run_setup import ConfigError
 
-KEYS = {"name", "dataset", "version", "budgets", "horizons", "trials", "search_space", "overrides"}
+KEYS = {"name", "version", "budgets", "horizons", "trials", "search_space", "overrides", "pools", "tiers",
+        "train_starts"}  # fmt: skip
+OPTIONAL = {"overrides": [], "pools": [["GSPC"]], "tiers": ["a25"], "train_starts": [None]}
 
 
 @dataclass(frozen=True)
@@ -24,16 +33,20 @@ class Cell:
     budget: str
     horizon: int
     config: Path  # the budget's fit config
+    tickers: tuple[str, ...] = ("GSPC",)
+    tier: str = "a25"
+    train_start: str | None = None
+    varies: tuple[str, ...] = ()  # the data axes the plan varies: they appear in the key
 
     @property
     def key(self) -> str:
-        return f"{self.budget}:{self.horizon}"
+        values = {"pools": "+".join(self.tickers), "tiers": self.tier, "train_starts": self.train_start or "all"}
+        return ":".join([self.budget, str(self.horizon), *(values[axis] for axis in self.varies)])
 
 
 @dataclass
 class Plan:
     name: str
-    dataset: str
     version: int
     cells: list[Cell]
     trials: int
@@ -42,19 +55,27 @@ class Plan:
     source: Path | None = None
 
     def study_name(self, cell: Cell) -> str:
-        return f"{self.name}-{cell.budget}-h{cell.horizon}-{self.dataset}-v{self.version}"
+        from datamodules.assets import data_label
+
+        data = data_label(cell.tickers, cell.tier, self.version, cell.train_start)
+        return f"{self.name}-{cell.budget}-h{cell.horizon}-{data}"
 
     def cell_overrides(self, cell: Cell) -> list[str]:
-        """What every trial of the cell gets on top of its fit config: the dataset, the horizon, the overrides."""
-        data = [
-            "--data.dataset",
-            self.dataset,
-            "--data.version",
-            str(self.version),
-            "--data.horizon",
-            str(cell.horizon),
-        ]
-        return [*data, *self.overrides]
+        """What every trial of the cell gets on top of its fit config: the data, the horizon, the overrides."""
+        data = {"tickers": json.dumps(list(cell.tickers)), "tier": cell.tier, "version": str(self.version),
+                "splits.train_start": cell.train_start or "null", "horizon": str(cell.horizon)}  # fmt: skip
+        return [*(item for key, value in data.items() for item in (f"--data.{key}", value)), *self.overrides]
+
+    @property
+    def axes(self) -> dict[str, list]:
+        """The data axes and their values, in the plan's order."""
+        values = {"pools": [], "tiers": [], "train_starts": []}
+        for cell in self.cells:
+            for axis, value in (("pools", "+".join(cell.tickers)), ("tiers", cell.tier),
+                                ("train_starts", cell.train_start or "all")):  # fmt: skip
+                if value not in values[axis]:
+                    values[axis].append(value)
+        return values
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -67,7 +88,7 @@ def _read(path: Path) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise ConfigError(f"{path}: a campaign config is a mapping of {', '.join(sorted(KEYS))}")
     unknown = set(spec) - KEYS
-    missing = KEYS - set(spec) - {"overrides"}
+    missing = KEYS - set(spec) - set(OPTIONAL)
     if unknown or missing:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
     return spec
@@ -81,9 +102,11 @@ def load_plan(path: Path, trials: int | None = None, only: str | None = None, ex
     if not _whole(trials):
         raise ConfigError(f"trials per cell must be a whole number ≥ 1, got {trials!r}")
     overrides = [str(o) for o in spec.get("overrides") or []] + list(extra or [])
-    cells = [Cell(str(b), int(h), Path(c)) for b, c in budgets.items() for h in horizons]
-    plan = Plan(str(spec["name"]), str(spec["dataset"]), int(spec["version"]), cells, trials,
-                Path(spec["search_space"]), overrides, path)  # fmt: skip
+    pools, tiers, starts = (spec.get(k) or OPTIONAL[k] for k in ("pools", "tiers", "train_starts"))
+    varies = tuple(k for k, values in (("pools", pools), ("tiers", tiers), ("train_starts", starts)) if len(values) > 1)
+    cells = [Cell(str(b), int(h), Path(c), tuple(p), str(t), None if s is None else str(s), varies)
+             for b, c in budgets.items() for p in pools for t in tiers for s in starts for h in horizons]  # fmt: skip
+    plan = Plan(str(spec["name"]), int(spec["version"]), cells, trials, Path(spec["search_space"]), overrides, path)
     if not plan.name or "/" in plan.name:
         raise ConfigError(f"{path}: campaign name {plan.name!r} must be non-empty without '/'")
     if only is not None:
@@ -105,13 +128,37 @@ def _check(path: Path, spec: dict[str, Any]) -> dict[str, Any]:
     for name, config in budgets.items():
         if not isinstance(config, str) or not Path(config).is_file():
             raise ConfigError(f"{path}: budget {name}: fit config not found: {config!r}")
-    if not _whole(spec["version"]) or not isinstance(spec["dataset"], str) or not isinstance(spec["name"], str):
-        raise ConfigError(f"{path}: name and dataset must be text and version a whole number ≥ 1")
+    if not _whole(spec["version"]) or not isinstance(spec["name"], str):
+        raise ConfigError(f"{path}: name must be text and version a whole number ≥ 1")
+    _check_axes(path, spec)
     if not isinstance(spec["search_space"], str) or not spec["search_space"]:
         raise ConfigError(f"{path}: search_space must be the path of a search space YAML")
     if not isinstance(spec.get("overrides") or [], list):
         raise ConfigError(f'{path}: overrides must be a list such as ["--trainer.max_epochs", "20"]')
     return spec
+
+
+def _check_axes(path: Path, spec: dict[str, Any]) -> None:
+    """pools: lists of tickers; tiers: known tier names; train_starts: dates or null; each axis without repeats."""
+    from datamodules.features import TIERS
+
+    pools, tiers, starts = (spec.get(k) or OPTIONAL[k] for k in ("pools", "tiers", "train_starts"))
+    if not isinstance(pools, list) or not all(isinstance(p, list) and p and all(isinstance(t, str) for t in p)
+                                              for p in pools):  # fmt: skip
+        raise ConfigError(f"{path}: pools must be a list of ticker lists, e.g. [[GSPC], [GSPC, IXIC]]; got {pools!r}")
+    unknown = [t for t in (tiers if isinstance(tiers, list) else [tiers]) if t not in TIERS]
+    if not isinstance(tiers, list) or unknown:
+        raise ConfigError(f"{path}: tiers must be a list of {', '.join(TIERS)}; unknown: {unknown or tiers!r}")
+    if not isinstance(starts, list):
+        raise ConfigError(f"{path}: train_starts must be a list of dates or null, e.g. [null, '2008-01-01']")
+    for start in (s for s in starts if s is not None):
+        try:
+            pd.Timestamp(str(start))
+        except ValueError:
+            raise ConfigError(f"{path}: train_starts: {start!r} is not a date (YYYY-MM-DD)") from None
+    for axis, values in (("pools", [tuple(p) for p in pools]), ("tiers", tiers), ("train_starts", starts)):
+        if len(set(map(str, values))) != len(values):
+            raise ConfigError(f"{path}: {axis} repeats a value: {values!r}")
 
 
 def select_cells(cells: list[Cell], only: str) -> list[Cell]:

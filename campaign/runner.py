@@ -79,11 +79,13 @@ class Campaign:
     # pre-flight ------------------------------------------------------------------------------------------------
 
     def verify_dataset(self, cell: Cell) -> None:
-        from datamodules.processed import load_dataset
+        from datamodules.processed import dataset_name, load_dataset
         from datamodules.sources import DATA_DIR
 
         data = self.runners[cell.key].config.data
-        load_dataset(self.plan.dataset, self.plan.version, Path(data.data_dir) if data.data_dir else DATA_DIR)
+        for ticker in cell.tickers:
+            name = dataset_name(ticker, cell.tier)
+            load_dataset(name, self.plan.version, Path(data.data_dir) if data.data_dir else DATA_DIR)
 
     def preflight(self, cell: Cell, remaining: int) -> str:
         """Why the cell cannot run on this machine, or ""."""

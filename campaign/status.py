@@ -119,7 +119,8 @@ def cell_status(plan: Plan, cell: Cell, hpo_root: Path, state: StateFile) -> Cel
 
 
 def status_table(plan: Plan, statuses: list[CellStatus]) -> Table:
-    table = Table(title=f"campaign {plan.name}: {plan.dataset} v{plan.version}, {plan.trials} trials per cell")
+    axes = "; ".join(f"{axis}: {', '.join(map(str, values))}" for axis, values in plan.axes.items())
+    table = Table(title=f"campaign {plan.name}: version {plan.version}, {axes}; {plan.trials} trials per cell")
     for header in ("cell", "budget", "h", "params", "finished / target", "complete", "pruned", "failed",
                    "best val_loss", "best val_auroc", "wall", "state"):  # fmt: skip
         table.add_column(header, justify="left" if header in ("cell", "budget", "state") else "right")
@@ -144,7 +145,8 @@ def results_frame(plan: Plan, statuses: list[CellStatus]) -> pd.DataFrame:
         best = {f"best_val_{k}": b.get(f"val_{k}") for k in ("loss", "auroc", "ap")}
         rows.append({"budget": s.cell.budget, "horizon": s.cell.horizon, "study": s.study, "params": s.n_params,
                      "best_trial": b["number"], **best, "complete": s.complete, "pruned": s.pruned, "failed": s.failed,
-                     "wall_s": s.wall_s, "dataset": plan.dataset, "version": plan.version,
+                     "wall_s": s.wall_s, "tickers": "+".join(s.cell.tickers), "tier": s.cell.tier,
+                     "train_start": s.cell.train_start, "version": plan.version,
                      "dataset_hash": b.get("dataset_hash"), "git_commit": b.get("git_commit"),
                      "seed": s.seed})  # fmt: skip
     return pd.DataFrame(rows)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from datamodules.errors import DataError
+from datamodules.features import TIERS, needs_vix
 from datamodules.manifest import PROCESSED, RAW, Entry, Manifest
-from datamodules.processed import build_dataset, verify_all
-from datamodules.sources import download, import_csv
+from datamodules.processed import build_dataset, verify_all, warmup_rows
+from datamodules.sources import download, import_many
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # piped output: do not squeeze tables to 80
 
@@ -49,19 +52,26 @@ def verify(data_dir: Path) -> int:
     return 0
 
 
-def import_file(csv: Path, ticker: str, data_dir: Path, no_volume: bool) -> int:
-    entry = import_csv(csv, ticker, data_dir, require_volume=not no_volume)
-    console.print(f"registered {_describe(entry)}; repaired {entry.notes['repaired_rows']} High/Low rows")
+def _repairs(entry: Entry) -> str:
+    notes = entry.notes
+    return f"repaired {notes['repaired_rows']} High/Low rows, filled {notes.get('volume_filled_rows', 0)} zero volumes"
+
+
+def import_files(files: list[tuple[Path, str]], data_dir: Path, no_volume: bool) -> int:
+    for entry in import_many(files, data_dir, require_volume=not no_volume):
+        console.print(f"registered {_describe(entry)}; {_repairs(entry)}")
     return 0
 
 
-def download_ticker(ticker: str, symbol: str | None, data_dir: Path) -> int:
-    entry = download(ticker, data_dir, symbol)
-    console.print(f"downloaded and registered {_describe(entry)}")
+def download_tickers(tickers: list[str], symbols: list[str] | None, data_dir: Path) -> int:
+    for entry in download(tickers, data_dir, symbols):
+        console.print(f"downloaded and registered {_describe(entry)}; {_repairs(entry)}")
     return 0
 
 
-def list_datasets(data_dir: Path) -> int:
+def list_datasets(data_dir: Path, budgets: dict[str, Callable[[int], int]] | None = None) -> int:
+    """The registered datasets, then the tiers; budgets (name → parameter count of its shipped shape on C
+    channels) add what each tier's channels do to every budget."""
     table = Table(title=f"datasets in {data_dir}")
     for column in ("kind", "name", "version", "tier", "rows", "first", "last", "columns", "sha256", "created"):
         table.add_column(column)
@@ -80,4 +90,20 @@ def list_datasets(data_dir: Path) -> int:
                 e.created[:19],
             )
     console.print(table)
+    console.print(_tiers_table(data_dir, budgets or {}))
     return 0
+
+
+def _tiers_table(data_dir: Path, budgets: dict[str, Callable[[int], int]], ticker: str = "GSPC") -> Table:
+    """Each tier's channel count, whether it needs the VIX series, and the warm-up rows it drops on `ticker`."""
+    try:
+        warmup = {tier: str(rows) for tier, rows in warmup_rows(ticker, data_dir).items()}
+    except DataError:  # no intact raw series of the ticker to measure on
+        warmup = {}
+    table = Table(title="tiers")
+    for column in ("tier", "channels", "VIX", f"warm-up rows ({ticker})", *(f"{b} params" for b in budgets)):
+        table.add_column(column)
+    for tier, columns in TIERS.items():
+        counts = [f"{count(len(columns)):,}" for count in budgets.values()]
+        table.add_row(tier, str(len(columns)), "yes" if needs_vix(tier) else "no", warmup.get(tier, "–"), *counts)
+    return table

@@ -1,7 +1,8 @@
-"""MarketDataModule: a verified dataset version → labelled, purged, scaled sliding windows.
+"""MarketDataModule: verified dataset versions of one or several assets → labelled, purged, scaled windows.
 
-Order of operations matters and is fixed here: verify hash → labels from raw prices → stationary
-transforms → purged chronological splits → train-only scaling → windows (B, L, C).
+Order of operations matters and is fixed here, per asset: verify hash → labels from raw prices → stationary
+transforms → purged chronological splits; then over the pool: train-only scaling → windows (B, L, C), each
+from one asset, with the asset's index beside its label.
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from datamodules.assets import SCALINGS, AssetSeries, Windows, check_overlap, load_asset, pool, version_of
 from datamodules.errors import DataError
 from datamodules.features import TIERS
-from datamodules.labels import LABEL_PRICES, make_labels
-from datamodules.manifest import PROCESSED, Manifest
-from datamodules.processed import load_dataset
-from datamodules.scaling import Standardizer, stationary
+from datamodules.labels import LABEL_PRICES
 from datamodules.sources import DATA_DIR
-from datamodules.splits import Splits, split_ends
+from datamodules.splits import Splits
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +38,22 @@ STAGES_FOR = {
 }
 
 
-def input_columns(dataset: str, version: int, features: list[str] | None, data_dir: Path | str | None) -> list[str]:
-    """The configured input channels, or the tier's list: known without reading any data."""
-    if features:
-        return list(features)
-    return TIERS[Manifest(Path(data_dir) if data_dir else DATA_DIR, PROCESSED).get(dataset, version).tier]
+def input_columns(tier: str, features: list[str] | None, tickers: list[str], asset_channels: bool) -> list[str]:
+    """The input channels in order: the configured features (or the tier's), then one indicator per asset when
+    asset_channels is on. Known without reading any data."""
+    if tier not in TIERS:
+        raise DataError(f"unknown tier {tier!r} (choose from {', '.join(TIERS)})")
+    columns = list(features) if features else list(TIERS[tier])
+    return columns + ([asset_column(t) for t in tickers] if asset_channels else [])
+
+
+def asset_column(ticker: str) -> str:
+    return f"asset_{ticker}"
+
+
+def ticker_of(ticker: str) -> str:
+    """The registered spelling of a ticker: '^IXIC' and 'ixic' → 'IXIC'."""
+    return ticker.lstrip("^").upper()
 
 
 class EpochShuffle(Sampler[int]):
@@ -65,62 +75,73 @@ class EpochShuffle(Sampler[int]):
 
 
 class WindowDataset(Dataset):
-    """Sliding windows x[t-L+1..t] (L, C) with label y[t], for the given end indices t."""
+    """Sliding windows x[t-L+1..t] (L, C) with label y[t] and the window's asset, for the given end indices t."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, ends: np.ndarray, context_length: int):
-        self.x, self.y, self.context_length = x, y, context_length
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, asset: torch.Tensor, ends: np.ndarray, context_length: int):
+        self.x, self.y, self.asset, self.context_length = x, y, asset, context_length
         self.ends = torch.as_tensor(ends, dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.ends)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         t = int(self.ends[i])
-        return self.x[t - self.context_length + 1 : t + 1], self.y[t]  # (L, C), ()
+        return self.x[t - self.context_length + 1 : t + 1], self.y[t], self.asset[t]  # (L, C), (), ()
 
 
 class MarketDataModule(pl.LightningDataModule):
-    """Windows of a registered processed dataset with labels at one horizon."""
+    """Windows of one or several assets' registered processed datasets, labelled at one horizon."""
 
     def __init__(
         self,
-        dataset: str = "GSPC.dataset.a25",
-        version: int = 1,
+        tickers: list[str] = ("GSPC",),
+        tier: str = "a25",
+        version: int | dict[str, int] = 1,
         horizon: int = 1,
         threshold: float = 0.01,
         label_price: str = "high",
         context_length: int = 80,
         features: list[str] | None = None,
         splits: Splits = Splits(),
+        scaling: str = "pooled",
+        asset_channels: bool = False,
         batch_size: int = 256,
         seed: int | None = None,
         data_dir: str | None = None,
     ):
         """
         Args:
-            dataset: processed dataset name, e.g. GSPC.dataset.a25 (see `cli.py data list`).
-            version: its registered version.
+            tickers: assets whose windows are pooled (each reads <ticker>.dataset.<tier>; see `cli.py data list`).
+            tier: the feature tier of every asset's dataset (a20, a25, c, a50, …).
+            version: the datasets' registered version: one number, or one per ticker ({GSPC: 1, IXIC: 2}).
             horizon: trading days the label looks ahead; the one horizon of the run.
             threshold: relative rise over today's close that makes a positive label.
             label_price: "high" (intraday high reaches the threshold) or "close".
             context_length: days per input window (L).
             features: input channels; None uses the tier's list.
-            splits: chronological split boundaries.
+            splits: chronological split boundaries (calendar dates, the same for every asset).
+            scaling: "pooled": one z-score per channel from every asset's training rows, so a channel keeps its
+                absolute level across assets (the label's +1% threshold is absolute too); "per_asset": each
+                asset's own training statistics.
+            asset_channels: add one 0/1 input channel per asset saying which asset a window comes from.
             batch_size: samples per batch.
             seed: seed of the training shuffle; None: the run's seed (seed_everything), so seeds differ in order too.
             data_dir: data folder (default: the repository's data/).
         """
         super().__init__()
-        self.save_hyperparameters(ignore=["splits"])
+        self.save_hyperparameters(ignore=["splits", "tickers"])
+        self.tickers = [ticker_of(t) for t in ([tickers] if isinstance(tickers, str) else tickers)]
+        self.hparams["tickers"] = list(self.tickers)
         self.hparams["splits"] = asdict(splits)  # primitives only in checkpoints
-        self.dataset, self.version, self.horizon = dataset, version, horizon
+        self.tier, self.version, self.horizon = tier, version, horizon
         self.threshold, self.label_price, self.context_length = threshold, label_price, context_length
-        self.splits, self.batch_size = splits, batch_size
+        self.splits, self.scaling, self.asset_channels = splits, scaling, asset_channels
+        self.batch_size = batch_size
         self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed  # set by seed_everything
         self.data_dir = Path(data_dir) if data_dir else DATA_DIR
         self.features = list(features) if features else None
         self._validate()
-        self.entry = None
+        self.entries: list = []
         self.stats: dict[str, dict] = {}
         self._datasets: dict[str, WindowDataset] = {}
         self._prepared: set[str | None] = set()
@@ -135,50 +156,71 @@ class MarketDataModule(pl.LightningDataModule):
             raise DataError(f"label_price must be one of {LABEL_PRICES}, got {self.label_price!r}")
         if self.context_length < 1 or self.batch_size < 1:
             raise DataError(f"context_length and batch_size must be ≥ 1, got {self.context_length}, {self.batch_size}")
+        if not self.tickers:
+            raise DataError("data.tickers is empty: name at least one asset (e.g. [GSPC])")
+        if len(set(self.tickers)) != len(self.tickers):
+            raise DataError(f"data.tickers names an asset twice: {self.tickers}")
+        if self.scaling not in SCALINGS:
+            raise DataError(f"data.scaling must be one of {SCALINGS}, got {self.scaling!r}")
+        for ticker in self.tickers:
+            version_of(self.version, ticker)
+        columns = self.columns  # an unknown tier fails here
+        if len(set(columns)) != len(columns):
+            raise DataError(f"duplicate feature columns in {columns}")
         self.splits.boundaries()
 
     @property
     def columns(self) -> list[str]:
-        """Input channels in order (reads the manifest only)."""
-        return input_columns(self.dataset, self.version, self.features, self.data_dir)
+        """Input channels in order."""
+        return input_columns(self.tier, self.features, self.tickers, self.asset_channels)
 
     @property
     def n_channels(self) -> int:
         return len(self.columns)
 
+    @property
+    def entry(self):
+        """The first asset's dataset entry (the only one in a single-asset run)."""
+        return self.entries[0] if self.entries else None
+
     def setup(self, stage: str | None = None) -> None:
         if stage in self._prepared:  # the CLI prepares the data before the Trainer asks (errors before any write)
             return
-        frame, self.entry = load_dataset(self.dataset, self.version, self.data_dir)
-        columns = self.columns
-        if len(set(columns)) != len(columns):
-            raise DataError(f"duplicate feature columns in {columns}")
-        labels = make_labels(frame, self.horizon, self.threshold, self.label_price)  # raw prices, before scaling
-        inputs = stationary(frame, columns).to_numpy(np.float64)
-        first_valid = self._first_valid_row(inputs, frame.index, columns)
-        first_end = first_valid + self.context_length - 1
-        if first_end + self.horizon >= len(frame):
-            raise DataError(
-                f"too few rows: {len(frame) - first_valid} usable rows in {self.entry.label}, "
-                f"need more than context_length {self.context_length} + horizon {self.horizon}"
-            )
-        ends = split_ends(frame.index, first_end, self.horizon, self.splits)
-        t = np.arange(first_end, len(frame))
-        ends["predict"] = t[frame.index[t] > pd.Timestamp(self.splits.val_end)]
-        self.dates = frame.index
+        features = input_columns(self.tier, self.features, self.tickers, asset_channels=False)
+        spec = Windows(self.horizon, self.threshold, self.label_price, self.context_length, self.splits)
+        series = [
+            load_asset(t, self.tier, version_of(self.version, t), features, spec, self.data_dir) for t in self.tickers
+        ]
+        check_overlap(series)
         stages = STAGES_FOR[stage]
-        self._check_sizes(ends, stages, labels)
-        self.scaler = Standardizer.fit(inputs[first_valid : ends["train"][-1] + 1])  # training rows only
-        x = torch.from_numpy(np.nan_to_num(self.scaler.transform(inputs)))  # (T, C); NaN rows precede every window
-        y = torch.from_numpy(labels.astype(np.float32))  # (T,); NaN only where the future is unknown
-        self._x, self._y = x, y
-        self._datasets.update({s: WindowDataset(x, y, ends[s], self.context_length) for s in stages})
+        for s in series:
+            self._check_sizes(s, stages)
+        pooled = pool(series, self.context_length, self.scaling)
+        x = pooled.x
+        if self.asset_channels:
+            x = np.concatenate([x, np.eye(len(series), dtype=np.float32)[pooled.asset]], axis=1)
+        self._x, self._y = torch.from_numpy(x), torch.from_numpy(pooled.y)  # (T, C), (T,)
+        self._asset = torch.from_numpy(pooled.asset.astype(np.int64))  # (T,)
+        self.entries, self.scalers, self.dates, self.ends = (
+            [s.entry for s in series],
+            pooled.scalers,
+            pooled.dates,
+            pooled.ends,
+        )
+        labels = pooled.y.astype(np.float64)
+        self._check_classes(labels[self.ends["train"]])
+        for s in stages:
+            self._datasets[s] = WindowDataset(self._x, self._y, self._asset, self.ends[s], self.context_length)
         for s in (s for s in stages if s != "predict"):
-            self.stats[s] = self._describe(frame.index, labels, ends[s]) | {"drift": self._drift(x, ends[s], columns)}
+            self.stats[s] = self._describe(labels, self.ends[s]) | {"drift": self._drift(s)}
             self._log_split(s)
-        self.train_positive_rate = float(labels[ends["train"]].mean())
-        self.ends = ends
+        self.train_positive_rate = float(labels[self.ends["train"]].mean())
         self._prepared.add(stage)
+
+    @property
+    def assets(self) -> list[str]:
+        """The pooled assets, in the order of the asset index each sample carries."""
+        return list(self.tickers)
 
     def _log_split(self, stage: str) -> None:
         st = self.stats[stage]
@@ -188,50 +230,50 @@ class MarketDataModule(pl.LightningDataModule):
         if far:
             log.warning("%s: channels drifted beyond 3 training std: %s", stage, far)
 
-    @staticmethod
-    def _first_valid_row(inputs: np.ndarray, dates: pd.DatetimeIndex, columns: list[str]) -> int:
-        finite = np.isfinite(inputs).all(axis=1)
-        if not finite.any():
-            raise DataError("no row has finite values in every input channel")
-        first = int(np.argmax(finite))
-        if not finite[first:].all():
-            row, col = np.argwhere(~np.isfinite(inputs[first:]))[0]
-            raise DataError(f"input channel {columns[col]} is not finite on {dates[first + row].date()}")
-        return first
-
-    def _check_sizes(self, ends: dict[str, np.ndarray], stages: list[str], labels: np.ndarray) -> None:
+    def _check_sizes(self, series: AssetSeries, stages: list[str]) -> None:
         for s in {"train", *stages}:
-            if len(ends[s]) == 0:
+            if len(series.ends[s]) == 0:
                 raise DataError(
-                    f"the {s} split has no samples (splits {asdict(self.splits)}, horizon {self.horizon}, "
-                    f"data {self.entry.first_date} → {self.entry.last_date})"
+                    f"the {s} split has no samples of {series.ticker} (splits {asdict(self.splits)}, horizon "
+                    f"{self.horizon}, context {self.context_length}, data {series.entry.first_date} → "
+                    f"{series.entry.last_date})"
                 )
-        train_rate = float(np.mean(labels[ends["train"]]))
+        if "val" in stages and len(series.ends["val"]) < MIN_VAL_SAMPLES:
+            raise DataError(
+                f"the val split has {len(series.ends['val'])} samples of {series.ticker}, fewer than "
+                f"{MIN_VAL_SAMPLES}: widen it (data.splits) rather than rank noise"
+            )
+
+    def _check_classes(self, train_labels: np.ndarray) -> None:
+        train_rate = float(np.mean(train_labels))
         if train_rate in (0.0, 1.0):
             raise DataError(
                 f"the train split has one class only (positive rate {train_rate:g} at threshold {self.threshold}, "
                 f"horizon {self.horizon}): a classifier cannot be trained on it"
             )
-        if "val" in stages and len(ends["val"]) < MIN_VAL_SAMPLES:
-            raise DataError(
-                f"the val split has {len(ends['val'])} samples, fewer than {MIN_VAL_SAMPLES}: "
-                "widen it (data.splits) rather than rank noise"
-            )
 
-    @staticmethod
-    def _describe(dates: pd.DatetimeIndex, labels: np.ndarray, ends: np.ndarray) -> dict:
-        return {
+    def _describe(self, labels: np.ndarray, ends: np.ndarray) -> dict:
+        dates = pd.DatetimeIndex(self.dates[ends])
+        out = {
             "n": len(ends),
-            "first": dates[ends[0]].date().isoformat(),
-            "last": dates[ends[-1]].date().isoformat(),
+            "first": dates.min().date().isoformat(),
+            "last": dates.max().date().isoformat(),
             "positive_rate": float(labels[ends].mean()),
         }
+        if len(self.tickers) > 1:
+            assets = self._asset.numpy()[ends]
+            out["assets"] = {t: self._describe_one(labels, ends[assets == i]) for i, t in enumerate(self.tickers)}
+        return out
 
-    @staticmethod
-    def _drift(x: torch.Tensor, ends: np.ndarray, columns: list[str]) -> dict[str, float]:
+    def _describe_one(self, labels: np.ndarray, ends: np.ndarray) -> dict:
+        dates = pd.DatetimeIndex(self.dates[ends])
+        return {"n": len(ends), "first": dates.min().date().isoformat(), "last": dates.max().date().isoformat(),
+                "positive_rate": float(labels[ends].mean())}  # fmt: skip
+
+    def _drift(self, stage: str) -> dict[str, float]:
         """Mean of each scaled channel over a split's days, in training standard deviations."""
-        means = x[torch.as_tensor(ends)].double().mean(dim=0)
-        return {c: float(m) for c, m in zip(columns, means, strict=True)}
+        means = self._x[torch.as_tensor(self.ends[stage])].double().mean(dim=0)
+        return {c: float(m) for c, m in zip(self.columns, means, strict=True)}
 
     def _loader(self, stage: str, shuffle: bool) -> DataLoader:
         if stage not in self._datasets:
@@ -254,7 +296,11 @@ class MarketDataModule(pl.LightningDataModule):
 
     def sample_dates(self, stage: str) -> list[str]:
         """ISO date of each sample's last input day, in loader order (for prediction files)."""
-        return [d.date().isoformat() for d in self.dates[self.ends[stage]]]
+        return [d.date().isoformat() for d in pd.DatetimeIndex(self.dates[self.ends[stage]])]
+
+    def sample_assets(self, stage: str) -> list[str]:
+        """Each sample's asset, in loader order."""
+        return [self.tickers[i] for i in self._asset.numpy()[self.ends[stage]]]
 
     def last_day_features(self, stage: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Each window's last input day (n, C), its label (n,) and date: the inputs of the report's baselines."""

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from datamodules.errors import DataError
-from datamodules.features import OHLCV_COLUMNS, TIERS, a20_features, vix_features
+from datamodules.features import TIERS, VIX_FEATURES, needs_vix, ohlcv_columns, ohlcv_features, vix_features
 from datamodules.manifest import PROCESSED, RAW, Entry, Manifest, atomic_write_bytes, file_sha256, frame_sha256
 from datamodules.sources import DATA_DIR, raw_name, read_ohlcv
 
@@ -49,25 +49,56 @@ def _load_raw(ticker: str, data_dir: Path, require_volume: bool) -> tuple[pd.Dat
 
 def compute_dataset(ticker: str, tier: str, data_dir: Path = DATA_DIR) -> tuple[pd.DataFrame, list[Entry], dict]:
     """Raw prices + the tier's features, warm-up rows dropped. Returns frame, source entries, counts."""
+    frame, sources, notes = _untrimmed(ticker, tier, data_dir)
+    return _trim(frame, notes), sources, notes
+
+
+def _untrimmed(ticker: str, tier: str, data_dir: Path) -> tuple[pd.DataFrame, list[Entry], dict]:
     if tier not in TIERS:
         raise DataError(f"unknown tier {tier!r} (choose from {', '.join(TIERS)})")
     ohlcv, source = _load_raw(ticker, data_dir, require_volume=True)
-    frame = pd.concat([ohlcv[OHLCV_COLUMNS], a20_features(ohlcv)], axis=1)
+    frame = ohlcv_features(ohlcv, tier)
     sources, notes = [source], {"ticker": ticker.lstrip("^").upper()}
-    if tier == "c":
-        vix, vix_source = _load_raw(VIX_TICKER, data_dir, require_volume=False)
-        aligned = vix_features(vix).reindex(frame.index, method="ffill", limit=VIX_FILL_LIMIT)
-        notes["vix_filled_days"] = int((~frame.index.isin(vix.index)).sum())
-        frame = pd.concat([frame, aligned], axis=1)
+    if needs_vix(tier):
+        frame, vix_source = _add_vix(frame, data_dir, notes)
         sources.append(vix_source)
-    return _trim(frame, notes), sources, notes
+    return frame, sources, notes
+
+
+def _add_vix(frame: pd.DataFrame, data_dir: Path, notes: dict) -> tuple[pd.DataFrame, Entry]:
+    """The VIX features on the frame's calendar (carried forward at most VIX_FILL_LIMIT days)."""
+    vix, vix_source = _load_raw(VIX_TICKER, data_dir, require_volume=False)
+    aligned = vix_features(vix).reindex(frame.index, method="ffill", limit=VIX_FILL_LIMIT)
+    notes["vix_filled_days"] = int((~frame.index.isin(vix.index)).sum())
+    return pd.concat([frame, aligned], axis=1), vix_source
+
+
+def warmup_rows(ticker: str, data_dir: Path = DATA_DIR) -> dict[str, int]:
+    """Leading rows each tier drops on `ticker`, from one build of the widest tier (VIX tiers left out
+    when no intact VIX series is registered)."""
+    widest = max((t for t in TIERS if not needs_vix(t)), key=lambda t: len(TIERS[t]))  # holds every own column
+    frame, _, _ = _untrimmed(ticker, widest, data_dir)
+    try:
+        frame, _ = _add_vix(frame, data_dir, {})
+    except DataError:
+        pass
+    complete = frame.notna()
+    out = {}
+    for tier, columns in TIERS.items():
+        if set(columns) <= set(frame.columns):
+            rows = complete[ohlcv_columns(tier) + [c for c in columns if c in VIX_FEATURES]].all(axis=1).to_numpy()
+            out[tier] = int(np.argmax(rows)) if rows.any() else len(frame)
+    return out
 
 
 def _trim(frame: pd.DataFrame, notes: dict) -> pd.DataFrame:
     """Drop leading warm-up rows (and trailing rows past a source's end); any other gap is an error."""
     complete = frame.notna().all(axis=1).to_numpy()
     if not complete.any():
-        raise DataError(f"too few rows: {len(frame)} rows do not cover the features' warm-up (sma_200 needs 200)")
+        raise DataError(
+            f"too few rows: {len(frame)} rows do not cover the features' warm-up "
+            "(sma_200 needs 200; tiers a100 and a200 need 251)"
+        )
     first, last = np.flatnonzero(complete)[[0, -1]]
     notes["warmup_rows_dropped"] = int(first)
     notes["tail_rows_dropped"] = int(len(frame) - 1 - last)

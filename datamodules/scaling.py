@@ -10,15 +10,29 @@ import numpy as np
 import pandas as pd
 
 from datamodules.errors import DataError
-from datamodules.features import A20, VIX_FEATURES
+from datamodules.feature_families import ADOSC, FREE, LEVEL, OBV, RETURN, UNIT, VOLUME
+from datamodules.features import KIND
 
 VOLUME_WINDOW = 20  # days of volume used to express volume-unit channels as relative values
 
-MOVING_AVERAGES = [c for c in A20 if c.startswith(("dema_", "sma_"))]
-PRICE_LEVELS = {"Open", "High", "Low", *MOVING_AVERAGES, "vwap_20"}  # prices: log ratio to the close
-PRICE_UNITS = {"macd_line", "atr_14"}  # differences of prices: divide by the close
-BOUNDED = {"rsi_daily", "rsi_weekly", "stochrsi_daily", "stochrsi_weekly", "adx_14", "bb_percent_b"}
-SCALE_FREE = BOUNDED | set(VIX_FEATURES)  # oscillators and VIX levels (a mean-reverting index)
+
+def _transform(kind: str, x: pd.Series, close: pd.Series, volume_sum: pd.Series | None) -> pd.Series:
+    """One column made scale-free by its kind (see datamodules/feature_families.py)."""
+    if kind == LEVEL:
+        return np.log(x / close)  # level relative to today's close
+    if kind == RETURN:
+        return np.log(x / x.shift(1))  # daily log return
+    if kind == UNIT:
+        return x / close
+    if kind == VOLUME:
+        return np.log(x * VOLUME_WINDOW / volume_sum)  # volume relative to its 20-day mean
+    if kind == OBV:
+        return (x - x.shift(VOLUME_WINDOW)) / volume_sum  # net signed volume share, in [-1, 1]
+    if kind == ADOSC:
+        return x * VOLUME_WINDOW / volume_sum
+    if kind == FREE:
+        return x
+    raise ValueError(f"unknown stationary kind {kind!r}")
 
 
 def stationary(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -29,23 +43,11 @@ def stationary(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     for column in columns:
         if column not in frame:
             raise DataError(f"feature column {column!r} is not in the dataset (has: {', '.join(frame.columns)})")
-        x = frame[column]
-        if column in PRICE_LEVELS:
-            out[column] = np.log(x / close)  # level relative to today's close
-        elif column == "Close":
-            out[column] = np.log(close / close.shift(1))  # daily log return
-        elif column in PRICE_UNITS:
-            out[column] = x / close
-        elif column == "Volume":
-            out[column] = np.log(x * VOLUME_WINDOW / volume_sum)  # volume relative to its 20-day mean
-        elif column == "obv":
-            out[column] = (x - x.shift(VOLUME_WINDOW)) / volume_sum  # net signed volume share, in [-1, 1]
-        elif column == "adosc":
-            out[column] = x * VOLUME_WINDOW / volume_sum
-        elif column in SCALE_FREE:
-            out[column] = x
-        else:
-            raise DataError(f"feature column {column!r} has no stationary transform (see datamodules/scaling.py)")
+        if column not in KIND:
+            raise DataError(
+                f"feature column {column!r} has no stationary transform (see KIND in datamodules/features.py)"
+            )
+        out[column] = _transform(KIND[column], frame[column], close, volume_sum)
     return pd.DataFrame(out, index=frame.index)[columns]
 
 

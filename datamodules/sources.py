@@ -32,15 +32,18 @@ class OHLCV:
     """A validated daily OHLCV frame (DatetimeIndex 'Date', float64 columns) and its repair count."""
 
     frame: pd.DataFrame
-    repaired_rows: int
+    repaired_rows: int  # High/Low clipped to the Open–Close body
+    volume_filled_rows: int = 0  # a zero Volume between traded days: the previous day's volume carried forward
 
 
 def read_ohlcv(path: Path, require_volume: bool = True) -> OHLCV:
     """Read a daily OHLCV CSV (optionally gzipped; headers case-insensitive) and validate it.
 
     Rows whose High or Low contradicts Open or Close are repaired by clipping (High raised to
-    max(Open, Close), Low lowered to min(Open, Close)) and counted. Anything else that is wrong
-    is a DataError naming the file and the first offending date.
+    max(Open, Close), Low lowered to min(Open, Close)) and counted. A Volume of exactly 0 on an index
+    that otherwise trades is a missing print (NASDAQ's file has two): it takes the previous day's volume,
+    causally, and is counted. Anything else that is wrong is a DataError naming the file and the first
+    offending date.
     """
     path = Path(path)
     try:
@@ -57,7 +60,7 @@ def _first_line(err: Exception) -> str:
     return text[0] if text else "no details"
 
 
-def _validate(raw: pd.DataFrame, path: Path, require_volume: bool) -> tuple[pd.DataFrame, int]:
+def _validate(raw: pd.DataFrame, path: Path, require_volume: bool) -> tuple[pd.DataFrame, int, int]:
     canonical = {c.lower(): c for c in ["Date", *PRICE_COLUMNS, *OPTIONAL_COLUMNS]}
     renamed = raw.rename(columns=lambda c: canonical.get(str(c).strip().lower(), str(c).strip()))
     required = ["Date", *PRICE_COLUMNS] + (["Volume"] if require_volume else [])
@@ -72,7 +75,9 @@ def _validate(raw: pd.DataFrame, path: Path, require_volume: bool) -> tuple[pd.D
         raise DataError(f"{path}: non-numeric price or volume ({_first_line(err)})") from None
     frame.index = pd.DatetimeIndex(dates, name="Date")
     _check_rows(frame, path)
-    return _repair(frame)
+    if not require_volume and "Volume" in frame and (frame["Volume"] == 0).all():
+        frame = frame.drop(columns="Volume")  # e.g. yfinance's ^VIX: a Volume column of zeros is no volume
+    return (*_repair(frame), _fill_zero_volume(frame, path))
 
 
 def _parse_dates(column: pd.Series, path: Path) -> pd.DatetimeIndex:
@@ -123,6 +128,20 @@ def _repair(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return frame, int(broken.sum())
 
 
+def _fill_zero_volume(frame: pd.DataFrame, path: Path) -> int:
+    """Replace isolated zero volumes by the previous day's (in place); refuse a file that never trades."""
+    if "Volume" not in frame:
+        return 0
+    zero = (frame["Volume"] == 0).to_numpy()
+    if zero.all():
+        raise DataError(f"{path}: Volume is 0 on every row (an index without volume: import it with --no-volume)")
+    if zero[0]:
+        first = frame.index[0].date().isoformat()
+        raise DataError(f"{path}: Volume is 0 on the first row ({first}); nothing to carry forward")
+    frame["Volume"] = frame["Volume"].mask(zero).ffill()
+    return int(zero.sum())
+
+
 def register_raw(path: Path, ticker: str, data_dir: Path = DATA_DIR, require_volume: bool = True) -> Entry:
     """Validate a raw file already inside `<data_dir>/raw/` and (re)register it in the raw manifest."""
     manifest = Manifest(data_dir, RAW)
@@ -130,7 +149,8 @@ def register_raw(path: Path, ticker: str, data_dir: Path = DATA_DIR, require_vol
     name = raw_name(ticker)
     digest = file_sha256(path)
     previous = manifest.find(name)
-    version = previous.version if previous and previous.hash == digest else manifest.next_version(name)
+    same = previous is not None and previous.hash == digest
+    version = previous.version if same else manifest.next_version(name)
     entry = Entry(
         name=name,
         version=version,
@@ -141,8 +161,10 @@ def register_raw(path: Path, ticker: str, data_dir: Path = DATA_DIR, require_vol
         first_date=data.frame.index[0].date().isoformat(),
         last_date=data.frame.index[-1].date().isoformat(),
         columns=list(data.frame.columns),
-        notes={"repaired_rows": data.repaired_rows},
+        notes={"repaired_rows": data.repaired_rows, "volume_filled_rows": data.volume_filled_rows},
     )
+    if same:
+        entry.created = previous.created  # the same bytes registered again: the same entry
     manifest.register(entry)
     return entry
 
@@ -164,15 +186,34 @@ def import_csv(csv: Path, ticker: str, data_dir: Path = DATA_DIR, require_volume
     return register_raw(target, ticker, data_dir, require_volume)
 
 
-def download(ticker: str, data_dir: Path = DATA_DIR, symbol: str | None = None) -> Entry:
-    """Fetch daily OHLCV through yfinance (optional extra) and import it like a CSV."""
+def import_many(files: list[tuple[Path, str]], data_dir: Path = DATA_DIR, require_volume: bool = True) -> list[Entry]:
+    """Import several (csv, ticker) pairs: every file is validated before any is copied, so one bad file writes
+    nothing."""
+    names = [raw_name(ticker) for _, ticker in files]
+    if len(set(names)) != len(names):
+        raise DataError(f"a ticker is named twice: {', '.join(t for _, t in files)}")
+    for csv, _ in files:
+        read_ohlcv(Path(csv), require_volume)
+    return [import_csv(csv, ticker, data_dir, require_volume) for csv, ticker in files]
+
+
+def download(tickers: list[str], data_dir: Path = DATA_DIR, symbols: list[str] | None = None) -> list[Entry]:
+    """Fetch daily OHLCV of every ticker through yfinance (optional extra), then import them all like CSVs. A
+    failed or empty download writes nothing (not even the tickers fetched before it). `^DJI` is stored as DJI."""
     try:
         import yfinance
     except ImportError:
         raise DataError(
             "data download needs yfinance: pip install 'finscale[download]' (or use data import --csv)"
         ) from None
-    symbol = symbol or ticker
+    symbols = symbols or list(tickers)
+    with tempfile.TemporaryDirectory() as tmp:
+        pairs = zip(tickers, symbols, strict=True)
+        files = [(_fetch(yfinance, symbol, Path(tmp) / f"{raw_name(t)}.csv"), t) for t, symbol in pairs]
+        return import_many(files, data_dir)
+
+
+def _fetch(yfinance, symbol: str, csv: Path) -> Path:
     try:
         history = yfinance.Ticker(symbol).history(period="max", interval="1d", auto_adjust=False)
     except Exception as err:  # network failures surface as many exception types
@@ -181,7 +222,5 @@ def download(ticker: str, data_dir: Path = DATA_DIR, symbol: str | None = None) 
         raise DataError(f"download of {symbol} returned no rows (offline, or unknown symbol)")
     history.index = pd.DatetimeIndex(history.index).tz_localize(None).normalize()
     columns = [c for c in [*PRICE_COLUMNS, *OPTIONAL_COLUMNS] if c in history.columns]
-    with tempfile.TemporaryDirectory() as tmp:
-        csv = Path(tmp) / f"{raw_name(ticker)}.csv"
-        history[columns].rename_axis("Date").to_csv(csv, date_format="%Y-%m-%d")
-        return import_csv(csv, ticker, data_dir)
+    history[columns].rename_axis("Date").to_csv(csv, date_format="%Y-%m-%d")
+    return csv

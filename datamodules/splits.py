@@ -1,7 +1,8 @@
 """Chronological, purged splits of sample end-days (LESSONS #2, #3).
 
 A sample is identified by t, the last day of its input window; its label looks at t+1..t+h.
-train: label window ends on or before train_end, so no training label reaches a val/test day.
+train: label window ends on or before train_end, so no training label reaches a val/test day (and, with
+       train_start, the input window starts on or after it: the data-size axis, at fixed val/test).
 val:   t after train_end and the label window ends on or before val_end (never reaches test).
 test:  t after val_end and the label window ends on or before test_end (default: data end).
 """
@@ -22,6 +23,7 @@ STAGES = ("train", "val", "test")
 class Splits:
     """Split boundaries (inclusive, ISO dates)."""
 
+    train_start: str | None = None  # first day a training window may use; None: the start of the data
     train_end: str = "2014-12-31"  # last day a training label may look at
     val_end: str = "2016-12-31"  # last day a validation label may look at
     test_end: str | None = "2018-12-31"  # last day a test label may look at; None: end of the data
@@ -40,6 +42,16 @@ class Splits:
                 f"split dates must increase: train_end {self.train_end} < val_end {self.val_end} "
                 f"< test_end {self.test_end}"
             )
+        if self.train_start is not None:
+            try:
+                start = pd.Timestamp(self.train_start)
+            except ValueError as err:
+                raise DataError(f"bad split date ({err})") from None
+            if not start < bounds[0]:
+                raise DataError(
+                    f"splits.train_start {self.train_start} is not before train_end {self.train_end}: "
+                    "no day is left to train on (validation starts after train_end)"
+                )
         return bounds[0], bounds[1], bounds[2]
 
 

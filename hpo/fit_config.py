@@ -52,14 +52,21 @@ def plain_config(config) -> dict:
 
 
 def default_study_name(config_path: Path, config, budget: int | None) -> str:
-    """<config>[-<budget>]-h<h>-<dataset>-v<version>, e.g. `2M-h1-GSPC.dataset.a25-v1`."""
+    """<config>[-<budget>]-h<h>-<data>, e.g. `2M-h1-GSPC.dataset.a25-v1` or `2M-h1-GSPC+IXIC.dataset.a25-v1`."""
+    from datamodules.assets import data_label
     from lightning_modules.budget import BUDGETS
 
     name = Path(config_path).stem
     named = next((k for k, v in BUDGETS.items() if v == budget), None)
     if named and named != name:
         name += f"-{named}"
-    return f"{name}-h{config.data.horizon}-{config.data.dataset}-v{config.data.version}"
+    data = config.data
+    label = data_label(data.tickers, data.tier, _plain_version(data.version), data.splits.train_start)
+    return f"{name}-h{data.horizon}-{label}"
+
+
+def _plain_version(version: Any) -> int | dict[str, int]:
+    return version if isinstance(version, int) else dict(version)
 
 
 def format_override(value: Any) -> str:

@@ -98,7 +98,7 @@ class StudyRunner:
         self.config = parse_fit_config(["--config", str(request.config), *request.overrides])
         self.overrides = override_keys(request.overrides)
         data = self.config.data
-        self.n_channels = len(input_columns(data.dataset, data.version, data.features, data.data_dir))
+        self.n_channels = len(input_columns(data.tier, data.features, data.tickers, data.asset_channels))
         self.space: SearchSpace = load_space(request.search_space, self.config, self.n_channels)
         both = sorted(set(self.space.keys) & set(self.overrides))
         if both:
@@ -445,7 +445,7 @@ class StudyRunner:
             "accumulate": trainer.accumulate_grad_batches,
             "wall_s": round(time.time() - began, 1),
             "best_value": best.get("monitor"),
-            "dataset_hash": (identity.get("dataset") or {}).get("hash"),
+            "dataset_hash": ",".join(d["hash"] for d in identity.get("datasets") or []) or None,
             "git_commit": identity.get("git_commit"),
         }
         for name in ("loss", "auroc", "ap", "brier", "accuracy", "pred_std", "prior_bce"):

@@ -113,6 +113,7 @@ class Forecaster(pl.LightningModule):
         self.register_buffer("train_prior", torch.tensor(0.5, dtype=torch.float64))  # training positive rate
         self.stage_metrics = torch.nn.ModuleDict({f"{s}_metrics": StageMetrics(s) for s in STAGES})
         self.decay_start: int | None = None  # optimizer step where the wsd decay began (None: not yet)
+        self.assets: list[str] = []  # the datamodule's pooled assets (per-asset metrics when more than one)
         self.epoch_outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {s: [] for s in STAGES}
 
@@ -124,13 +125,20 @@ class Forecaster(pl.LightningModule):
         prior = getattr(datamodule, "train_positive_rate", None)
         if prior is not None:
             self.train_prior.fill_(prior)
+        self.assets = list(getattr(datamodule, "assets", None) or [])
+        if len(self.assets) > 1:  # pooled assets: every metric also per asset, as <stage>/<asset>/<metric>
+            for s in ("val", "test"):
+                for asset in self.assets:
+                    key = f"{s}_{asset}_metrics"
+                    if key not in self.stage_metrics:
+                        self.stage_metrics[key] = StageMetrics(f"{s}/{asset}").to(self.device)
         if stage == "fit" and self.hparams.baseline_start:  # a resumed run's checkpoint overwrites this start
             x, y, _ = datamodule.last_day_features("train")
             weight, bias = logistic_start(x, y, self.hparams.baseline_C, self.hparams.n_channels)
             self.net.start_as_linear(weight, bias)
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
-        x, y = batch
+    def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
+        x, y = batch[0], batch[1]  # (B, L, C), (B,); batch[2]: each window's asset index (B,)
         logits = self(x)  # (B,)
         bce = F.binary_cross_entropy_with_logits(logits, y)  # plain BCE: comparable across runs and with the prior
         loss = bce
@@ -146,9 +154,18 @@ class Forecaster(pl.LightningModule):
             )
         probs = torch.sigmoid(logits.detach().float())  # the one sigmoid (LESSONS #7)
         self.stage_metrics[f"{stage}_metrics"].update(bce, probs, y)
+        if stage != "train" and len(self.assets) > 1:
+            self._update_per_asset(stage, logits.detach(), probs, y, batch[2])
         if stage != "train":
             self._outputs[stage].append((probs.cpu(), y.detach().cpu()))
         return loss
+
+    def _update_per_asset(self, stage: str, logits, probs, y, asset) -> None:
+        for i, name in enumerate(self.assets):
+            mask = asset == i
+            if mask.any():
+                bce = F.binary_cross_entropy_with_logits(logits[mask], y[mask])
+                self.stage_metrics[f"{stage}_{name}_metrics"].update(bce, probs[mask], y[mask])
 
     def on_fit_start(self) -> None:
         # callbacks ran first: a batch finder may have changed the micro-batch and accumulation
@@ -230,14 +247,18 @@ class Forecaster(pl.LightningModule):
         self._step(batch, "test")
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x, _ = batch
-        return torch.sigmoid(self(x).float())
+        return torch.sigmoid(self(batch[0]).float())
 
     def _epoch_end(self, stage: str) -> dict[str, torch.Tensor]:
         metrics = self.stage_metrics[f"{stage}_metrics"]
         values = metrics.compute(float(self.train_prior))
         self.log_dict(values, prog_bar=stage == "val")
         metrics.reset()
+        for asset in self.assets if len(self.assets) > 1 and stage != "train" else ():
+            per_asset = self.stage_metrics[f"{stage}_{asset}_metrics"]
+            if per_asset.loss.update_count:  # limit_val_batches may leave an asset unseen
+                self.log_dict(per_asset.compute(float(self.train_prior)))
+            per_asset.reset()
         if self._outputs[stage]:
             probs, targets = zip(*self._outputs[stage], strict=True)
             self.epoch_outputs[stage] = (torch.cat(probs), torch.cat(targets))

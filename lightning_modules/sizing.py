@@ -95,7 +95,10 @@ def preflight(size: RunSize, available: int, where: str) -> None:
     )
 
 
-def summary_table(size: RunSize, available: int, where: str, title: str) -> Table:
+def summary_table(
+    size: RunSize, available: int, where: str, title: str, by_tier: dict[str, int] | None = None
+) -> Table:
+    """The sizing of one run; by_tier (tier → channel count) adds what the same shape counts on each tier."""
     cfg, m = size.cfg, size.memory
     table = Table(title=title, show_header=False)
     table.add_column("what", style="bold")
@@ -126,6 +129,11 @@ def summary_table(size: RunSize, available: int, where: str, title: str) -> Tabl
     if not fits:
         verdict += "; would fit: " + "; or ".join(what_would_fit(size, available) or ["nothing within this memory"])
     rows.append(("verdict", verdict))
+    if by_tier:
+        counts = {t: parameter_count(c, size.context_length, cfg) for t, c in by_tier.items()}
+        versus = {t: f"{counts[t] / BUDGETS[size.budget] - 1:+.1%}" for t in by_tier}
+        rows.append(("same shape by tier", "; ".join(f"{t}: {c} ch → {counts[t]:,} ({versus[t]})"
+                                                     for t, c in by_tier.items())))  # fmt: skip
     for row in rows:
         table.add_row(*row)
     return table

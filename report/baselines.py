@@ -25,7 +25,7 @@ import pandas as pd
 from datamodules.manifest import atomic_write_bytes
 from report.stats import bce
 
-VERSION = 1  # bump when a baseline's procedure changes: old caches are then ignored
+VERSION = 2  # bump when a baseline's procedure changes: old caches are then ignored
 NAMES = ("base rate", "logistic", "gbt")
 LOGISTIC_C = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 GBT_LEAVES = (4, 8, 16)
@@ -35,9 +35,10 @@ GBT_LEARNING_RATE = 0.05
 
 @dataclass
 class Predictions:
-    """One split: dates, labels and each baseline's probabilities (aligned)."""
+    """One split: dates, assets, labels and each baseline's probabilities (aligned)."""
 
     dates: list[str]
+    assets: list[str]
     labels: np.ndarray
     probs: dict[str, np.ndarray]
     train_prior: float
@@ -47,8 +48,14 @@ class Predictions:
 
     @property
     def truth(self) -> pd.Series:
-        """The dataset's label of each day of the split (model predictions are checked against it)."""
-        return pd.Series(self.labels, index=pd.Index(self.dates, name="date"))
+        """The datasets' label of each sample of the split, by sample key (model predictions are checked
+        against it)."""
+        return pd.Series(self.labels, index=pd.Index(sample_keys(self.dates, self.assets), name="sample"))
+
+
+def sample_keys(dates: list[str], assets: list[str]) -> list[str]:
+    """A sample's identity across files: '<date> <asset>' (sorts by date, then asset)."""
+    return [f"{d} {a}" for d, a in zip(dates, assets, strict=True)]
 
 
 def _key(settings: dict[str, Any], dataset_hash: str, seed: int) -> str:
@@ -63,8 +70,10 @@ def _datamodule(settings: dict[str, Any]):
     from datamodules.market_datamodule import MarketDataModule
     from datamodules.splits import Splits
 
-    keys = ("dataset", "version", "horizon", "threshold", "label_price", "context_length", "features", "data_dir")
-    dm = MarketDataModule(**{k: settings.get(k) for k in keys}, splits=Splits(**settings["splits"]))
+    keys = ("tickers", "tier", "version", "horizon", "threshold", "label_price", "context_length", "features",
+            "scaling", "data_dir")  # fmt: skip
+    dm = MarketDataModule(**{k: settings[k] for k in keys if settings.get(k) is not None},
+                          splits=Splits(**settings["splits"]))  # fmt: skip
     dm.setup("fit")
     return dm
 
@@ -117,11 +126,13 @@ def _predict(dm, split: str, params: dict[str, dict[str, Any]], seed: int) -> Pr
         gbt = _gbt(params["gbt"]["max_leaf_nodes"], params["gbt"]["max_iter"], seed).fit(x_train, y_train)
     probs = {"base rate": np.full(len(y), prior), "logistic": logistic.predict_proba(x)[:, 1],
              "gbt": gbt.predict_proba(x)[:, 1]}  # fmt: skip
-    return Predictions(dates, y.astype(float), probs, prior, params)
+    return Predictions(dates, dm.sample_assets(split), y.astype(float), probs, prior, params)
 
 
 def _write(path: Path, predictions: Predictions) -> None:
-    frame = pd.DataFrame({"date": predictions.dates, "label": predictions.labels.astype(int)})
+    frame = pd.DataFrame(
+        {"date": predictions.dates, "asset": predictions.assets, "label": predictions.labels.astype(int)}
+    )
     for name in NAMES:
         frame[name] = predictions.probs[name]
     atomic_write_bytes(path, frame.to_csv(index=False, float_format="%.8f").encode())
@@ -130,22 +141,24 @@ def _write(path: Path, predictions: Predictions) -> None:
 def _read(path: Path, meta: dict[str, Any]) -> Predictions:
     frame = pd.read_csv(path)
     probs = {name: frame[name].to_numpy(float) for name in NAMES}
-    return Predictions(frame["date"].astype(str).tolist(), frame["label"].to_numpy(float), probs,
-                       meta["train_prior"], meta["params"])  # fmt: skip
+    return Predictions(frame["date"].astype(str).tolist(), frame["asset"].astype(str).tolist(),
+                       frame["label"].to_numpy(float), probs, meta["train_prior"], meta["params"])  # fmt: skip
 
 
 def baseline_predictions(settings: dict[str, Any], split: str, cache: Path, seed: int = 0) -> Predictions:
     """The baselines' predictions on `split` ("val" or "test") for these data settings, read from `cache` or
     computed (then `save` writes them there: the report saves only once every input has been checked)."""
+    from datamodules.assets import data_label, version_of
     from datamodules.manifest import PROCESSED, Manifest
+    from datamodules.processed import dataset_name
     from datamodules.sources import DATA_DIR
 
     data_dir = Path(settings["data_dir"]) if settings.get("data_dir") else DATA_DIR
-    entry = Manifest(data_dir, PROCESSED).get(settings["dataset"], settings["version"])
-    folder = (
-        cache
-        / f"{settings['dataset']}-v{settings['version']}-h{settings['horizon']}-{_key(settings, entry.hash, seed)}"
-    )
+    manifest = Manifest(data_dir, PROCESSED)
+    tickers, tier, version = settings["tickers"], settings["tier"], settings["version"]
+    hashes = [manifest.get(dataset_name(t, tier), version_of(version, t)).hash for t in tickers]
+    label = data_label(tickers, tier, version, settings["splits"].get("train_start"))
+    folder = cache / f"{label}-h{settings['horizon']}-{_key(settings, ','.join(hashes), seed)}"
     path, meta_path = folder / f"{split}.csv", folder / "meta.json"
     if path.is_file() and meta_path.is_file():
         return _read(path, json.loads(meta_path.read_text()))
@@ -159,7 +172,7 @@ def baseline_predictions(settings: dict[str, Any], split: str, cache: Path, seed
             params = _choose(x_train, y_train, x_val, y_val, seed)
     predictions = _predict(dm, split, params, seed)
     predictions.unsaved = path
-    predictions.meta = {"settings": settings, "dataset_hash": entry.hash, "seed": seed, "params": params,
+    predictions.meta = {"settings": settings, "dataset_hashes": hashes, "seed": seed, "params": params,
                         "train_prior": predictions.train_prior, "version": VERSION}  # fmt: skip
     return predictions
 

@@ -11,6 +11,7 @@ whose test set was opened that way.
 from __future__ import annotations
 
 import functools
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import pandas as pd
 
 from lightning_modules.metrics import constant_prior_bce, is_collapsed
 from report.baselines import NAMES as BASELINES
-from report.baselines import Predictions, baseline_predictions
+from report.baselines import Predictions, baseline_predictions, sample_keys
 from report.collect import FRAME_KEYS, ReportError, Run, budget_label
 from report.scaling import ScalingFit
 from report.stats import METRICS, Estimate, block_indices, estimate
@@ -92,6 +93,7 @@ class Section:
 
     title: str
     settings: dict
+    scope: str = ""  # "": every asset of the data (pooled); else the one asset its rows are scored on
     rows: list[Row] = field(default_factory=list)
     fits: dict[int, ScalingFit] = field(default_factory=dict)  # by horizon
     findings: list[str] = field(default_factory=list)
@@ -107,9 +109,12 @@ class Options:
     cache: Path = Path("logs/report/baselines")
 
 
-def _read_predictions(path: Path) -> pd.DataFrame:
+def _read_predictions(path: Path, asset: str) -> pd.DataFrame:
+    """A prediction file indexed by sample key; files from before pooling (no asset column) are `asset`'s."""
     try:
-        frame = pd.read_csv(path, dtype={"date": str}).set_index("date")
+        frame = pd.read_csv(path, dtype={"date": str, "asset": str})
+        assets = frame["asset"].tolist() if "asset" in frame else [asset] * len(frame)
+        frame.index = pd.Index(sample_keys(frame["date"].tolist(), assets), name="sample")
         p, y = frame["probability"].to_numpy(float), frame["label"].to_numpy(float)
     except (OSError, ValueError, KeyError) as err:
         raise ReportError(f"{path}: unreadable predictions ({type(err).__name__})") from None
@@ -123,7 +128,7 @@ def _check_labels(samples: pd.DataFrame, truth: pd.Series, path: Path) -> None:
     unknown = samples.index.difference(truth.index)
     wrong = (samples["label"] != truth.reindex(samples.index)).sum() - len(unknown)
     if len(unknown) or wrong:
-        raise ReportError(f"{path}: {len(unknown)} days not in the split and {wrong} labels that differ from the "
+        raise ReportError(f"{path}: {len(unknown)} samples not in the split and {wrong} labels that differ from the "
                           "dataset's: the file does not belong to these data settings or was edited")  # fmt: skip
 
 
@@ -148,9 +153,9 @@ def _score(samples: pd.DataFrame, prior: float, options: Options) -> Scores:
     return scores
 
 
-def _seed_samples(paths: list[Path]) -> pd.DataFrame:
-    """The seeds' predictions side by side on their common days."""
-    frames = [_read_predictions(path) for path in paths]
+def _seed_samples(paths: list[Path], asset: str) -> pd.DataFrame:
+    """The seeds' predictions side by side on their common samples."""
+    frames = [_read_predictions(path, asset) for path in paths]
     common = frames[0].index
     for frame in frames[1:]:
         common = common.intersection(frame.index)
@@ -190,16 +195,31 @@ def select(runs: list[Run]) -> dict[tuple, dict[int, dict[str, list[Run]]]]:
     return cells
 
 
-def _frame_title(settings: dict) -> str:
-    title = f"{settings['dataset']} v{settings['version']}, +{settings['threshold']:.1%} ({settings['label_price']})"
+def frame_title(settings: dict, scope: str) -> str:
+    tickers, version = settings["tickers"], settings["version"]
+    data = f"{'+'.join(tickers)} {settings['tier']} v{version if isinstance(version, int) else json.dumps(version)}"
+    title = f"{data}, +{settings['threshold']:.1%} ({settings['label_price']})"
+    if len(tickers) > 1:
+        title += f", {scope} only" if scope else ", pooled"
+    if settings.get("scaling", "pooled") != "pooled":
+        title += f", {settings['scaling']} scaling"
     if settings.get("features"):
         title += f", {len(settings['features'])} chosen features"
     splits = settings["splits"]
-    return title + f", train ≤ {splits['train_end']}, val ≤ {splits['val_end']}, test ≤ {splits['test_end']}"
+    start = f"{splits['train_start']} ≤ " if splits.get("train_start") else ""
+    return title + f", {start}train ≤ {splits['train_end']}, val ≤ {splits['val_end']}, test ≤ {splits['test_end']}"
 
 
-def _model_scores(seeds: list[Run], split: str, truth: pd.Series | None, options: Options) -> Scores | None:
-    """Seed-mean scores of a configuration on a split (test: the seeds that `cli.py test` evaluated)."""
+def _only(samples: pd.DataFrame, scope: str) -> pd.DataFrame:
+    """The samples of one asset (scope), or all of them (scope "")."""
+    return samples[samples.index.str.endswith(f" {scope}")] if scope else samples
+
+
+def _model_scores(
+    seeds: list[Run], split: str, truth: pd.Series | None, options: Options, scope: str = ""
+) -> Scores | None:
+    """Seed-mean scores of a configuration on a split (test: the seeds that `cli.py test` evaluated), on every
+    asset's samples or on one asset's (scope)."""
     runs = seeds if split == "val" else [r for r in seeds if r.test]
     paths = [r.val_predictions if split == "val" else r.test_predictions for r in runs]
     if not runs:
@@ -208,32 +228,40 @@ def _model_scores(seeds: list[Run], split: str, truth: pd.Series | None, options
     if any(path is None for path in paths):
         run = runs[0]
         if split == "val":
-            return _recorded(run.record["best"], "val_", prior, run.record["splits"].get("val", {}))
-        return _recorded(run.test, "test/", prior, run.test_split)
-    samples = _seed_samples(paths)
+            split_stats = run.record["splits"].get("val", {})
+            split_stats = split_stats.get("assets", {}).get(scope, {}) if scope else split_stats
+            return _recorded(run.record["best"], f"val_{scope}_" if scope else "val_", prior, split_stats)
+        return _recorded(run.test, f"test/{scope}/" if scope else "test/", prior, {} if scope else run.test_split)
+    asset = runs[0].data["tickers"][0]
+    samples = _seed_samples(paths, asset)
     if truth is not None:
         for path in paths:
-            _check_labels(_read_predictions(path), truth, path)
-    return _score(samples, prior, options)
+            _check_labels(_read_predictions(path, asset), truth, path)
+    return _score(_only(samples, scope), prior, options)
 
 
-def evaluate_section(frame_runs: dict[int, dict[str, Run]], options: Options) -> Section:
-    """The rows of one set of data settings: each budget's selected run, then the baselines, per horizon."""
+def evaluate_section(
+    frame_runs: dict[int, dict[str, Run]], options: Options, scope: str = "", found: dict | None = None
+) -> Section:
+    """The rows of one set of data settings: each budget's selected run, then the baselines, per horizon; scored
+    on every asset's samples, or on one asset's (scope). `found` shares the baselines' predictions between scopes."""
     any_run = next(iter(next(iter(frame_runs.values())).values()))[0]
     settings = {k: any_run.data.get(k) for k in (*FRAME_KEYS, "data_dir")}
-    section = Section(_frame_title(settings), settings)
+    section = Section(frame_title(settings, scope), settings, scope)
+    found = {} if found is None else found
     for horizon in sorted(frame_runs):
         cell = sorted(frame_runs[horizon].items(), key=lambda kv: kv[1][0].n_params)
         contexts = [seeds[0].data["context_length"] for _, seeds in cell]
         data = settings | {"horizon": horizon, "context_length": max(set(contexts), key=contexts.count)}
         tested = any(run.test for _, seeds in cell for run in seeds)
-        base = {s: _baselines(data, s, options) for s in SPLITS if options.baselines and (s == "val" or tested)}
-        section.baselines += base.values()
+        base = {s: _baselines(data, s, options, found) for s in SPLITS if options.baselines and (s == "val" or tested)}
+        section.baselines += [] if scope else base.values()
         for label, seeds in cell:
             run = seeds[0]
             row = Row(horizon, label, "model", run.n_params, run=run, seeds=seeds)
             for split in SPLITS:
-                scores = _model_scores(seeds, split, base[split].truth if split in base else None, options)
+                truth = base[split].truth if split in base else None
+                scores = _model_scores(seeds, split, truth, options, scope)
                 if scores is not None:
                     row.scores[split] = scores
             if "val" in row.scores and row.scores["val"].samples is None and run.record.get("best_checkpoint"):
@@ -243,21 +271,30 @@ def evaluate_section(frame_runs: dict[int, dict[str, Run]], options: Options) ->
             section.rows.append(row)
         for name in BASELINES if base else ():
             row = Row(horizon, name, "baseline", None)
-            for split, found in base.items():
+            for split, predictions in base.items():
                 samples = pd.DataFrame(
-                    {"probability": found.probs[name], "label": found.labels}, index=found.truth.index
+                    {"probability": predictions.probs[name], "label": predictions.labels}, index=predictions.truth.index
                 )
-                row.scores[split] = _score(samples, found.train_prior, options)
+                row.scores[split] = _score(_only(samples, scope), predictions.train_prior, options)
             section.rows.append(row)
     return section
 
 
-def _baselines(data: dict, split: str, options: Options) -> Predictions:
-    return baseline_predictions(data, split, options.cache, options.seed)
+def _baselines(data: dict, split: str, options: Options, found: dict) -> Predictions:
+    key = (json.dumps(data, sort_keys=True, default=str), split)
+    if key not in found:
+        found[key] = baseline_predictions(data, split, options.cache, options.seed)
+    return found[key]
 
 
 def evaluate(runs: list[Run], options: Options) -> list[Section]:
     cells = select(runs)
     if not cells:
         raise ReportError("no finished fit or complete hpo trial to report")
-    return [evaluate_section(frame_runs, options) for _, frame_runs in sorted(cells.items())]
+    sections = []
+    for _, frame_runs in sorted(cells.items()):
+        tickers = next(iter(next(iter(frame_runs.values())).values()))[0].data["tickers"]
+        found: dict = {}
+        for scope in ["", *tickers] if len(tickers) > 1 else [""]:  # pooled, then each asset alone
+            sections.append(evaluate_section(frame_runs, options, scope, found))
+    return sections

@@ -15,6 +15,7 @@ from rich.console import Console
 from datamodules.manifest import atomic_write_bytes
 from report.baselines import save as save_baselines
 from report.collect import ReportError, collect
+from report.data_size import data_size_studies
 from report.evaluate import Options, evaluate
 from report.findings import add_findings
 from report.plots import figures, save
@@ -34,15 +35,21 @@ def make_report(logdir: Path, out: Path | None, options: Options) -> int:
     sections = evaluate(found.runs, options)
     for section in sections:
         add_findings(section, options)
+    data_sizes = data_size_studies(sections, options)
     console = Console(width=None if sys.stdout.isatty() else 200)
     for section in sections:
         console.print(rich_table(section))
         for line in section.findings:
             console.print(f"  {line}", highlight=False)
+    for study in data_sizes:
+        console.print(f"data size, h={study.horizon}: {study.title}", highlight=False)
+        for line in study.findings:
+            console.print(f"  {line}", highlight=False)
     out.mkdir(parents=True, exist_ok=True)
-    plots = [f"plots/{name}" for name in save(figures(sections, found.studies), out / "plots", out / "tensorboard")]
+    figs = figures(sections, found.studies, data_sizes)
+    plots = [f"plots/{name}" for name in save(figs, out / "plots", out / "tensorboard")]
     atomic_write_bytes(out / "report.csv", frame(sections).to_csv(index=False).encode())
-    atomic_write_bytes(out / "report.md", markdown(sections, options, plots, found.skipped).encode())
+    atomic_write_bytes(out / "report.md", markdown(sections, options, plots, found.skipped, data_sizes).encode())
     for predictions in (p for s in sections for p in s.baselines):
         save_baselines(predictions)
     n_runs = sum(1 for s in sections for r in s.rows if r.kind == "model")

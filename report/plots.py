@@ -17,6 +17,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import EngFormatter, NullFormatter  # noqa: E402
 
+from report.data_size import DataSizeStudy  # noqa: E402
 from report.evaluate import Section  # noqa: E402
 
 PANEL = (4.0, 3.0)  # inches per panel
@@ -107,9 +108,39 @@ def trials_figure(studies: dict[str, pd.DataFrame]) -> Figure | None:
     return fig
 
 
-def figures(sections: list[Section], studies: dict[str, pd.DataFrame]) -> dict[str, Figure]:
+def data_size_figure(studies: list[DataSizeStudy]) -> Figure:
+    """One panel per data-size study (settings × horizon): val BCE against training windows, a line per budget,
+    and the joint law's curves where it was identified."""
+    fig, axes = _figure(1, len(studies))
+    for ax, study in zip(axes.flat, studies, strict=True):
+        for i, budget in enumerate(dict.fromkeys(c.budget for c in study.cells)):
+            own = [c for c in study.cells if c.budget == budget]
+            e = [c.row.scores["val"].metrics["bce"] for c in own]
+            d = np.array([c.n_data for c in own], dtype=float)
+            err = np.array([[x.value - x.low, x.high - x.value] if math.isfinite(x.low) else [0, 0] for x in e]).T
+            ax.errorbar(d, [x.value for x in e], yerr=err, fmt="o-", capsize=3, color=f"C{i}", label=budget)
+            fit = study.fit
+            if fit is not None and fit.law is not None and not fit.unidentified:
+                grid = np.geomspace(d.min() / 1.5, d.max() * 1.5, 50)
+                ax.plot(grid, fit.law(np.full_like(grid, own[0].n_params), grid), color=f"C{i}", lw=1, ls="--")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.set_xlabel("training windows (D)")
+        ax.set_ylabel("val BCE (lower is better)")
+        ax.set_title(f"h = {study.horizon}: {study.title[:60]}", fontsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def figures(
+    sections: list[Section], studies: dict[str, pd.DataFrame], data_sizes: list[DataSizeStudy] = ()
+) -> dict[str, Figure]:
     """File stem → figure."""
     found: dict[str, Figure] = {}
+    if data_sizes:
+        found["data_size_val"] = data_size_figure(list(data_sizes))
     for i, section in enumerate(sections):
         suffix = "" if i == 0 else f"_{i + 1}"
         for split in ("val", "test"):

@@ -108,7 +108,9 @@ def _selected(row: Row) -> str:
             f"configurations{seeds}")  # fmt: skip
 
 
-def markdown(sections: list[Section], options: Options, plots: list[str], skipped: list[str]) -> str:
+def markdown(
+    sections: list[Section], options: Options, plots: list[str], skipped: list[str], data_sizes: list = ()
+) -> str:
     now = datetime.now(UTC).isoformat(timespec="seconds")
     lines = [
         "# finscale scaling report",
@@ -130,6 +132,9 @@ def markdown(sections: list[Section], options: Options, plots: list[str], skippe
         lines += ["", "### Selected runs", "", *(_selected(r) for r in section.rows if r.run)]
         if notes:
             lines += ["", "### Notes", "", *(f"- {n}" for n in notes)]
+    for study in data_sizes:
+        lines += ["", f"## Data size, h={study.horizon}: {study.title}", ""]
+        lines += [f"- {line}" for line in study.findings] or ["- none"]
     if plots:
         lines += ["", "## Plots", "", *(f"![{p}]({p})" for p in plots)]
     if skipped:
@@ -145,6 +150,7 @@ INTEGERS = (
     "seed",
     "candidates",
     "seeds",
+    "train_windows",
 )
 RUN_KEYS = ("forward_flops_per_sample", "train_flops_per_sample", "epochs_run", "best_checkpoint", "git_commit", "seed")
 
@@ -153,10 +159,16 @@ def _run_columns(row: Row) -> dict:
     """Where a model row comes from: the run, its trial, and what it was trained with."""
     run = row.run
     columns = {key: run.record.get(key) for key in RUN_KEYS}
+    columns["train_windows"] = ((run.record.get("splits") or {}).get("train") or {}).get("n")
     columns |= {"run": str(run.path), "trial": run.name if run.study else "", "candidates": run.candidates,
                 "seed_runs": json.dumps([str(r.path) for r in row.seeds]), "seeds": len(row.seeds),
-                "dataset_hash": (run.record.get("dataset") or {}).get("hash")}  # fmt: skip
+                "dataset_hash": ",".join(d["hash"] for d in _datasets(run.record))}  # fmt: skip
     return columns
+
+
+def _datasets(record: dict) -> list[dict]:
+    """The datasets a run record names (records from before pooling have one `dataset`)."""
+    return record.get("datasets") or ([record["dataset"]] if record.get("dataset") else [])
 
 
 def frame(sections: list[Section]) -> pd.DataFrame:
@@ -165,7 +177,8 @@ def frame(sections: list[Section]) -> pd.DataFrame:
     for section in sections:
         s = section.settings
         for row in section.rows:
-            record = {"dataset": s["dataset"], "version": s["version"], "threshold": s["threshold"],
+            record = {"tickers": "+".join(s["tickers"]), "scored_on": section.scope or "all", "tier": s["tier"],
+                      "version": json.dumps(s["version"]), "threshold": s["threshold"],
                       "label_price": s["label_price"], "features": json.dumps(s["features"]),
                       "splits": json.dumps(s["splits"], sort_keys=True), "horizon": row.horizon, "model": row.model,
                       "kind": row.kind, "n_params": row.n_params}  # fmt: skip

@@ -1,15 +1,17 @@
-"""Scaling fits across budgets: loss(N) = a·N^(−α) + c, and the log-log line log loss = log b − β·log N.
+"""Scaling fits across budgets: loss(N) = a·N^(−α) + c, and the log-log line log loss = log b − β·log N; and
+the joint law over model and data size L(N, D) = E + A·N^(−α) + B·D^(−β) (Hoffmann et al. 2022).
 
-Both are fitted to one loss per budget; their bootstrap intervals come from refitting on paired resamples
-of the validation samples (every budget is scored on the same resampled days).
+All are fitted to one loss per cell; their bootstrap intervals come from refitting on paired resamples
+of the validation samples (every cell is scored on the same resampled days).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import least_squares, minimize_scalar
 
 from report.stats import Estimate, interval, seed_mean
 
@@ -107,3 +109,176 @@ def fit_scaling(n_params: np.ndarray, probs, y: np.ndarray, idx: np.ndarray | No
     best = np.argmin(sse, axis=1)  # (B,)
     falling = float((a_ref[np.arange(len(best)), best] > 0).mean())
     return ScalingFit(len(n), len(y), law, interval(ALPHAS[best], law.alpha), slope, unidentified(law), falling)
+
+
+# The joint law L(N, D) = E + A·N^(−α) + B·D^(−β). Given (α, β) the rest is linear: (E, A, B) by least squares
+# for every grid pair at once, the best pair refined by nonlinear least squares on the point estimate only.
+
+EXPONENTS = np.geomspace(1e-3, 3.0, 80)  # α and β searched: coarser than ALPHAS, 6400 pairs per resample
+N_FREE = 5  # E, A, α, B, β
+CHUNK = 32  # resamples profiled at once
+
+
+@dataclass(frozen=True)
+class JointLaw:
+    """L(N, D) = E + A·N^(−α) + B·D^(−β); A > 0 (B > 0) means the loss falls with model size (data size)."""
+
+    E: float
+    A: float
+    alpha: float
+    B: float
+    beta: float
+
+    def __call__(self, n: np.ndarray, d: np.ndarray) -> np.ndarray:
+        n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
+        return self.E + self.A * n**-self.alpha + self.B * d**-self.beta
+
+
+@dataclass(frozen=True)
+class JointFit:
+    """A joint fit over k (N, D) cells scored on n common samples; law and intervals are None when the design
+    cannot identify the law (unidentified says why)."""
+
+    k: int
+    n: int
+    law: JointLaw | None
+    alpha: Estimate | None
+    beta: Estimate | None
+    unidentified: str = ""  # why not: the design; A ≤ 0, B ≤ 0, an exponent or its interval at the grid edge, E < 0
+    falling_n_share: float = float("nan")  # share of resamples whose best fit has A > 0
+    falling_d_share: float = float("nan")  # share of resamples whose best fit has B > 0
+
+
+def _scaled(n_params: np.ndarray, n_data: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """N and D over their geometric means (keeps the design well conditioned), and those means."""
+    n, d = np.asarray(n_params, dtype=float), np.asarray(n_data, dtype=float)
+    ref_n, ref_d = float(np.exp(np.log(n).mean())), float(np.exp(np.log(d).mean()))
+    return n / ref_n, d / ref_d, ref_n, ref_d
+
+
+def _joint_design(n: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every (α, β) of EXPONENTS² (P pairs) on scaled n, d (k,): the maps from centred losses to the
+    least-squares (A_ref, B_ref) (P, 2, k) and to the residuals (P, k, k), and which designs are singular (P,)."""
+    x = np.stack(np.broadcast_arrays(n ** -EXPONENTS[:, None, None], d ** -EXPONENTS[None, :, None]), axis=-1)
+    xc = (x - x.mean(axis=2, keepdims=True)).reshape(-1, len(n), 2)  # (P, k, 2) centred: E drops out
+    sxx = xc.transpose(0, 2, 1) @ xc  # (P, 2, 2)
+    det = sxx[:, 0, 0] * sxx[:, 1, 1] - sxx[:, 0, 1] ** 2
+    singular = det <= 1e-12 * sxx[:, 0, 0] * sxx[:, 1, 1]
+    inv = np.stack([sxx[:, 1, 1], -sxx[:, 0, 1], -sxx[:, 1, 0], sxx[:, 0, 0]], -1).reshape(-1, 2, 2)
+    proj = inv / np.where(singular, 1.0, det)[:, None, None] @ xc.transpose(0, 2, 1)
+    return proj, np.eye(len(n)) - xc @ proj, singular
+
+
+def _joint_profile(design: tuple[np.ndarray, ...], losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """losses (M, k) → least-squares (A_ref, B_ref) (M, G, G, 2) and residual sum of squares (M, G, G) for
+    every grid pair; singular pairs get sse = inf."""
+    proj, resid, singular = design
+    lc = (losses - losses.mean(axis=1, keepdims=True)).T  # (k, M)
+    sse = np.where(singular[:, None], np.inf, ((resid @ lc) ** 2).sum(axis=1))  # (P, M)
+    g = len(EXPONENTS)
+    return (proj @ lc).transpose(2, 0, 1).reshape(-1, g, g, 2), sse.T.reshape(-1, g, g)
+
+
+def _resample_fits(n: np.ndarray, d: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per resample (rows of losses (B, k)): α, β (between grid points), A_ref, B_ref of the best grid fit;
+    CHUNK resamples at a time keeps the (CHUNK, P, k) residuals small."""
+    design, out = _joint_design(n, d), []
+    for chunk in np.array_split(losses, max(1, -(-len(losses) // CHUNK))):
+        coef, sse = _joint_profile(design, chunk)
+        i, j = np.unravel_index(np.argmin(sse.reshape(len(sse), -1), axis=1), sse.shape[1:])
+        out.append(np.column_stack([*_subgrid(sse, i, j), coef[np.arange(len(sse)), i, j]]))
+    return tuple(np.concatenate(out).T)
+
+
+def _linear(n: np.ndarray, d: np.ndarray, losses: np.ndarray, ab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(E, A_ref, B_ref) by least squares for fixed exponents ab = (α, β) on scaled n, d; and the residuals."""
+    x = np.column_stack([np.ones_like(n), n ** -ab[0], d ** -ab[1]])
+    coef = np.linalg.lstsq(x, losses, rcond=None)[0]
+    return coef, losses - x @ coef
+
+
+def _subgrid(sse: np.ndarray, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(α, β) per resample from its best grid pair (i, j) of sse (M, G, G), moved to the vertex of the parabola
+    (in log exponent) through the pair and its two neighbours along each axis; kept on the grid at its edge."""
+    g, rows, step = len(EXPONENTS), np.arange(len(sse)), np.log(EXPONENTS[1] / EXPONENTS[0])
+
+    def vertex(best: np.ndarray, line: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        at = np.clip(best, 1, g - 2)
+        lo, mid, hi = line(at - 1), line(at), line(at + 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            shift = np.clip(0.5 * (lo - hi) / (lo - 2 * mid + hi), -0.5, 0.5)
+        inside = (best == at) & np.isfinite(shift) & (lo - 2 * mid + hi > 0)
+        return EXPONENTS[best] * np.exp(np.where(inside, shift, 0.0) * step)
+
+    return vertex(i, lambda a: sse[rows, a, j]), vertex(j, lambda b: sse[rows, i, b])
+
+
+def design_problem(n_params: np.ndarray, n_data: np.ndarray) -> str:
+    """Why cells at these (N, D) cannot identify the joint law, or "" when they can."""
+    n, d = np.asarray(n_params, dtype=float), np.asarray(n_data, dtype=float)
+    if len(np.unique(n)) < 3 or len(np.unique(d)) < 3:
+        return "needs ≥ 3 values of N and of D (two fix a difference, not an exponent)"
+    cells = len({(a, b) for a, b in zip(n, d, strict=True)})
+    if cells <= N_FREE:
+        return f"{cells} distinct cells ≤ {N_FREE} parameters"
+    if np.linalg.matrix_rank(np.column_stack([np.ones_like(n), np.log(n), np.log(d)])) < 3:
+        return "N and D vary together: the two terms cannot be told apart"
+    return ""
+
+
+def fit_joint_law(n_params: np.ndarray, n_data: np.ndarray, losses: np.ndarray) -> JointLaw:
+    """Least squares over (E, A, α, B, β): a grid over (α, β) (the rest is linear), refined by nonlinear least
+    squares between the best pair's neighbours."""
+    if problem := design_problem(n_params, n_data):
+        raise ValueError(f"joint law not identifiable: {problem}")
+    n, d, ref_n, ref_d = _scaled(n_params, n_data)
+    losses = np.asarray(losses, dtype=float)
+    _, sse = _joint_profile(_joint_design(n, d), losses[None, :])
+    i, j = np.unravel_index(int(np.argmin(sse[0])), sse[0].shape)
+    near = [(EXPONENTS[max(m - 1, 0)], EXPONENTS[min(m + 1, len(EXPONENTS) - 1)]) for m in (i, j)]
+    start = np.array([EXPONENTS[i], EXPONENTS[j]])
+    best = least_squares(lambda ab: _linear(n, d, losses, ab)[1], start, bounds=np.array(near).T,
+                         x_scale=start, xtol=1e-12, ftol=1e-12, gtol=1e-12)  # fmt: skip
+    ab = best.x if 2 * best.cost <= sse[0, i, j] else start
+    (e, a_ref, b_ref), _ = _linear(n, d, losses, ab)
+    return JointLaw(float(e), float(a_ref * ref_n ** ab[0]), float(ab[0]), float(b_ref * ref_d ** ab[1]), float(ab[1]))
+
+
+def _at_edge(x: float) -> bool:
+    return not EXPONENTS[0] * 1.01 < x < EXPONENTS[-1] * 0.99
+
+
+def joint_unidentified(law: JointLaw, alpha: Estimate | None = None, beta: Estimate | None = None) -> str:
+    """Why a fitted joint law says nothing about its exponents ("; "-joined), or "" when it does; with the
+    intervals, also when one reaches the edge of the search (the resamples cannot pin that exponent)."""
+    grid = f"the searched range [{EXPONENTS[0]:g}, {EXPONENTS[-1]:g}]"
+    reasons = [
+        "A ≤ 0: the loss does not fall with N" if law.A <= 0 else "",
+        "B ≤ 0: the loss does not fall with D" if law.B <= 0 else "",
+        f"α at the edge of {grid}" if _at_edge(law.alpha) else "",
+        f"β at the edge of {grid}" if _at_edge(law.beta) else "",
+        "E < 0: a negative loss floor" if law.E < 0 else "",
+    ]
+    for name, point, est in (("α", law.alpha, alpha), ("β", law.beta, beta)):
+        if est is not None and not _at_edge(point) and (_at_edge(est.low) or _at_edge(est.high)):
+            reasons.append(f"{name} interval reaches the edge of {grid}")
+    return "; ".join(r for r in reasons if r)
+
+
+def fit_joint(n_params: np.ndarray, n_data: np.ndarray, probs, y: np.ndarray, idx: np.ndarray | None) -> JointFit:
+    """Fits L(N, D) on each cell's (seed-mean) BCE; probs: per cell (n,) or (S, n) on the same samples y (n,),
+    cell c trained at n_params[c] parameters on n_data[c] windows; idx (B, n) paired resamples or None.
+    Intervals on α and β from the best grid pair (moved between grid points) of each resample's refit."""
+    k, n = len(probs), len(y)
+    if not k == len(n_params) == len(n_data):
+        raise ValueError(f"{k} cells of predictions for {len(n_params)} sizes and {len(n_data)} data sizes")
+    if problem := design_problem(n_params, n_data):
+        return JointFit(k, n, None, None, None, problem)
+    law = fit_joint_law(n_params, n_data, np.array([seed_mean("bce", p, y) for p in probs]))
+    if idx is None:
+        return JointFit(k, n, law, interval(None, law.alpha), interval(None, law.beta), joint_unidentified(law))
+    resampled = np.stack([seed_mean("bce", p, y, idx) for p in probs], axis=1)  # (B, k)
+    alphas, betas, a_ref, b_ref = _resample_fits(*_scaled(n_params, n_data)[:2], resampled)
+    alpha, beta = interval(alphas, law.alpha), interval(betas, law.beta)
+    return JointFit(k, n, law, alpha, beta, joint_unidentified(law, alpha, beta),
+                    float((a_ref > 0).mean()), float((b_ref > 0).mean()))  # fmt: skip

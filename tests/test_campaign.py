@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -165,6 +166,10 @@ def test_broken_campaign_configs_are_refused(tmp_path):
         ({"overrides": "--trainer.max_epochs 2"}, "overrides must be a list"),
         ({"search_space": None}, "search_space must be the path"),
         ({"horizons": [0]}, "horizons must be whole trading days"),
+        ({"pools": ["GSPC"]}, "pools must be a list of ticker lists"),
+        ({"tiers": ["a25", "a77"]}, r"unknown: \['a77'\]"),
+        ({"train_starts": ["2008-13-45"]}, "is not a date"),
+        ({"train_starts": [None, None]}, "train_starts repeats a value"),
     ],
 )
 def test_campaign_config_mistakes_are_named(tmp_path, change, fragment):
@@ -217,6 +222,37 @@ def test_the_shipped_plans_and_cell_selection():
         select_cells(plan.cells, "2M:2")
     smoke = load_plan(ROOT / "configs" / "campaign" / "smoke.yaml", trials=3, only="tiny:3")
     assert [c.key for c in smoke.cells] == ["tiny:3"] and smoke.trials == 3
+
+
+def test_data_axes_multiply_the_cells_and_name_them(tmp_path):
+    spec = yaml.safe_load((ROOT / "configs" / "campaign" / "scaling.yaml").read_text())
+    spec |= {"pools": [["GSPC"], ["GSPC", "IXIC"]], "train_starts": [None, "2008-01-01"]}
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    plan = load_plan(path)
+    assert len(plan.cells) == 4 * 2 * 2 * 3
+    assert [c.key for c in plan.cells][:3] == ["2M:1:GSPC:all", "2M:3:GSPC:all", "2M:5:GSPC:all"]
+    cell = next(c for c in plan.cells if c.key == "20M:3:GSPC+IXIC:2008-01-01")
+    assert plan.study_name(cell) == "scaling-20M-h3-GSPC+IXIC.dataset.a25-v1-from2008-01-01"
+    overrides = plan.cell_overrides(cell)
+    assert overrides[overrides.index("--data.tickers") + 1] == '["GSPC", "IXIC"]'
+    assert overrides[overrides.index("--data.splits.train_start") + 1] == "2008-01-01"
+    assert plan.axes == {"pools": ["GSPC", "GSPC+IXIC"], "tiers": ["a25"], "train_starts": ["all", "2008-01-01"]}
+    assert [c.key for c in select_cells(plan.cells, "2M:1:GSPC+IXIC:all")] == ["2M:1:GSPC+IXIC:all"]
+
+
+def test_a_pooled_cell_runs_its_study_on_the_pool(tmp_path):
+    config = write_campaign(tmp_path)
+    spec = yaml.safe_load(config.read_text())
+    spec |= {"budgets": {"tiny": spec["budgets"]["tiny"]}, "pools": [["GSPC"], ["GSPC", "IXIC"]], "trials": 1}
+    spec["overrides"] = ["--trainer.max_epochs", "1"]
+    config.write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = run_cli("campaign", "--config", str(config), "--cells", "tiny:1:GSPC+IXIC", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (record,) = (tmp_path / "logs").glob("hpo/smoke-tiny-h1-GSPC+IXIC.dataset.a25-v1/trial-*/run.json")
+    assert [d["name"] for d in json.loads(record.read_text())["datasets"]] == ["GSPC.dataset.a25", "IXIC.dataset.a25"]
+    status = run_cli("campaign", "--config", str(config), "--status")
+    assert "pools: GSPC, GSPC+IXIC" in status.stdout and states(status.stdout)["tiny:1:GSPC+IXIC"] == "done"
 
 
 def test_a_cell_whose_study_gives_up_is_failed_with_its_reason_and_the_campaign_goes_on(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import assert_user_error, run_cli, synthetic_ohlcv, write_csv
+from conftest import ROOT, assert_user_error, run_cli, synthetic_ohlcv, write_csv
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -21,10 +21,18 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 def test_list_verify_and_a_no_op_build_on_the_shipped_data(data_dir):
     listed = run("data", "list", "--data-dir", str(data_dir))
     assert listed.returncode == 0
-    for name in ("GSPC.OHLCV.daily", "VIX.OHLCV.daily", "GSPC.dataset.a25", "GSPC.dataset.c"):
+    for name in ("GSPC.OHLCV.daily", "IXIC.OHLCV.daily", "VIX.OHLCV.daily", "GSPC.dataset.a25", "IXIC.dataset.a25"):
         assert name in listed.stdout
+    import yaml
+
+    from lightning_modules.budget import parameter_count
+    from lightning_modules.patchtst import PatchTSTConfig
+
+    two_billion = PatchTSTConfig(**yaml.safe_load((ROOT / "configs" / "2B.yaml").read_text())["model"]["net"])
+    row = next(line for line in listed.stdout.splitlines() if line.startswith("│ a200+c "))
+    assert "208" in row and "yes" in row and f"{parameter_count(208, 80, two_billion):,}" in row  # a tier × budget
     verified = run("data", "verify", "--data-dir", str(data_dir))
-    assert verified.returncode == 0 and "all 4 entries match" in verified.stdout
+    assert verified.returncode == 0 and "all 7 entries match" in verified.stdout
     before = snapshot(data_dir)
     built = run("data", "build", "--ticker", "GSPC", "--tier", "a25", "--version", "1", "--data-dir", str(data_dir))
     assert built.returncode == 0 and "up to date" in built.stdout
@@ -136,12 +144,15 @@ class Ticker:
     def __init__(self, symbol):
         self.symbol = symbol
     def history(self, **kwargs):
-        if MODE == "offline":
+        if MODE == "offline" or (MODE == "second-fails" and self.symbol != "SPY"):
             raise ConnectionError("Failed to resolve 'query2.finance.yahoo.com'")
-        dates = pd.bdate_range("2010-01-04", periods=400, tz="America/New_York", name="Date")
-        close = 100 * np.exp(np.cumsum(np.full(400, 0.001)))
+        n = 5000
+        dates = pd.bdate_range("1999-01-04", periods=n, tz="America/New_York", name="Date")
+        rng = np.random.default_rng(len(self.symbol))
+        close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
         return pd.DataFrame({{"Open": close, "High": close * 1.01, "Low": close * 0.99, "Close": close,
-                              "Adj Close": close, "Volume": 1e6, "Dividends": 0.0}}, index=dates)
+                              "Adj Close": close, "Volume": rng.uniform(1e6, 2e6, n), "Dividends": 0.0}},
+                            index=dates)
 """
 
 
@@ -155,7 +166,49 @@ def test_download_through_yfinance(data_dir, tmp_path, mode):
         assert snapshot(data_dir) == before
     else:
         assert result.returncode == 0, result.stderr
-        assert "SPY.OHLCV.daily v1: 400 rows 2010-01-04" in result.stdout
+        assert "SPY.OHLCV.daily v1: 5000 rows 1999-01-04" in result.stdout
+
+
+def test_several_downloads_are_registered_together_and_pool_with_the_shipped_data(data_dir, tmp_path):
+    (tmp_path / "yfinance.py").write_text(FAKE_YFINANCE.format(mode="online"))
+    env = {"PYTHONPATH": str(tmp_path)}
+    result = run("data", "download", "--tickers", "SPY,^DJI", "--data-dir", str(data_dir), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "SPY.OHLCV.daily v1" in result.stdout and "DJI.OHLCV.daily v1" in result.stdout
+    for ticker in ("SPY", "DJI"):
+        assert run("data", "build", "--ticker", ticker, "--data-dir", str(data_dir)).returncode == 0
+
+    from datamodules.market_datamodule import MarketDataModule
+
+    dm = MarketDataModule(tickers=["GSPC", "SPY", "DJI"], data_dir=str(data_dir))
+    dm.setup("fit")
+    assert set(dm.stats["val"]["assets"]) == {"GSPC", "SPY", "DJI"}
+
+
+def test_a_failed_download_among_several_writes_nothing(data_dir, tmp_path):
+    (tmp_path / "yfinance.py").write_text(FAKE_YFINANCE.format(mode="second-fails"))
+    before = snapshot(data_dir)
+    result = run("data", "download", "--tickers", "SPY,QQQ", "--data-dir", str(data_dir),
+                 env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
+    assert_user_error(result, "download of QQQ failed (ConnectionError")
+    assert snapshot(data_dir) == before
+
+
+def test_several_files_are_imported_together_or_not_at_all(data_dir, tmp_path):
+    good = [write_csv(synthetic_ohlcv(400, seed=s), tmp_path / f"{s}.csv") for s in (1, 2)]
+    result = run("data", "import", "--csv", *map(str, good), "--tickers", "AAA,BBB", "--data-dir", str(data_dir))
+    assert result.returncode == 0, result.stderr
+    assert "AAA.OHLCV.daily v1" in result.stdout and "BBB.OHLCV.daily v1" in result.stdout
+    before = snapshot(data_dir)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Date,Open,High,Low,Close,Volume\n2020-01-02,abc,2,0.5,1.5,10\n")
+    fresh = write_csv(synthetic_ohlcv(400, seed=3), tmp_path / "3.csv")
+    result = run("data", "import", "--csv", str(fresh), str(bad), "--tickers", "CCC,DDD", "--data-dir", str(data_dir))
+    assert_user_error(result, "non-numeric")
+    assert snapshot(data_dir) == before
+    result = run("data", "import", "--csv", str(fresh), "--tickers", "CCC,DDD", "--data-dir", str(data_dir))
+    assert_user_error(result, "1 file(s) but 2 ticker(s)")
+    assert snapshot(data_dir) == before
 
 
 def test_download_without_yfinance_is_one_line_exit_2(data_dir, tmp_path):

@@ -20,9 +20,10 @@ from datamodules.splits import Splits
 SYNTHETIC_SPLITS = Splits(train_end="2004-12-31", val_end="2005-12-31", test_end=None)
 
 
-def _register(frame: pd.DataFrame, ticker: str, data_dir, tmp_path) -> str:
+def _register(frame: pd.DataFrame, ticker: str, data_dir, tmp_path) -> list[str]:
     import_csv(write_csv(frame, tmp_path / f"{ticker}.csv"), ticker, data_dir)
-    return build_dataset(ticker, "a25", None, data_dir).entry.name
+    build_dataset(ticker, "a25", None, data_dir)
+    return [ticker]
 
 
 def _train_batches(dm: MarketDataModule) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -32,9 +33,10 @@ def _train_batches(dm: MarketDataModule) -> list[tuple[torch.Tensor, torch.Tenso
 def test_batches_are_float32_windows_with_one_label_each(data_dir):
     dm = MarketDataModule(context_length=80, batch_size=32, data_dir=str(data_dir))
     dm.setup("fit")
-    x, y = next(iter(dm.train_dataloader()))
+    x, y, asset = next(iter(dm.train_dataloader()))
     assert x.shape == (32, 80, 25) and x.dtype == torch.float32
     assert y.shape == (32,) and y.dtype == torch.float32 and set(y.unique().tolist()) <= {0.0, 1.0}
+    assert asset.shape == (32,) and set(asset.tolist()) == {0}
     assert dm.n_channels == 25 and dm.columns == TIERS["a25"]
 
 
@@ -42,7 +44,7 @@ def test_order_is_deterministic_for_a_seed(data_dir):
     def first_batches(seed: int) -> list[torch.Tensor]:
         dm = MarketDataModule(batch_size=64, seed=seed, data_dir=str(data_dir))
         dm.setup("fit")
-        return [x for x, _ in list(dm.train_dataloader())[:3]]
+        return [x for x, _, _ in list(dm.train_dataloader())[:3]]
 
     same_a, same_b, other = first_batches(7), first_batches(7), first_batches(8)
     assert all(torch.equal(a, b) for a, b in zip(same_a, same_b, strict=True))
@@ -50,11 +52,9 @@ def test_order_is_deterministic_for_a_seed(data_dir):
 
 
 def test_configured_features_are_exactly_the_inputs(data_dir):
-    dm = MarketDataModule(
-        dataset="GSPC.dataset.c", features=["Close", "rsi_daily", "vix_close"], data_dir=str(data_dir)
-    )
+    dm = MarketDataModule(tier="c", features=["Close", "rsi_daily", "vix_close"], data_dir=str(data_dir))
     dm.setup("fit")
-    x, _ = next(iter(dm.val_dataloader()))
+    x, _, _ = next(iter(dm.val_dataloader()))
     assert x.shape[-1] == 3 == dm.n_channels
 
 
@@ -87,14 +87,14 @@ def test_scaling_uses_training_rows_only(data_dir, tmp_path):
     changed.loc[after, "Volume"] *= 3
     modules = []
     for ticker, frame in (("AAA", base), ("BBB", changed)):
-        dm = MarketDataModule(dataset=_register(frame, ticker, data_dir, tmp_path), splits=SYNTHETIC_SPLITS,
+        dm = MarketDataModule(tickers=_register(frame, ticker, data_dir, tmp_path), splits=SYNTHETIC_SPLITS,
                               data_dir=str(data_dir))  # fmt: skip
         dm.setup("fit")
         modules.append(dm)
     a, b = modules
-    np.testing.assert_array_equal(a.scaler.mean, b.scaler.mean)
-    np.testing.assert_array_equal(a.scaler.std, b.scaler.std)
-    for (xa, ya), (xb, yb) in zip(_train_batches(a), _train_batches(b), strict=True):
+    np.testing.assert_array_equal(a.scalers[0].mean, b.scalers[0].mean)
+    np.testing.assert_array_equal(a.scalers[0].std, b.scalers[0].std)
+    for (xa, ya, _), (xb, yb, _) in zip(_train_batches(a), _train_batches(b), strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert not torch.equal(next(iter(a.val_dataloader()))[0], next(iter(b.val_dataloader()))[0])
 
@@ -114,9 +114,9 @@ def test_no_raw_level_reaches_the_network():
     pd.testing.assert_frame_equal(a.dropna(), b.dropna(), rtol=1e-7)
 
 
-@pytest.mark.parametrize("dataset", ["GSPC.dataset.a25", "GSPC.dataset.c"])
-def test_every_channel_stays_within_three_training_std(data_dir, dataset):
-    dm = MarketDataModule(dataset=dataset, data_dir=str(data_dir))
+@pytest.mark.parametrize("tier", ["a25", "c"])
+def test_every_channel_stays_within_three_training_std(data_dir, tier):
+    dm = MarketDataModule(tier=tier, data_dir=str(data_dir))
     dm.setup("fit")
     dm.setup("test")
     for stage in ("val", "test"):
@@ -137,8 +137,9 @@ def test_split_sizes_are_logged_and_hundreds_deep(data_dir, caplog):
 @pytest.mark.parametrize(
     ("kwargs", "stage", "message"),
     [
-        ({"dataset": "NOPE.dataset.a25"}, "fit", "unknown processed dataset NOPE.dataset.a25"),
-        ({"version": 7}, "fit", "unknown processed dataset GSPC.dataset.a25 v7"),
+        ({"tickers": ["NOPE"]}, "fit", "no dataset NOPE.dataset.a25 v1 in .*: build it with"),
+        ({"tickers": ["GSPC", "NOPE"]}, "fit", "no dataset NOPE.dataset.a25 v1"),
+        ({"version": 7}, "fit", "no dataset GSPC.dataset.a25 v7"),
         ({"features": ["Close", "vix_close"]}, "fit", "'vix_close' is not in the dataset"),
         ({"splits": Splits(val_end="2015-03-31")}, "fit", "fewer than 100"),
         ({"splits": Splits(train_end="1999-06-30")}, "fit", "the train split has no samples"),
@@ -161,6 +162,12 @@ def test_impossible_requests_are_refused(data_dir, kwargs, stage, message):
         ({"label_price": "open"}, "label_price must be one of"),
         ({"batch_size": 0}, "batch_size must be ≥ 1"),
         ({"splits": Splits(train_end="2017-01-01")}, "split dates must increase"),
+        ({"splits": Splits(train_start="2015-02-01")}, "train_start 2015-02-01 is not before train_end"),
+        ({"tier": "a77"}, "unknown tier 'a77'"),
+        ({"tickers": ["GSPC", "^gspc"]}, "names an asset twice"),
+        ({"tickers": []}, "data.tickers is empty"),
+        ({"scaling": "global"}, "data.scaling must be one of"),
+        ({"tickers": ["GSPC", "IXIC"], "version": {"GSPC": 1}}, "no version for IXIC"),
     ],
 )
 def test_impossible_settings_are_refused_at_construction(tmp_path, kwargs, message):

@@ -41,8 +41,8 @@ def test_run_directory_holds_config_checkpoints_events_and_record(tiny_run):
     assert "last.ckpt" in checkpoints and any(name.startswith("best-epoch") for name in checkpoints)
     assert list(tiny_run.glob("events.out.tfevents.*"))
     record = json.loads((tiny_run / "run.json").read_text())
-    assert record["dataset"]["name"] == "GSPC.dataset.a25" and record["dataset"]["version"] == 1
-    assert record["dataset"]["hash"].startswith("sha256:")
+    (dataset,) = record["datasets"]
+    assert dataset["name"] == "GSPC.dataset.a25" and dataset["version"] == 1 and dataset["hash"].startswith("sha256:")
     assert len(record["git_commit"].split("-")[0]) == 40 and record["seed"] == 0
     assert record["best_checkpoint"].endswith(".ckpt") and record["epochs_run"] == 2
     ckpt = torch.load(tiny_run / "checkpoints" / "last.ckpt", weights_only=True)  # primitives only
@@ -136,7 +136,7 @@ def test_validate_test_and_predict_from_the_best_checkpoint(tiny_run):
     assert (test_dir / "test_predictions.csv").read_text().splitlines()[1].startswith("2017-01-03,")
     (predict_dir,) = tiny_run.glob("predict-*")
     lines = (predict_dir / "predictions.csv").read_text().splitlines()
-    assert lines[0] == "date,probability,label" and lines[1].startswith("2017-01-03,")
+    assert lines[0] == "date,asset,probability,label" and lines[1].startswith("2017-01-03,GSPC,")
     assert lines[-1].startswith("2018-12-31,") and lines[-1].endswith(",")  # the last day has no label yet
 
 
@@ -148,7 +148,9 @@ def test_validate_test_and_predict_from_the_best_checkpoint(tiny_run):
         (["--data.horizon", "0"], "horizon must be ≥ 1"),
         (["--model.optim.lr", "0"], "learning rate must be > 0"),
         (["--model.net.colour", "blue"], "colour"),
-        (["--data.dataset", "NOPE.dataset.a25"], "unknown processed dataset NOPE.dataset.a25"),
+        (["--data.tickers", "[GSPC, NOPE]"], "no dataset NOPE.dataset.a25 v1"),
+        (["--data.tier", "a77"], "unknown tier 'a77'"),
+        (["--data.splits.train_start", "2016-01-01"], "train_start 2016-01-01 is not before train_end"),
     ],
 )
 def test_impossible_configs_stop_before_anything_is_created(tmp_path, override, fragment):

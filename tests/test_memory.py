@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from conftest import ROOT, assert_user_error, run_cli
 
 from lightning_modules.memory import parse_bytes, precision_bytes
@@ -93,6 +94,22 @@ def test_summary_follows_overrides_and_sharding():
     assert plain.returncode == sharded.returncode == 0
     assert "weights 7.1 GB" in plain.stdout and "80GB" not in plain.stdout and "fits" in plain.stdout
     assert "sharded over 4 devices" in sharded.stdout and "d_model 2048, n_heads 32, n_layers 20" in sharded.stdout
+
+
+def test_summary_shows_what_each_tier_s_channels_do_to_the_parameter_count():
+    from datamodules.features import TIERS
+    from lightning_modules.budget import parameter_count
+    from lightning_modules.patchtst import PatchTSTConfig
+
+    config = yaml.safe_load((ROOT / "configs" / "2M.yaml").read_text())
+    cfg = PatchTSTConfig(**config["model"]["net"])
+    result = run_cli("summary", "--config", "configs/2M.yaml", "--data.tickers", "[GSPC, IXIC]",
+                     "--data.asset_channels", "true")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = " ".join(result.stdout.replace("│", " ").split())
+    for tier in ("a25", "a200", "a50+c"):
+        channels = len(TIERS[tier]) + 2  # two asset channels
+        assert f"{tier}: {channels} ch → {parameter_count(channels, 80, cfg):,}" in text
 
 
 def test_preflight_refuses_what_cannot_fit_before_creating_anything(tmp_path):

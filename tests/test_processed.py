@@ -5,13 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import synthetic_ohlcv, write_csv
+from conftest import SHIPPED_DATA, synthetic_ohlcv, write_csv
 
 from datamodules.errors import DataError
-from datamodules.features import TIERS
+from datamodules.features import KIND, TIERS, VIX_FEATURES, ohlcv_columns
 from datamodules.manifest import PROCESSED, Manifest
-from datamodules.processed import build_dataset, load_dataset, verify_all
+from datamodules.processed import build_dataset, compute_dataset, load_dataset, verify_all, warmup_rows
+from datamodules.scaling import VOLUME_WINDOW, stationary
 from datamodules.sources import import_csv
+
+# rows a stationary channel needs before its own window is full (datamodules/scaling.py)
+OWN_WINDOW = {"return": 1, "volume": VOLUME_WINDOW - 1, "adosc": VOLUME_WINDOW - 1, "obv": VOLUME_WINDOW}
 
 
 @pytest.mark.parametrize("tier", ["a25", "c"])
@@ -39,6 +43,38 @@ def test_shipped_datasets_have_the_tier_columns_and_no_gaps(data_dir):
         assert np.isfinite(frame.to_numpy()).all()
         assert entry.notes["warmup_rows_dropped"] == 199  # sma_200 is the longest warm-up
         assert entry.rows == 5031 - 199 == len(frame)
+
+
+@pytest.mark.parametrize("ticker", ["GSPC", "IXIC"])
+def test_every_tier_builds_finite_on_real_data(ticker):
+    """All tiers on the shipped 20-year series (read only): finite after warm-up, and so is every
+    stationary channel once its own rolling window is full."""
+    warmup = warmup_rows(ticker, SHIPPED_DATA)
+    assert warmup == {tier: 250 if tier.startswith(("a100", "a200")) else 199 for tier in TIERS}
+    for tier in TIERS:
+        frame, sources, notes = compute_dataset(ticker, tier, SHIPPED_DATA)
+        vix = [c for c in TIERS[tier] if c in VIX_FEATURES]
+        assert list(frame.columns) == ohlcv_columns(tier) + vix, tier
+        assert len(sources) == (2 if vix else 1)
+        assert notes["warmup_rows_dropped"] == warmup[tier] and notes["tail_rows_dropped"] == 0
+        assert len(frame) == 5031 - warmup[tier] and np.isfinite(frame.to_numpy()).all()
+        inputs = stationary(frame, TIERS[tier])
+        for column in TIERS[tier]:
+            own = OWN_WINDOW.get(KIND[column], 0)
+            assert np.isfinite(inputs[column].to_numpy()[own:]).all(), (tier, column)
+
+
+def test_a_vix_tier_over_a_wider_tier_is_built_and_registered(data_dir):
+    result = build_dataset("GSPC", "a50+c", None, data_dir)
+    entry = Manifest(data_dir, PROCESSED).get("GSPC.dataset.a50+c", 1)
+    assert result.written and entry.tier == "a50+c" and len(entry.columns) == 58 == len(TIERS["a50+c"])
+    assert entry.columns == TIERS["a50"] + VIX_FEATURES
+    assert [s["name"] for s in entry.sources] == ["GSPC.OHLCV.daily", "VIX.OHLCV.daily"]
+    assert entry.notes["warmup_rows_dropped"] == 199 and entry.rows == 5031 - 199
+    frame, _ = load_dataset("GSPC.dataset.a50+c", 1, data_dir)
+    assert list(frame.columns) == entry.columns
+    assert not build_dataset("GSPC", "a50+c", 1, data_dir).written
+    assert verify_all(data_dir) == []
 
 
 def test_a20_stores_raw_prices_for_labels_but_names_20_features(data_dir):
@@ -73,8 +109,10 @@ def test_too_few_rows_for_the_warm_up(data_dir, tmp_path):
 def test_unknown_ticker_and_tier(data_dir):
     with pytest.raises(DataError, match="unknown raw dataset NOPE.OHLCV.daily"):
         build_dataset("NOPE", "a25", None, data_dir)
-    with pytest.raises(DataError, match="unknown tier"):
+    with pytest.raises(DataError, match="unknown tier") as raised:
         build_dataset("GSPC", "z9", None, data_dir)
+    message = str(raised.value)
+    assert "\n" not in message and all(tier in message for tier in TIERS) and "a200+c" in message
 
 
 def test_tampered_raw_file_is_refused(data_dir):

@@ -85,8 +85,8 @@ def test_other_data_settings_get_a_section_of_their_own(report):
     assert other["kind"].tolist() == ["model", "baseline", "baseline", "baseline"]
     assert other["val_prior_bce"].iloc[0] != table[table["threshold"] == 0.01]["val_prior_bce"].iloc[0]
     md = (out / "report.md").read_text()
-    assert "## GSPC.dataset.a25 v1, +1.0% (high)" in md and "## GSPC.dataset.a25 v1, +2.0% (high)" in md
-    assert stdout.count("GSPC.dataset.a25 v1, +") == 2  # two rich tables
+    assert "## GSPC a25 v1, +1.0% (high)" in md and "## GSPC a25 v1, +2.0% (high)" in md
+    assert stdout.count("GSPC a25 v1, +") == 2  # two rich tables
 
 
 def test_the_table_has_each_budget_and_every_baseline(report):

@@ -48,16 +48,16 @@ def tiny(tmp_path_factory):
     shutil.copytree(SHIPPED_DATA, data_dir)
     frame = planted()
     import_csv(write_csv(frame, root / "PLT.csv"), "PLT", data_dir)
-    name = build_dataset("PLT", "a25", None, data_dir).entry.name
+    build_dataset("PLT", "a25", None, data_dir)
     labels = {"horizon": 1, "threshold": THRESHOLD, "label_price": "high"}
-    settings = {"dataset": name, "version": 1, **labels, "context_length": 80, "features": FEATURES,
+    settings = {"tickers": ["PLT"], "tier": "a25", "version": 1, **labels, "context_length": 80, "features": FEATURES,
                 "splits": asdict(SPLITS), "data_dir": str(data_dir)}  # fmt: skip
     return settings, frame, root
 
 
 def by_hand(frame: pd.DataFrame, settings: dict) -> tuple[pd.DataFrame, pd.Series]:
     """The two scaled channels and the 1-day label, from the raw prices (train rows give the scaling)."""
-    processed, _ = load_dataset(settings["dataset"], 1, settings["data_dir"])
+    processed, _ = load_dataset("PLT.dataset.a25", 1, settings["data_dir"])
     raw = frame.loc[processed.index]
     volume = np.log(raw["Volume"] * 20 / raw["Volume"].rolling(20).sum())
     ret = np.log(raw["Close"] / raw["Close"].shift(1))

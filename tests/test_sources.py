@@ -19,6 +19,37 @@ def test_shipped_sp500_has_the_documented_shape():
     assert data.repaired_rows == 0
 
 
+def test_shipped_nasdaq_has_the_documented_shape_and_its_two_missing_volumes_carried_forward():
+    data = read_ohlcv(SHIPPED_DATA / "raw" / "IXIC.OHLCV.daily.csv.gz")
+    frame = data.frame
+    assert len(frame) == 5031 and frame.index.equals(
+        read_ohlcv(SHIPPED_DATA / "raw" / "GSPC.OHLCV.daily.csv.gz").frame.index
+    )
+    assert data.repaired_rows == 0 and data.volume_filled_rows == 2
+    for day, before in (("2015-05-12", "2015-05-11"), ("2018-01-09", "2018-01-08")):
+        assert frame.loc[day, "Volume"] == frame.loc[before, "Volume"] > 0
+    assert (frame["Volume"] > 0).all()
+
+
+def test_zero_volumes_are_carried_forward_and_counted(tmp_path, ohlcv):
+    gaps = ohlcv.copy()
+    gaps.iloc[[30, 31, 90], gaps.columns.get_loc("Volume")] = 0
+    data = read_ohlcv(write_csv(gaps, tmp_path / "x.csv"))
+    assert data.volume_filled_rows == 3
+    assert data.frame["Volume"].iloc[30] == data.frame["Volume"].iloc[31] == ohlcv["Volume"].iloc[29]
+    assert data.frame["Volume"].iloc[90] == ohlcv["Volume"].iloc[89]
+
+
+@pytest.mark.parametrize(("rows", "message"), [(slice(0, 1), "0 on the first row"), (slice(None), "0 on every row")])
+def test_volumes_that_cannot_be_carried_forward_are_refused(tmp_path, ohlcv, rows, message):
+    gaps = ohlcv.copy()
+    gaps.iloc[rows, gaps.columns.get_loc("Volume")] = 0
+    with pytest.raises(DataError, match=message):
+        read_ohlcv(write_csv(gaps, tmp_path / "x.csv"))
+    if rows == slice(None):  # an index quoted with a column of zero volumes (yfinance's ^VIX) has no volume
+        assert "Volume" not in read_ohlcv(tmp_path / "x.csv", require_volume=False).frame
+
+
 def test_shipped_vix_is_repaired_by_clipping():
     data = read_ohlcv(SHIPPED_DATA / "raw" / "VIX.OHLCV.daily.csv.gz", require_volume=False)
     frame = data.frame

@@ -20,7 +20,7 @@ class FinscaleCLI(LightningCLI):
         limit_help = "memory the pre-flight may plan for (e.g. 16GB); default: what the device has free"
         parser.add_argument("--memory_limit", type=str | None, default=None, help=limit_help)
         parser.link_arguments("data.context_length", "model.context_length")
-        channels = lambda dm: dm.n_channels  # noqa: E731 - known from the manifest, before any data is read
+        channels = lambda dm: dm.n_channels  # noqa: E731 - known from the tier, before any data is read
         parser.link_arguments("data", "model.n_channels", compute_fn=channels, apply_on="instantiate")
 
     def parse_arguments(self, parser, args) -> None:
@@ -139,6 +139,7 @@ def run_summary(argv: list[str]) -> int:
     """`cli.py summary --config …`: parse the fit config (overrides included), size it, allocate nothing."""
     from rich.console import Console
 
+    from datamodules.features import TIERS
     from datamodules.market_datamodule import MarketDataModule
     from lightning_modules.forecaster import Forecaster
     from lightning_modules.sizing import summary_table
@@ -149,7 +150,10 @@ def run_summary(argv: list[str]) -> int:
         def before_instantiate_classes(self) -> None:
             size, available, where = size_from_config(self.config)
             title = f"{argv[argv.index('--config') + 1] if '--config' in argv else 'config'}: {size.budget} budget"
-            Console(width=None if sys.stdout.isatty() else 150).print(summary_table(size, available, where, title))
+            extra = len(self.config.data.tickers) if self.config.data.asset_channels else 0
+            by_tier = {tier: len(columns) + extra for tier, columns in TIERS.items()}
+            table = summary_table(size, available, where, title, by_tier)
+            Console(width=None if sys.stdout.isatty() else 150).print(table)
 
         def instantiate_classes(self) -> None:  # nothing is built
             pass

@@ -25,7 +25,7 @@ def size_from_config(config):
     from lightning_modules.sizing import size_run
 
     data, trainer = config.data, config.trainer
-    n_channels = len(input_columns(data.dataset, data.version, data.features, data.data_dir))
+    n_channels = len(input_columns(data.tier, data.features, data.tickers, data.asset_channels))
     gpu = str(trainer.accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     devices = trainer.devices
     count = (torch.cuda.device_count() if gpu else 1) if devices in ("auto", -1, "-1") else devices
@@ -102,7 +102,8 @@ def _newest_last_checkpoint(experiment: Path, run_suffix: str) -> Path:
     return max(candidates, key=lambda p: p.stat().st_mtime)
 
 
-DATA_KEYS = ("dataset", "version", "horizon", "threshold", "label_price", "context_length", "features", "splits")
+DATA_KEYS = ("tickers", "tier", "version", "horizon", "threshold", "label_price", "context_length", "features",
+             "splits", "scaling", "asset_channels")  # fmt: skip
 
 
 def check_checkpoint(path: Path, data) -> None:
