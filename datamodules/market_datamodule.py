@@ -94,7 +94,7 @@ class MarketDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        tickers: list[str] = ("GSPC",),
+        tickers: list[str] | str = ("GSPC",),
         tier: str = "a25",
         version: int | dict[str, int] = 1,
         horizon: int = 1,
