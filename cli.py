@@ -49,6 +49,7 @@ def _data_parser() -> argparse.ArgumentParser:
     down = commands.add_parser("download", help="fetch daily OHLCV through yfinance, then import it")
     down.add_argument("--ticker", "--tickers", dest="tickers", required=True, help="e.g. SPY,DIA,QQQ,^DJI,^IXIC")
     down.add_argument("--symbol", default=None, help="yfinance symbol if it differs (e.g. ^GSPC; one ticker only)")
+    down.add_argument("--no-volume", action="store_true", help="the series has no volume (e.g. ^VIX)")
     for sub in commands.choices.values():
         sub.add_argument("--data-dir", type=Path, default=DATA_DIR)
     return parser
@@ -71,7 +72,7 @@ def data_main(argv: list[str]) -> int:
         return commands.import_files(list(zip(args.csv, tickers, strict=True)), args.data_dir, args.no_volume)
     if args.symbol and len(tickers) != 1:
         raise DataError("data download: --symbol goes with one --ticker")
-    return commands.download_tickers(tickers, [args.symbol] if args.symbol else None, args.data_dir)
+    return commands.download_tickers(tickers, [args.symbol] if args.symbol else None, args.data_dir, args.no_volume)
 
 
 def _budget_counters() -> dict:

@@ -19,10 +19,12 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from datamodules.assets import tickers_of
 from training.run_setup import ConfigError
 
 KEYS = {"name", "version", "budgets", "horizons", "trials", "search_space", "overrides", "pools", "tiers",
         "train_starts"}  # fmt: skip
+AXIS_KEYS = {"--data.tickers", "--data.tier", "--data.version", "--data.splits.train_start", "--data.horizon"}
 OPTIONAL = {"overrides": [], "pools": [["GSPC"]], "tiers": ["a25"], "train_starts": [None]}
 
 
@@ -102,9 +104,15 @@ def load_plan(path: Path, trials: int | None = None, only: str | None = None, ex
     if not _whole(trials):
         raise ConfigError(f"trials per cell must be a whole number ≥ 1, got {trials!r}")
     overrides = [str(o) for o in spec.get("overrides") or []] + list(extra or [])
+    axis_keys = [o for o in overrides if o.split("=")[0] in AXIS_KEYS]
+    if axis_keys:
+        raise ConfigError(f"{path}: {', '.join(axis_keys)} in the overrides: the campaign sets the data through its "
+                          "pools, tiers, train_starts, version and horizons")  # fmt: skip
     pools, tiers, starts = (spec.get(k) or OPTIONAL[k] for k in ("pools", "tiers", "train_starts"))
     varies = tuple(k for k, values in (("pools", pools), ("tiers", tiers), ("train_starts", starts)) if len(values) > 1)
-    cells = [Cell(str(b), int(h), Path(c), tuple(p), str(t), None if s is None else str(s), varies)
+    pools = [tuple(tickers_of(p)) for p in pools]
+    starts = [None if s is None else pd.Timestamp(str(s)).date().isoformat() for s in starts]
+    cells = [Cell(str(b), int(h), Path(c), p, str(t), s, varies)
              for b, c in budgets.items() for p in pools for t in tiers for s in starts for h in horizons]  # fmt: skip
     plan = Plan(str(spec["name"]), int(spec["version"]), cells, trials, Path(spec["search_space"]), overrides, path)
     if not plan.name or "/" in plan.name:

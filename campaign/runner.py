@@ -22,6 +22,7 @@ from rich.console import Console
 from callbacks.stop_file import StopFileCallback
 from campaign.plan import Cell, Plan
 from campaign.status import CellStatus, StateFile, cell_status, results_frame, status_table
+from datamodules.errors import DataError
 from datamodules.manifest import atomic_write_bytes
 from hpo.fit_config import stop_file_of
 from training.run_setup import ConfigError, size_from_config
@@ -87,6 +88,23 @@ class Campaign:
             name = dataset_name(ticker, cell.tier)
             load_dataset(name, self.plan.version, Path(data.data_dir) if data.data_dir else DATA_DIR)
 
+    def check_registered(self) -> None:
+        """Every cell's datasets are registered: a missing one (say IXIC at a200) is one line at the start, with
+        the command that builds it, not an error hours into the campaign. Hashes are checked per cell."""
+        from datamodules.manifest import PROCESSED, Manifest
+        from datamodules.processed import dataset_name
+        from datamodules.sources import DATA_DIR
+
+        for cell in self.plan.cells:
+            data_dir = self.runners[cell.key].config.data.data_dir
+            manifest = Manifest(Path(data_dir) if data_dir else DATA_DIR, PROCESSED)
+            for ticker in cell.tickers:
+                if manifest.find(dataset_name(ticker, cell.tier), self.plan.version) is None:
+                    raise DataError(
+                        f"cell {cell.key}: no dataset {dataset_name(ticker, cell.tier)} v{self.plan.version}; build "
+                        f"it with `python cli.py data build --ticker {ticker} --tier {cell.tier}`"
+                    )
+
     def preflight(self, cell: Cell, remaining: int) -> str:
         """Why the cell cannot run on this machine, or ""."""
         from lightning_modules.budget import GRID_TOLERANCE
@@ -109,6 +127,7 @@ class Campaign:
     # the loop --------------------------------------------------------------------------------------------------
 
     def run(self) -> int:
+        self.check_registered()
         failed = False
         for index, cell in enumerate(self.plan.cells, start=1):
             if self.stop.requested():

@@ -51,6 +51,12 @@ class AssetSeries:
         return slice(int(train[0]) - context_length + 1, int(train[-1]) + 1)
 
 
+def tickers_of(tickers: str | list[str] | tuple[str, ...]) -> list[str]:
+    """The registered spelling of a config's tickers: 'GSPC', ['^ixic'] → ['GSPC'], ['IXIC'] (one text is one
+    ticker). Every reader of `data.tickers` goes through this."""
+    return [t.strip().lstrip("^").upper() for t in ([tickers] if isinstance(tickers, str) else tickers)]
+
+
 def version_of(version: int | dict[str, int], ticker: str) -> int:
     """The dataset version of one ticker: one number for all, or a mapping per ticker."""
     if isinstance(version, int):
@@ -142,7 +148,7 @@ def pool(series: list[AssetSeries], context_length: int, scaling: str) -> Pool:
 def data_label(tickers: list[str], tier: str, version: int | dict[str, int], train_start: str | None = None) -> str:
     """A short, file-name-safe name of the data a run trains on: GSPC.dataset.a25-v1,
     GSPC+IXIC.dataset.a50-v1 (pooled), …-v1-2 (versions per ticker), …-from2005-01-01 (data-size axis)."""
-    tickers = [t.lstrip("^").upper() for t in tickers]
+    tickers = tickers_of(tickers)
     versions = [version_of(version, t) for t in tickers]
     text = f"{'+'.join(tickers)}.dataset.{tier}-v{'-'.join(map(str, sorted(set(versions), key=versions.index)))}"
     return text + (f"-from{pd.Timestamp(train_start).date()}" if train_start else "")

@@ -63,8 +63,8 @@ def import_files(files: list[tuple[Path, str]], data_dir: Path, no_volume: bool)
     return 0
 
 
-def download_tickers(tickers: list[str], symbols: list[str] | None, data_dir: Path) -> int:
-    for entry in download(tickers, data_dir, symbols):
+def download_tickers(tickers: list[str], symbols: list[str] | None, data_dir: Path, no_volume: bool = False) -> int:
+    for entry in download(tickers, data_dir, symbols, require_volume=not no_volume):
         console.print(f"downloaded and registered {_describe(entry)}; {_repairs(entry)}")
     return 0
 

@@ -18,7 +18,16 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from datamodules.assets import SCALINGS, AssetSeries, Windows, check_overlap, load_asset, pool, version_of
+from datamodules.assets import (
+    SCALINGS,
+    AssetSeries,
+    Windows,
+    check_overlap,
+    load_asset,
+    pool,
+    tickers_of,
+    version_of,
+)
 from datamodules.errors import DataError
 from datamodules.features import TIERS
 from datamodules.labels import LABEL_PRICES
@@ -38,22 +47,17 @@ STAGES_FOR = {
 }
 
 
-def input_columns(tier: str, features: list[str] | None, tickers: list[str], asset_channels: bool) -> list[str]:
+def input_columns(tier: str, features: list[str] | None, tickers: str | list[str], asset_channels: bool) -> list[str]:
     """The input channels in order: the configured features (or the tier's), then one indicator per asset when
     asset_channels is on. Known without reading any data."""
     if tier not in TIERS:
         raise DataError(f"unknown tier {tier!r} (choose from {', '.join(TIERS)})")
     columns = list(features) if features else list(TIERS[tier])
-    return columns + ([asset_column(t) for t in tickers] if asset_channels else [])
+    return columns + ([asset_column(t) for t in tickers_of(tickers)] if asset_channels else [])
 
 
 def asset_column(ticker: str) -> str:
     return f"asset_{ticker}"
-
-
-def ticker_of(ticker: str) -> str:
-    """The registered spelling of a ticker: '^IXIC' and 'ixic' → 'IXIC'."""
-    return ticker.lstrip("^").upper()
 
 
 class EpochShuffle(Sampler[int]):
@@ -130,7 +134,7 @@ class MarketDataModule(pl.LightningDataModule):
         """
         super().__init__()
         self.save_hyperparameters(ignore=["splits", "tickers"])
-        self.tickers = [ticker_of(t) for t in ([tickers] if isinstance(tickers, str) else tickers)]
+        self.tickers = tickers_of(tickers)
         self.hparams["tickers"] = list(self.tickers)
         self.hparams["splits"] = asdict(splits)  # primitives only in checkpoints
         self.tier, self.version, self.horizon = tier, version, horizon
@@ -215,6 +219,9 @@ class MarketDataModule(pl.LightningDataModule):
             self.stats[s] = self._describe(labels, self.ends[s]) | {"drift": self._drift(s)}
             self._log_split(s)
         self.train_positive_rate = float(labels[self.ends["train"]].mean())
+        train_assets = self._asset.numpy()[self.ends["train"]]
+        self.asset_positive_rates = {t: float(labels[self.ends["train"][train_assets == i]].mean())
+                                     for i, t in enumerate(self.tickers)}  # fmt: skip
         self._prepared.add(stage)
 
     @property
@@ -252,23 +259,15 @@ class MarketDataModule(pl.LightningDataModule):
                 f"horizon {self.horizon}): a classifier cannot be trained on it"
             )
 
-    def _describe(self, labels: np.ndarray, ends: np.ndarray) -> dict:
+    def _describe(self, labels: np.ndarray, ends: np.ndarray, per_asset: bool = True) -> dict:
+        """Size, first and last day and positive rate of a split (and of each asset's part, when pooled)."""
         dates = pd.DatetimeIndex(self.dates[ends])
-        out = {
-            "n": len(ends),
-            "first": dates.min().date().isoformat(),
-            "last": dates.max().date().isoformat(),
-            "positive_rate": float(labels[ends].mean()),
-        }
-        if len(self.tickers) > 1:
+        out = {"n": len(ends), "first": dates.min().date().isoformat(), "last": dates.max().date().isoformat(),
+               "positive_rate": float(labels[ends].mean())}  # fmt: skip
+        if per_asset and len(self.tickers) > 1:
             assets = self._asset.numpy()[ends]
-            out["assets"] = {t: self._describe_one(labels, ends[assets == i]) for i, t in enumerate(self.tickers)}
+            out["assets"] = {t: self._describe(labels, ends[assets == i], False) for i, t in enumerate(self.tickers)}
         return out
-
-    def _describe_one(self, labels: np.ndarray, ends: np.ndarray) -> dict:
-        dates = pd.DatetimeIndex(self.dates[ends])
-        return {"n": len(ends), "first": dates.min().date().isoformat(), "last": dates.max().date().isoformat(),
-                "positive_rate": float(labels[ends].mean())}  # fmt: skip
 
     def _drift(self, stage: str) -> dict[str, float]:
         """Mean of each scaled channel over a split's days, in training standard deviations."""

@@ -18,6 +18,7 @@ from datamodules.errors import DataError
 from datamodules.manifest import RAW, Entry, Manifest, file_sha256
 
 PRICE_COLUMNS = ["Open", "High", "Low", "Close"]
+VOLUME_FILL_LIMIT = 5  # consecutive zero-volume days after the first traded one that are carried forward
 OPTIONAL_COLUMNS = ["Adj Close", "Volume"]
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
@@ -34,16 +35,16 @@ class OHLCV:
     frame: pd.DataFrame
     repaired_rows: int  # High/Low clipped to the Open–Close body
     volume_filled_rows: int = 0  # a zero Volume between traded days: the previous day's volume carried forward
+    volume_unknown_rows: int = 0  # zero Volume before the first traded day: NaN (volume features start later)
 
 
 def read_ohlcv(path: Path, require_volume: bool = True) -> OHLCV:
     """Read a daily OHLCV CSV (optionally gzipped; headers case-insensitive) and validate it.
 
     Rows whose High or Low contradicts Open or Close are repaired by clipping (High raised to
-    max(Open, Close), Low lowered to min(Open, Close)) and counted. A Volume of exactly 0 on an index
-    that otherwise trades is a missing print (NASDAQ's file has two): it takes the previous day's volume,
-    causally, and is counted. Anything else that is wrong is a DataError naming the file and the first
-    offending date.
+    max(Open, Close), Low lowered to min(Open, Close)) and counted. A Volume of exactly 0 is a missing
+    print (NASDAQ's file has two): see `_zero_volume`. Anything else that is wrong is a DataError naming the
+    file and the first offending date.
     """
     path = Path(path)
     try:
@@ -60,7 +61,7 @@ def _first_line(err: Exception) -> str:
     return text[0] if text else "no details"
 
 
-def _validate(raw: pd.DataFrame, path: Path, require_volume: bool) -> tuple[pd.DataFrame, int, int]:
+def _validate(raw: pd.DataFrame, path: Path, require_volume: bool) -> tuple[pd.DataFrame, int, int, int]:
     canonical = {c.lower(): c for c in ["Date", *PRICE_COLUMNS, *OPTIONAL_COLUMNS]}
     renamed = raw.rename(columns=lambda c: canonical.get(str(c).strip().lower(), str(c).strip()))
     required = ["Date", *PRICE_COLUMNS] + (["Volume"] if require_volume else [])
@@ -77,7 +78,9 @@ def _validate(raw: pd.DataFrame, path: Path, require_volume: bool) -> tuple[pd.D
     _check_rows(frame, path)
     if not require_volume and "Volume" in frame and (frame["Volume"] == 0).all():
         frame = frame.drop(columns="Volume")  # e.g. yfinance's ^VIX: a Volume column of zeros is no volume
-    return (*_repair(frame), _fill_zero_volume(frame, path))
+    frame, repaired = _repair(frame)
+    frame, filled, unknown = _zero_volume(frame, path)
+    return frame, repaired, filled, unknown
 
 
 def _parse_dates(column: pd.Series, path: Path) -> pd.DatetimeIndex:
@@ -128,18 +131,26 @@ def _repair(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return frame, int(broken.sum())
 
 
-def _fill_zero_volume(frame: pd.DataFrame, path: Path) -> int:
-    """Replace isolated zero volumes by the previous day's (in place); refuse a file that never trades."""
+def _zero_volume(frame: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, int, int]:
+    """Zero volumes are missing prints. Before the first traded day (yfinance's index histories start with years of
+    them) the volume is unknown: NaN, so the volume features start where the volume does. Later, a run of at most
+    VOLUME_FILL_LIMIT days takes the previous day's volume; a longer run is refused. Returns the frame and the
+    counts of filled and unknown rows."""
     if "Volume" not in frame:
-        return 0
+        return frame, 0, 0
     zero = (frame["Volume"] == 0).to_numpy()
     if zero.all():
         raise DataError(f"{path}: Volume is 0 on every row (an index without volume: import it with --no-volume)")
-    if zero[0]:
-        first = frame.index[0].date().isoformat()
-        raise DataError(f"{path}: Volume is 0 on the first row ({first}); nothing to carry forward")
-    frame["Volume"] = frame["Volume"].mask(zero).ffill()
-    return int(zero.sum())
+    unknown = int(np.argmax(~zero))  # leading zero rows
+    runs = pd.Series(zero[unknown:]).groupby((~pd.Series(zero[unknown:])).cumsum()).sum()
+    if runs.max() > VOLUME_FILL_LIMIT:
+        day = frame.index[unknown + int(np.flatnonzero(zero[unknown:])[0])].date()
+        raise DataError(f"{path}: Volume is 0 on {int(runs.max())} days in a row (from {day} or later); at most "
+                        f"{VOLUME_FILL_LIMIT} missing days are carried forward")  # fmt: skip
+    frame = frame.copy()
+    volume = frame["Volume"].mask(zero)
+    frame["Volume"] = pd.concat([volume.iloc[:unknown], volume.iloc[unknown:].ffill()])
+    return frame, int(zero[unknown:].sum()), unknown
 
 
 def register_raw(path: Path, ticker: str, data_dir: Path = DATA_DIR, require_volume: bool = True) -> Entry:
@@ -161,7 +172,8 @@ def register_raw(path: Path, ticker: str, data_dir: Path = DATA_DIR, require_vol
         first_date=data.frame.index[0].date().isoformat(),
         last_date=data.frame.index[-1].date().isoformat(),
         columns=list(data.frame.columns),
-        notes={"repaired_rows": data.repaired_rows, "volume_filled_rows": data.volume_filled_rows},
+        notes={"repaired_rows": data.repaired_rows, "volume_filled_rows": data.volume_filled_rows}
+        | ({"volume_unknown_rows": data.volume_unknown_rows} if data.volume_unknown_rows else {}),
     )
     if same:
         entry.created = previous.created  # the same bytes registered again: the same entry
@@ -197,7 +209,9 @@ def import_many(files: list[tuple[Path, str]], data_dir: Path = DATA_DIR, requir
     return [import_csv(csv, ticker, data_dir, require_volume) for csv, ticker in files]
 
 
-def download(tickers: list[str], data_dir: Path = DATA_DIR, symbols: list[str] | None = None) -> list[Entry]:
+def download(
+    tickers: list[str], data_dir: Path = DATA_DIR, symbols: list[str] | None = None, require_volume: bool = True
+) -> list[Entry]:
     """Fetch daily OHLCV of every ticker through yfinance (optional extra), then import them all like CSVs. A
     failed or empty download writes nothing (not even the tickers fetched before it). `^DJI` is stored as DJI."""
     try:
@@ -210,7 +224,7 @@ def download(tickers: list[str], data_dir: Path = DATA_DIR, symbols: list[str] |
     with tempfile.TemporaryDirectory() as tmp:
         pairs = zip(tickers, symbols, strict=True)
         files = [(_fetch(yfinance, symbol, Path(tmp) / f"{raw_name(t)}.csv"), t) for t, symbol in pairs]
-        return import_many(files, data_dir)
+        return import_many(files, data_dir, require_volume)
 
 
 def _fetch(yfinance, symbol: str, csv: Path) -> Path:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from lightning_modules.accounting import count_parameters, forward_flops_per_sample, training_flops_per_sample
 from lightning_modules.baseline_start import logistic_start
-from lightning_modules.metrics import StageMetrics
+from lightning_modules.metrics import PerAssetMetrics, StageMetrics
 from lightning_modules.patchtst import PatchTST, PatchTSTConfig
 
 STAGES = ("train", "val", "test")
@@ -113,7 +113,8 @@ class Forecaster(pl.LightningModule):
         self.register_buffer("train_prior", torch.tensor(0.5, dtype=torch.float64))  # training positive rate
         self.stage_metrics = torch.nn.ModuleDict({f"{s}_metrics": StageMetrics(s) for s in STAGES})
         self.decay_start: int | None = None  # optimizer step where the wsd decay began (None: not yet)
-        self.assets: list[str] = []  # the datamodule's pooled assets (per-asset metrics when more than one)
+        self.per_asset: torch.nn.ModuleDict | None = None  # pooled assets: metrics per asset (set up from the data)
+        self.asset_priors: dict[str, float] = {}  # each pooled asset's training positive rate
         self.epoch_outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {s: [] for s in STAGES}
 
@@ -125,13 +126,10 @@ class Forecaster(pl.LightningModule):
         prior = getattr(datamodule, "train_positive_rate", None)
         if prior is not None:
             self.train_prior.fill_(prior)
-        self.assets = list(getattr(datamodule, "assets", None) or [])
-        if len(self.assets) > 1:  # pooled assets: every metric also per asset, as <stage>/<asset>/<metric>
-            for s in ("val", "test"):
-                for asset in self.assets:
-                    key = f"{s}_{asset}_metrics"
-                    if key not in self.stage_metrics:
-                        self.stage_metrics[key] = StageMetrics(f"{s}/{asset}").to(self.device)
+        assets = list(getattr(datamodule, "assets", None) or [])
+        if len(assets) > 1:  # pooled assets: every val/test metric also per asset, as <stage>/<asset>/<metric>
+            self.asset_priors = dict(datamodule.asset_positive_rates)
+            self.per_asset = torch.nn.ModuleDict({s: PerAssetMetrics(s, assets) for s in ("val", "test")})
         if stage == "fit" and self.hparams.baseline_start:  # a resumed run's checkpoint overwrites this start
             x, y, _ = datamodule.last_day_features("train")
             weight, bias = logistic_start(x, y, self.hparams.baseline_C, self.hparams.n_channels)
@@ -154,18 +152,11 @@ class Forecaster(pl.LightningModule):
             )
         probs = torch.sigmoid(logits.detach().float())  # the one sigmoid (LESSONS #7)
         self.stage_metrics[f"{stage}_metrics"].update(bce, probs, y)
-        if stage != "train" and len(self.assets) > 1:
-            self._update_per_asset(stage, logits.detach(), probs, y, batch[2])
+        if stage != "train" and self.per_asset is not None:
+            self.per_asset[stage].update(logits.detach(), probs, y, batch[2])
         if stage != "train":
             self._outputs[stage].append((probs.cpu(), y.detach().cpu()))
         return loss
-
-    def _update_per_asset(self, stage: str, logits, probs, y, asset) -> None:
-        for i, name in enumerate(self.assets):
-            mask = asset == i
-            if mask.any():
-                bce = F.binary_cross_entropy_with_logits(logits[mask], y[mask])
-                self.stage_metrics[f"{stage}_{name}_metrics"].update(bce, probs[mask], y[mask])
 
     def on_fit_start(self) -> None:
         # callbacks ran first: a batch finder may have changed the micro-batch and accumulation
@@ -254,10 +245,10 @@ class Forecaster(pl.LightningModule):
         values = metrics.compute(float(self.train_prior))
         self.log_dict(values, prog_bar=stage == "val")
         metrics.reset()
-        for asset in self.assets if len(self.assets) > 1 and stage != "train" else ():
-            per_asset = self.stage_metrics[f"{stage}_{asset}_metrics"]
-            if per_asset.loss.update_count:  # limit_val_batches may leave an asset unseen
-                self.log_dict(per_asset.compute(float(self.train_prior)))
+        if stage != "train" and self.per_asset is not None:
+            per_asset = self.per_asset[stage]
+            seen = self.trainer.strategy.reduce(per_asset.seen.clone(), reduce_op="sum") if self._trainer else None
+            self.log_dict(per_asset.compute(self.asset_priors, per_asset.seen if seen is None else seen))
             per_asset.reset()
         if self._outputs[stage]:
             probs, targets = zip(*self._outputs[stage], strict=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryAveragePrecision
 from torchmetrics.regression import MeanSquaredError
@@ -92,3 +93,36 @@ class StageMetrics(torch.nn.Module):
     def reset(self) -> None:
         for metric in (self.loss, self.scores, self.stats):
             metric.reset()
+
+
+class PerAssetMetrics(torch.nn.Module):
+    """A stage's metrics for each pooled asset (`<stage>/<asset>/<metric>`), each against that asset's own
+    training prior. `seen` counts each asset's samples on this process: under DDP the caller sums it over ranks
+    before `compute`, so every rank computes (and syncs) the same assets."""
+
+    def __init__(self, stage: str, assets: list[str]):
+        super().__init__()
+        self.assets = list(assets)
+        self.metrics = torch.nn.ModuleList([StageMetrics(f"{stage}/{a}") for a in self.assets])
+        self.register_buffer("seen", torch.zeros(len(self.assets), dtype=torch.float64), persistent=False)
+
+    def update(self, logits: torch.Tensor, probs: torch.Tensor, target: torch.Tensor, asset: torch.Tensor) -> None:
+        for i, metrics in enumerate(self.metrics):
+            mask = asset == i
+            if mask.any():
+                bce = F.binary_cross_entropy_with_logits(logits[mask], target[mask])
+                metrics.update(bce, probs[mask], target[mask])
+                self.seen[i] += mask.sum()
+
+    def compute(self, priors: dict[str, float], seen: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The metrics of every asset seen on any rank (limit_val_batches may leave one unseen)."""
+        values = {}
+        for i, (asset, metrics) in enumerate(zip(self.assets, self.metrics, strict=True)):
+            if seen[i] > 0:
+                values |= metrics.compute(priors[asset])
+        return values
+
+    def reset(self) -> None:
+        for metrics in self.metrics:
+            metrics.reset()
+        self.seen.zero_()

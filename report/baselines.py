@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import pandas as pd
 from datamodules.manifest import atomic_write_bytes
 from report.stats import bce
 
-VERSION = 2  # bump when a baseline's procedure changes: old caches are then ignored
+VERSION = 3  # bump when a baseline's procedure changes: old caches are then ignored
 NAMES = ("base rate", "logistic", "gbt")
 LOGISTIC_C = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 GBT_LEAVES = (4, 8, 16)
@@ -43,6 +43,7 @@ class Predictions:
     probs: dict[str, np.ndarray]
     train_prior: float
     params: dict[str, dict[str, Any]]
+    asset_priors: dict[str, float] = field(default_factory=dict)  # each pooled asset's training positive rate
     unsaved: Path | None = None  # where computed (not yet cached) predictions belong
     meta: dict[str, Any] | None = None
 
@@ -117,16 +118,27 @@ def _choose(x_train, y_train, x_val, y_val, seed: int) -> dict[str, dict[str, An
     return choice
 
 
-def _predict(dm, split: str, params: dict[str, dict[str, Any]], seed: int) -> Predictions:
-    x_train, y_train, _ = dm.last_day_features("train")
+def _inputs(dm, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Each window's last day of scaled features and, when assets are pooled, which asset it is (one-hot): the
+    baselines may tell assets apart whether or not a model run had asset channels."""
     x, y, dates = dm.last_day_features(split)
+    if len(dm.assets) > 1:
+        assets = np.array([dm.assets.index(a) for a in dm.sample_assets(split)])
+        x = np.concatenate([x, np.eye(len(dm.assets), dtype=x.dtype)[assets]], axis=1)
+    return x, y, dates
+
+
+def _predict(dm, split: str, params: dict[str, dict[str, Any]], seed: int) -> Predictions:
+    x_train, y_train, _ = _inputs(dm, "train")
+    x, y, dates = _inputs(dm, split)
     prior = float(y_train.mean())
     with _fitting():
         logistic = _logistic(params["logistic"]["C"], seed).fit(x_train, y_train)
         gbt = _gbt(params["gbt"]["max_leaf_nodes"], params["gbt"]["max_iter"], seed).fit(x_train, y_train)
     probs = {"base rate": np.full(len(y), prior), "logistic": logistic.predict_proba(x)[:, 1],
              "gbt": gbt.predict_proba(x)[:, 1]}  # fmt: skip
-    return Predictions(dates, dm.sample_assets(split), y.astype(float), probs, prior, params)
+    return Predictions(dates, dm.sample_assets(split), y.astype(float), probs, prior, params,
+                       dict(dm.asset_positive_rates))  # fmt: skip
 
 
 def _write(path: Path, predictions: Predictions) -> None:
@@ -142,7 +154,8 @@ def _read(path: Path, meta: dict[str, Any]) -> Predictions:
     frame = pd.read_csv(path)
     probs = {name: frame[name].to_numpy(float) for name in NAMES}
     return Predictions(frame["date"].astype(str).tolist(), frame["asset"].astype(str).tolist(),
-                       frame["label"].to_numpy(float), probs, meta["train_prior"], meta["params"])  # fmt: skip
+                       frame["label"].to_numpy(float), probs, meta["train_prior"], meta["params"],
+                       meta["asset_priors"])  # fmt: skip
 
 
 def baseline_predictions(settings: dict[str, Any], split: str, cache: Path, seed: int = 0) -> Predictions:
@@ -166,14 +179,15 @@ def baseline_predictions(settings: dict[str, Any], split: str, cache: Path, seed
     if meta_path.is_file():
         params = json.loads(meta_path.read_text())["params"]
     else:
-        x_train, y_train, _ = dm.last_day_features("train")
-        x_val, y_val, _ = dm.last_day_features("val")
+        x_train, y_train, _ = _inputs(dm, "train")
+        x_val, y_val, _ = _inputs(dm, "val")
         with _fitting():
             params = _choose(x_train, y_train, x_val, y_val, seed)
     predictions = _predict(dm, split, params, seed)
     predictions.unsaved = path
     predictions.meta = {"settings": settings, "dataset_hashes": hashes, "seed": seed, "params": params,
-                        "train_prior": predictions.train_prior, "version": VERSION}  # fmt: skip
+                        "train_prior": predictions.train_prior, "asset_priors": predictions.asset_priors,
+                        "version": VERSION}  # fmt: skip
     return predictions
 
 

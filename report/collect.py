@@ -19,7 +19,7 @@ import pandas as pd
 import yaml
 
 from lightning_modules.budget import BUDGETS, GRID_TOLERANCE
-from training.run_setup import ConfigError
+from training.run_setup import ConfigError, current_data_keys
 
 FRAME_KEYS = ("tickers", "tier", "version", "threshold", "label_price", "features", "splits", "scaling")  # and horizon
 TRIAL_DIR = re.compile(r"trial-(\d+)")
@@ -124,7 +124,7 @@ def _config(run_dir: Path) -> tuple[dict[str, Any], str]:
     path = run_dir / "config.yaml"
     try:
         config = yaml.safe_load(path.read_text())
-        data = _current_keys(config["data"])
+        data = current_data_keys(config["data"])
         data["splits"] = {k: str(v) if v is not None else None for k, v in dict(data["splits"]).items()}
         int(data["horizon"]), float(data["threshold"])
     except FileNotFoundError:
@@ -132,17 +132,6 @@ def _config(run_dir: Path) -> tuple[dict[str, Any], str]:
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as err:
         raise ReportError(f"{path}: unreadable config ({type(err).__name__}: {err})") from None
     return data, configuration_id(config)
-
-
-def _current_keys(data: dict[str, Any]) -> dict[str, Any]:
-    """A run's data settings in today's keys: runs from before pooling named one `dataset` (GSPC.dataset.a25)."""
-    if "dataset" in data and "tickers" not in data:
-        name = str(data.pop("dataset"))
-        data["tickers"], data["tier"] = [name.split(".")[0]], name.split(".")[-1]
-    data.setdefault("scaling", "pooled")
-    data.setdefault("asset_channels", False)
-    data["splits"] = {"train_start": None, **dict(data["splits"])}
-    return data
 
 
 def _evaluations(run_dir: Path, kind: str, best_checkpoint: str | None) -> list[tuple[Path, dict]]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from report.evaluate import Options, Row, Section, frame_title, resamples
+from report.evaluate import Options, Row, Section, frame_title, paired_resamples
 from report.findings import paired, verdict
 from report.scaling import JointFit, fit_joint
 
@@ -96,7 +96,7 @@ def _joint_lines(study: DataSizeStudy, options: Options) -> list[str]:
         common = common.intersection(cell.row.scores["val"].samples.index)
     probs = [c.row.scores["val"].probs(common) for c in with_samples]  # per cell (S, n)
     y = with_samples[0].row.scores["val"].samples.loc[common, "label"].to_numpy(float)
-    idx = resamples(len(common), options.n_boot, options.block, options.seed)
+    idx = paired_resamples(common, options)
     n, d = np.array([c.n_params for c in with_samples]), np.array([c.n_data for c in with_samples])
     study.fit = fit = fit_joint(n, d, probs, y, idx)
     head = f"L(N, D) = E + A·N^(−α) + B·D^(−β) over {fit.k} cells, {fit.n} common days"

@@ -138,11 +138,18 @@ def resamples(n: int, n_boot: int, block: int, seed: int) -> np.ndarray:
     return block_indices(n, n_boot, block, seed)
 
 
+def paired_resamples(keys: pd.Index, options: Options) -> np.ndarray:
+    """Resamples of samples keyed '<date> <asset>' (sorted by date, then asset) whose blocks span `options.block`
+    trading days: a block holds that many days of every asset in the keys."""
+    assets = keys.str.rsplit(" ", n=1).str[-1].nunique() if len(keys) else 1
+    return resamples(len(keys), options.n_boot, options.block * max(1, assets), options.seed)
+
+
 def _score(samples: pd.DataFrame, prior: float, options: Options) -> Scores:
     """Scores of one or several seeds' predictions (columns probability, probability.1, …) on the same days."""
     scores = Scores(len(samples), {}, math.nan, math.nan, samples)
     p, y = scores.probs(), samples["label"].to_numpy(float)  # (S, n), (n,)
-    idx = resamples(len(y), options.n_boot, options.block, options.seed)
+    idx = paired_resamples(samples.index, options)
     scores.metrics = {m: estimate(m, p, y, idx) for m in METRICS}
     scores.spread = {m: float(np.std(METRICS[m](p, y), ddof=1)) if len(p) > 1 else math.nan for m in METRICS}
     scores.prior_bce, scores.pred_std, scores.seeds = (
@@ -174,8 +181,10 @@ def _recorded(values: dict, prefix: str, prior: float, split: dict) -> Scores:
     return Scores(int(split.get("n", 0)), metrics, prior_bce, get("pred_std"))
 
 
-def _train_prior(run: Run) -> float:
-    return float(run.record["splits"]["train"]["positive_rate"])
+def _train_prior(run: Run, scope: str = "") -> float:
+    """The training positive rate a run's scores are measured against: the pool's, or one asset's (scope)."""
+    train = run.record["splits"]["train"]
+    return float((train["assets"][scope] if scope else train)["positive_rate"])
 
 
 def select(runs: list[Run]) -> dict[tuple, dict[int, dict[str, list[Run]]]]:
@@ -224,14 +233,15 @@ def _model_scores(
     paths = [r.val_predictions if split == "val" else r.test_predictions for r in runs]
     if not runs:
         return None
-    prior = _train_prior(runs[0])
+    prior = _train_prior(runs[0], scope)
     if any(path is None for path in paths):
         run = runs[0]
         if split == "val":
             split_stats = run.record["splits"].get("val", {})
             split_stats = split_stats.get("assets", {}).get(scope, {}) if scope else split_stats
             return _recorded(run.record["best"], f"val_{scope}_" if scope else "val_", prior, split_stats)
-        return _recorded(run.test, f"test/{scope}/" if scope else "test/", prior, {} if scope else run.test_split)
+        test_split = run.test_split.get("assets", {}).get(scope, {}) if scope else run.test_split
+        return _recorded(run.test, f"test/{scope}/" if scope else "test/", prior, test_split)
     asset = runs[0].data["tickers"][0]
     samples = _seed_samples(paths, asset)
     if truth is not None:
@@ -272,10 +282,11 @@ def evaluate_section(
         for name in BASELINES if base else ():
             row = Row(horizon, name, "baseline", None)
             for split, predictions in base.items():
-                samples = pd.DataFrame(
-                    {"probability": predictions.probs[name], "label": predictions.labels}, index=predictions.truth.index
-                )
-                row.scores[split] = _score(_only(samples, scope), predictions.train_prior, options)
+                prior = predictions.asset_priors[scope] if scope else predictions.train_prior
+                probs = np.full(len(predictions.labels), prior) if name == "base rate" else predictions.probs[name]
+                columns = {"probability": probs, "label": predictions.labels}
+                samples = pd.DataFrame(columns, index=predictions.truth.index)
+                row.scores[split] = _score(_only(samples, scope), prior, options)
             section.rows.append(row)
     return section
 

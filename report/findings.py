@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from report.evaluate import Options, Row, Scores, Section, Versus, resamples
+from report.evaluate import Options, Row, Scores, Section, Versus, paired_resamples
 from report.scaling import fit_scaling
 from report.stats import Estimate, difference
 
@@ -23,7 +23,7 @@ def paired(a: Scores, b: Scores, metric: str, options: Options) -> Estimate | No
         return None
     pa, pb = a.probs(common), b.probs(common)  # (S_a, n), (S_b, n): seed means are compared
     y = a.samples.loc[common, "label"].to_numpy(float)
-    return difference(metric, pa, pb, y, resamples(len(common), options.n_boot, options.block, options.seed))
+    return difference(metric, pa, pb, y, paired_resamples(common, options))
 
 
 def verdict(d: Estimate, a: str, b: str) -> str:
@@ -64,7 +64,7 @@ def _scaling(section: Section, horizon: int, models: list[Row], options: Options
         common = common.intersection(row.scores["val"].samples.index)
     probs = [r.scores["val"].probs(common) for r in with_samples]  # per budget (S, n)
     y = with_samples[0].scores["val"].samples.loc[common, "label"].to_numpy(float)
-    idx = resamples(len(common), options.n_boot, options.block, options.seed)
+    idx = paired_resamples(common, options)
     fit = fit_scaling(np.array([r.n_params for r in with_samples]), probs, y, idx)
     section.fits[horizon] = fit
     line = f"log-log line of val BCE: BCE ∝ N^(−β), β = {fit.slope.text(4)} over {fit.k} budgets, {fit.n} common days"

@@ -178,7 +178,7 @@ def frame(sections: list[Section]) -> pd.DataFrame:
         s = section.settings
         for row in section.rows:
             record = {"tickers": "+".join(s["tickers"]), "scored_on": section.scope or "all", "tier": s["tier"],
-                      "version": json.dumps(s["version"]), "threshold": s["threshold"],
+                      "version": json.dumps(s["version"]), "scaling": s.get("scaling"), "threshold": s["threshold"],
                       "label_price": s["label_price"], "features": json.dumps(s["features"]),
                       "splits": json.dumps(s["splits"], sort_keys=True), "horizon": row.horizon, "model": row.model,
                       "kind": row.kind, "n_params": row.n_params}  # fmt: skip

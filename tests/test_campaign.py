@@ -241,6 +241,15 @@ def test_data_axes_multiply_the_cells_and_name_them(tmp_path):
     assert [c.key for c in select_cells(plan.cells, "2M:1:GSPC+IXIC:all")] == ["2M:1:GSPC+IXIC:all"]
 
 
+def test_a_cell_without_its_dataset_stops_the_campaign_before_anything_runs(tmp_path):
+    config = write_campaign(tmp_path)
+    spec = yaml.safe_load(config.read_text()) | {"tiers": ["a25", "a100"]}  # a100 is not shipped built
+    config.write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = run_cli("campaign", "--config", str(config))
+    assert_user_error(result, "no dataset GSPC.dataset.a100 v1; build it with `python cli.py data build")
+    assert not (tmp_path / "logs" / "hpo").exists()
+
+
 def test_a_pooled_cell_runs_its_study_on_the_pool(tmp_path):
     config = write_campaign(tmp_path)
     spec = yaml.safe_load(config.read_text())

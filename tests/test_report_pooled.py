@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from test_report import ok, tiny_config
@@ -51,14 +52,27 @@ def test_baselines_of_a_pool_are_fitted_on_the_pooled_windows(report):
     assert cached["asset"].value_counts().to_dict() == {"GSPC": 503, "IXIC": 503}
     assert json.loads((folder / "meta.json").read_text())["settings"]["tickers"] == ["GSPC", "IXIC"]
     table = pd.read_csv(logs / "report" / "report.csv")
-    base = table[(table["tickers"] == "GSPC+IXIC") & (table["model"] == "base rate")].set_index("scored_on")
+    pooled = table[table["tickers"] == "GSPC+IXIC"]
     record = _pooled_record(logs)
-    prior = record["splits"]["train"]["positive_rate"]  # one training prior: the pool's
-    for scope in ("GSPC", "IXIC"):
-        rate = record["splits"]["val"]["assets"][scope]["positive_rate"]
-        assert base.loc[scope, "val_prior_bce"] == pytest.approx(
-            -(rate * math.log(prior) + (1 - rate) * math.log(1 - prior)), abs=1e-6
-        )
+    train, val = record["splits"]["train"], record["splits"]["val"]
+    for scope in ("all", "GSPC", "IXIC"):  # each scope against its own training prior: the pool's or the asset's
+        prior = train["positive_rate"] if scope == "all" else train["assets"][scope]["positive_rate"]
+        rate = val["positive_rate"] if scope == "all" else val["assets"][scope]["positive_rate"]
+        expected = -(rate * math.log(prior) + (1 - rate) * math.log(1 - prior))
+        rows = pooled[pooled["scored_on"] == scope].set_index("model")
+        assert rows.loc["base rate", "val_bce"] == pytest.approx(expected, abs=1e-6), scope
+        assert rows["val_prior_bce"].dropna().tolist() == pytest.approx([expected] * 4, abs=1e-6)
+
+
+def test_pooled_intervals_resample_blocks_of_trading_days_of_every_asset():
+    from report.evaluate import Options, paired_resamples
+
+    days = [d.date().isoformat() for d in pd.bdate_range("2015-01-01", periods=500)]
+    single = pd.Index([f"{d} GSPC" for d in days])
+    pooled = pd.Index([f"{d} {a}" for d in days for a in ("GSPC", "IXIC")])
+    options = Options(n_boot=200, block=20)
+    steps = [(np.diff(paired_resamples(keys, options), axis=1) == 1).mean() for keys in (single, pooled)]
+    assert steps[0] == pytest.approx(1 - 1 / 20, abs=0.01) and steps[1] == pytest.approx(1 - 1 / 40, abs=0.01)
 
 
 def test_runs_differing_in_their_first_training_date_form_a_data_size_axis(report):

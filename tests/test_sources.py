@@ -33,14 +33,31 @@ def test_shipped_nasdaq_has_the_documented_shape_and_its_two_missing_volumes_car
 
 def test_zero_volumes_are_carried_forward_and_counted(tmp_path, ohlcv):
     gaps = ohlcv.copy()
-    gaps.iloc[[30, 31, 90], gaps.columns.get_loc("Volume")] = 0
+    gaps.iloc[[30, 31, 90, 91, 92, 93, 94], gaps.columns.get_loc("Volume")] = 0  # runs of 2 and 5 days
     data = read_ohlcv(write_csv(gaps, tmp_path / "x.csv"))
-    assert data.volume_filled_rows == 3
+    assert data.volume_filled_rows == 7 and data.volume_unknown_rows == 0
     assert data.frame["Volume"].iloc[30] == data.frame["Volume"].iloc[31] == ohlcv["Volume"].iloc[29]
-    assert data.frame["Volume"].iloc[90] == ohlcv["Volume"].iloc[89]
+    assert (data.frame["Volume"].iloc[90:95] == ohlcv["Volume"].iloc[89]).all()
 
 
-@pytest.mark.parametrize(("rows", "message"), [(slice(0, 1), "0 on the first row"), (slice(None), "0 on every row")])
+def test_zero_volumes_before_the_first_traded_day_are_unknown_and_the_features_start_later(data_dir, tmp_path, ohlcv):
+    from datamodules.processed import build_dataset
+    from datamodules.sources import import_csv
+
+    early = ohlcv.copy()
+    early.iloc[:250, early.columns.get_loc("Volume")] = 0  # yfinance's index histories start like this
+    data = read_ohlcv(write_csv(early, tmp_path / "x.csv"))
+    assert data.volume_unknown_rows == 250 and data.volume_filled_rows == 0
+    assert data.frame["Volume"].iloc[:250].isna().all() and (data.frame["Volume"].iloc[250:] > 0).all()
+    entry = import_csv(tmp_path / "x.csv", "EARLY", data_dir)
+    assert entry.notes["volume_unknown_rows"] == 250
+    built = build_dataset("EARLY", "a25", None, data_dir).entry  # sma_200 alone would drop 199 rows
+    assert built.notes["warmup_rows_dropped"] >= 250 + 19  # vwap_20 and the volume mean start on day 250
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"), [(slice(100, 106), "Volume is 0 on 6 days in a row"), (slice(None), "0 on every row")]
+)
 def test_volumes_that_cannot_be_carried_forward_are_refused(tmp_path, ohlcv, rows, message):
     gaps = ohlcv.copy()
     gaps.iloc[rows, gaps.columns.get_loc("Volume")] = 0

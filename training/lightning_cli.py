@@ -139,6 +139,7 @@ def run_summary(argv: list[str]) -> int:
     """`cli.py summary --config …`: parse the fit config (overrides included), size it, allocate nothing."""
     from rich.console import Console
 
+    from datamodules.assets import tickers_of
     from datamodules.features import TIERS
     from datamodules.market_datamodule import MarketDataModule
     from lightning_modules.forecaster import Forecaster
@@ -150,7 +151,7 @@ def run_summary(argv: list[str]) -> int:
         def before_instantiate_classes(self) -> None:
             size, available, where = size_from_config(self.config)
             title = f"{argv[argv.index('--config') + 1] if '--config' in argv else 'config'}: {size.budget} budget"
-            extra = len(self.config.data.tickers) if self.config.data.asset_channels else 0
+            extra = len(tickers_of(self.config.data.tickers)) if self.config.data.asset_channels else 0
             by_tier = {tier: len(columns) + extra for tier, columns in TIERS.items()}
             table = summary_table(size, available, where, title, by_tier)
             Console(width=None if sys.stdout.isatty() else 150).print(table)

@@ -118,12 +118,44 @@ def check_checkpoint(path: Path, data) -> None:
         )
     except Exception as err:  # torch raises several types for damaged files
         raise ConfigError(f"{path}: unreadable checkpoint ({type(err).__name__})") from None
-    current = {key: _plain(data.get(key)) for key in DATA_KEYS}
+    saved = current_data_keys(saved)
+    current = current_data_keys({key: _plain(data.get(key)) for key in DATA_KEYS})
     differ = [f"data.{k}: checkpoint {_plain(saved[k])!r}, config {current[k]!r}" for k in DATA_KEYS
               if k in saved and _plain(saved[k]) != current[k]]  # fmt: skip
     if differ:
         raise ConfigError(f"{path} was trained on other data settings ({'; '.join(differ)}); use that run's "
                           "config.yaml or matching overrides")  # fmt: skip
+
+
+def current_data_keys(data: dict) -> dict:
+    """Data settings in today's spelling: tickers as registered, `dataset` (before pooling) as tickers and tier,
+    splits with a train_start, one version for all tickers as a number."""
+    from datamodules.assets import tickers_of
+
+    data = dict(data)
+    if "dataset" in data and "tickers" not in data:
+        name = str(data.pop("dataset"))
+        data["tickers"], data["tier"] = [name.split(".")[0]], name.split(".")[-1]
+    if data.get("tickers") is not None:
+        data["tickers"] = tickers_of(data["tickers"])
+    version = data.get("version")
+    if isinstance(version, dict) and len(set(version.values())) == 1 and set(version) >= set(data.get("tickers", [])):
+        data["version"] = next(iter(version.values()))
+    data.setdefault("scaling", "pooled")
+    data.setdefault("asset_channels", False)
+    if isinstance(data.get("splits"), dict):
+        start = data["splits"].get("train_start")
+        data["splits"] = {**data["splits"], "train_start": None if start is None else _iso(start)}
+    return data
+
+
+def _iso(day) -> str:
+    import pandas as pd
+
+    try:
+        return pd.Timestamp(str(day)).date().isoformat()
+    except ValueError:
+        return str(day)
 
 
 def _plain(value):
