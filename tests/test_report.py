@@ -226,11 +226,38 @@ def test_a_damaged_run_record_stops_the_report_and_writes_nothing(copy, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+def test_runs_from_before_pooling_are_still_reported(copy, report, tmp_path):
+    """A run written before `data.tickers` existed: config.yaml names one `dataset`, run.json one `dataset`, and its
+    predictions have no asset column. It is reported as before, with the same numbers."""
+    run = _larger_run(copy)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    data = config["data"]
+    data["dataset"] = f"{data.pop('tickers')[0]}.dataset.{data.pop('tier')}"
+    for key in ("scaling", "asset_channels"):
+        data.pop(key)
+    data["splits"].pop("train_start")
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    record = json.loads((run / "run.json").read_text())
+    record["dataset"] = record.pop("datasets")[0]
+    (run / "run.json").write_text(json.dumps(record))
+    for path in run.rglob("*_predictions.csv"):
+        pd.read_csv(path).drop(columns="asset").to_csv(path, index=False)
+    result = run_cli("report", "--logdir", str(copy), "--out", str(tmp_path / "out"), "--bootstrap", "200")
+    assert result.returncode == 0, result.stderr[-2000:]
+    old, new = (pd.read_csv(folder / "report.csv").set_index("run") for folder in (tmp_path / "out", report[0]))
+    moved = str(run).replace(str(copy), "")
+    row = next(r for r in old.index if str(r).endswith(moved))
+    same = next(r for r in new.index if str(r).endswith(moved))
+    assert old.loc[row, "val_bce"] == pytest.approx(new.loc[same, "val_bce"], abs=1e-9)
+    assert old.loc[row, "test_bce"] == pytest.approx(new.loc[same, "test_bce"], abs=1e-9)
+    assert old.loc[row, "dataset_hash"] == new.loc[same, "dataset_hash"]
+
+
 def test_edited_predictions_stop_the_report_and_write_nothing(copy, tmp_path):
     (path, *_) = sorted(copy.glob("tiny/*/val_predictions.csv"))
     lines = path.read_text().splitlines()
-    date, p, label = lines[5].split(",")
-    lines[5] = f"{date},{p},{1 - int(label)}"
+    date, asset, p, label = lines[5].split(",")
+    lines[5] = f"{date},{asset},{p},{1 - int(label)}"
     path.write_text("\n".join(lines) + "\n")
     result = run_cli("report", "--logdir", str(copy), "--out", str(tmp_path / "out"))
     assert_user_error(result, "labels that differ from the dataset's")
