@@ -250,6 +250,7 @@ def test_a_cell_without_its_dataset_stops_the_campaign_before_anything_runs(tmp_
     assert not (tmp_path / "logs" / "hpo").exists()
 
 
+@pytest.mark.slow
 def test_a_pooled_cell_runs_its_study_on_the_pool(tmp_path):
     config = write_campaign(tmp_path)
     spec = yaml.safe_load(config.read_text())
