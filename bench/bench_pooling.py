@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_quality import data_settings, finished_run, fit, score, variant_config  # noqa: E402
 
-from report.baselines import baseline_predictions, save  # noqa: E402
+from report.baselines import baseline_predictions, sample_keys, save  # noqa: E402
 from report.stats import block_indices, difference  # noqa: E402
 
 POOL = {"data.tickers": ["GSPC", "IXIC"]}
@@ -46,7 +46,7 @@ VARIANTS = {
 
 def gspc_probs(run: Path, days: pd.Index) -> np.ndarray:
     frame = pd.read_csv(run / "val_predictions.csv", dtype={"date": str, "asset": str})
-    frame.index = frame["date"] + " " + frame["asset"]
+    frame.index = pd.Index(sample_keys(frame["date"].tolist(), frame["asset"].tolist()))
     return frame.loc[days, "probability"].to_numpy(float)
 
 

@@ -31,7 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from report.baselines import baseline_predictions, save  # noqa: E402
+from report.baselines import baseline_predictions, sample_keys, save  # noqa: E402
 from report.stats import METRICS, block_indices, difference  # noqa: E402
 
 # Each variant: changes to the config (dotted keys), applied to the budget's shipped config. "base" is the
@@ -118,7 +118,7 @@ def score(runs: list[Path], baselines, n_boot: int, block: int) -> dict:
     probs = []
     for run in runs:
         frame = pd.read_csv(run / "val_predictions.csv", dtype={"date": str, "asset": str})
-        frame.index = frame["date"] + " " + frame["asset"]
+        frame.index = pd.Index(sample_keys(frame["date"].tolist(), frame["asset"].tolist()))
         common = truth.index.intersection(frame.index)  # a shorter context starts earlier: the baselines' days
         assert len(common) == len(truth) and (frame.loc[common, "label"] == truth).all(), f"{run}: labels differ"
         probs.append(frame.loc[truth.index, "probability"].to_numpy(float))

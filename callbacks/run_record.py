@@ -220,7 +220,7 @@ class RunRecordCallback(pl.Callback):
 
 def _pooled_assets(trainer: pl.Trainer) -> list[str]:
     """The assets of a pooled run (they get per-asset best metrics); none for a single asset."""
-    assets = list(getattr(trainer.datamodule, "assets", None) or [])
+    assets = list(getattr(trainer.datamodule, "tickers", None) or [])
     return assets if len(assets) > 1 else []
 
 

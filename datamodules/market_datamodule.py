@@ -224,11 +224,6 @@ class MarketDataModule(pl.LightningDataModule):
                                      for i, t in enumerate(self.tickers)}  # fmt: skip
         self._prepared.add(stage)
 
-    @property
-    def assets(self) -> list[str]:
-        """The pooled assets, in the order of the asset index each sample carries."""
-        return list(self.tickers)
-
     def _log_split(self, stage: str) -> None:
         st = self.stats[stage]
         log.info("%s: %d samples, %s → %s, positive rate %.3f", stage, st["n"], st["first"], st["last"],
@@ -297,9 +292,13 @@ class MarketDataModule(pl.LightningDataModule):
         """ISO date of each sample's last input day, in loader order (for prediction files)."""
         return [d.date().isoformat() for d in pd.DatetimeIndex(self.dates[self.ends[stage]])]
 
+    def asset_index(self, stage: str) -> np.ndarray:
+        """Each sample's asset as its index in `tickers`, in loader order."""
+        return self._asset.numpy()[self.ends[stage]]
+
     def sample_assets(self, stage: str) -> list[str]:
         """Each sample's asset, in loader order."""
-        return [self.tickers[i] for i in self._asset.numpy()[self.ends[stage]]]
+        return [self.tickers[i] for i in self.asset_index(stage)]
 
     def last_day_features(self, stage: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Each window's last input day (n, C), its label (n,) and date: the inputs of the report's baselines."""

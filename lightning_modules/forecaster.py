@@ -126,7 +126,7 @@ class Forecaster(pl.LightningModule):
         prior = getattr(datamodule, "train_positive_rate", None)
         if prior is not None:
             self.train_prior.fill_(prior)
-        assets = list(getattr(datamodule, "assets", None) or [])
+        assets = list(getattr(datamodule, "tickers", None) or [])
         if len(assets) > 1:  # pooled assets: every val/test metric also per asset, as <stage>/<asset>/<metric>
             self.asset_priors = dict(datamodule.asset_positive_rates)
             self.per_asset = torch.nn.ModuleDict({s: PerAssetMetrics(s, assets) for s in ("val", "test")})

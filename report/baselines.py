@@ -122,9 +122,8 @@ def _inputs(dm, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Each window's last day of scaled features and, when assets are pooled, which asset it is (one-hot): the
     baselines may tell assets apart whether or not a model run had asset channels."""
     x, y, dates = dm.last_day_features(split)
-    if len(dm.assets) > 1:
-        assets = np.array([dm.assets.index(a) for a in dm.sample_assets(split)])
-        x = np.concatenate([x, np.eye(len(dm.assets), dtype=x.dtype)[assets]], axis=1)
+    if len(dm.tickers) > 1:
+        x = np.concatenate([x, np.eye(len(dm.tickers), dtype=x.dtype)[dm.asset_index(split)]], axis=1)
     return x, y, dates
 
 
