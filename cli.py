@@ -28,6 +28,13 @@ TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 class _Parser(argparse.ArgumentParser):
+    """argparse with finscale's conventions: usage errors are one line (exit 2), and every option is spelled the
+    LightningCLI way (`--search_space`, like `--ckpt_path`) while the kebab-case spelling is accepted too."""
+
+    def add_argument(self, *names, **kwargs):
+        aliases = [name.replace("_", "-") for name in names if name.startswith("--") and "_" in name]
+        return super().add_argument(*names, *aliases, **kwargs)
+
     def error(self, message: str) -> None:  # argparse's own usage errors: one line, exit 2
         print(f"error: {self.prog}: {message}", file=sys.stderr)
         raise SystemExit(2)
@@ -45,13 +52,13 @@ def _data_parser() -> argparse.ArgumentParser:
     imp = commands.add_parser("import", help="validate and register OHLCV CSVs (all validated before any is copied)")
     imp.add_argument("--csv", type=Path, nargs="+", required=True, help="one file per ticker")
     imp.add_argument("--ticker", "--tickers", dest="tickers", required=True, help="e.g. SPY, or SPY,DIA for two files")
-    imp.add_argument("--no-volume", action="store_true", help="the series has no Volume column (e.g. VIX)")
+    imp.add_argument("--no_volume", action="store_true", help="the series has no Volume column (e.g. VIX)")
     down = commands.add_parser("download", help="fetch daily OHLCV through yfinance, then import it")
     down.add_argument("--ticker", "--tickers", dest="tickers", required=True, help="e.g. SPY,DIA,QQQ,^DJI,^IXIC")
     down.add_argument("--symbol", default=None, help="yfinance symbol if it differs (e.g. ^GSPC; one ticker only)")
-    down.add_argument("--no-volume", action="store_true", help="the series has no volume (e.g. ^VIX)")
+    down.add_argument("--no_volume", action="store_true", help="the series has no volume (e.g. ^VIX)")
     for sub in commands.choices.values():
-        sub.add_argument("--data-dir", type=Path, default=DATA_DIR)
+        sub.add_argument("--data_dir", type=Path, default=DATA_DIR)
     return parser
 
 
@@ -97,10 +104,10 @@ def _hpo_parser() -> argparse.ArgumentParser:
                      "Other --key value arguments are fit overrides given to every trial.")  # fmt: skip
     parser.add_argument("--config", type=Path, required=True, help="the fit config a trial starts from")
     parser.add_argument("--trials", type=int, required=True, help="finished (complete + pruned) trials wanted")
-    parser.add_argument("--search-space", type=Path, default=DEFAULT_SPACE)
+    parser.add_argument("--search_space", type=Path, default=DEFAULT_SPACE)
     parser.add_argument("--storage", default=None, help="Optuna RDB URL; default sqlite under <logs>/hpo/<study>/")
-    parser.add_argument("--study-name", default=None, help="default: <config>-h<h>-<tickers>.dataset.<tier>-v<version>")
-    parser.add_argument("--export-best", type=Path, default=None, help="write the best trial as a fit config")
+    parser.add_argument("--study_name", default=None, help="default: <config>-h<h>-<tickers>.dataset.<tier>-v<version>")
+    parser.add_argument("--export_best", type=Path, default=None, help="write the best trial as a fit config")
     return parser
 
 
@@ -142,7 +149,7 @@ def _report_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     parser.add_argument("--block", type=int, default=20, help="trading days per bootstrap block (1: i.i.d.)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the resamples and the baselines")
-    parser.add_argument("--no-baselines", action="store_true", help="skip the baselines (no scikit-learn fits)")
+    parser.add_argument("--no_baselines", action="store_true", help="skip the baselines (no scikit-learn fits)")
     return parser
 
 

@@ -67,3 +67,33 @@ def assert_user_error(result: subprocess.CompletedProcess, fragment: str) -> Non
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr[-2000:]
+
+
+def snapshot(*roots: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file and folder under roots → (mode, size, mtime_ns): what a refusal must leave exactly as it was."""
+    found = {}
+    for root in roots:
+        for path in [root, *root.rglob("*")] if root.exists() else []:
+            stat = path.lstat()
+            found[str(path)] = (stat.st_mode, stat.st_size if path.is_file() else 0, stat.st_mtime_ns)
+    return found
+
+
+def assert_refused(argv: list[str], fragment: str, capsys, *watched: Path) -> str:
+    """`cli.main(argv)` in this process: exit code 2, exactly one `error: …` line on stderr containing fragment,
+    no traceback, and nothing under the watched folders created, changed or removed. Returns the line."""
+    import cli
+
+    before = snapshot(*watched)
+    capsys.readouterr()
+    code = cli.main(list(argv))
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2, f"exit {code} for {argv}: {err[-2000:]}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"{argv}: {err[-2000:]}"
+    assert fragment.lower() in lines[0].lower(), f"{argv}: expected {fragment!r} in {lines[0]!r}"
+    assert "Traceback" not in err
+    after = snapshot(*watched)
+    changed = sorted(set(before) ^ set(after) | {p for p in before.keys() & after.keys() if before[p] != after[p]})
+    assert not changed, f"{argv} changed {changed[:10]}"
+    return lines[0]
