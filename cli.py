@@ -53,10 +53,13 @@ def _data_parser() -> argparse.ArgumentParser:
     imp.add_argument("--csv", type=Path, nargs="+", required=True, help="one file per ticker")
     imp.add_argument("--ticker", "--tickers", dest="tickers", required=True, help="e.g. SPY, or SPY,DIA for two files")
     imp.add_argument("--no_volume", action="store_true", help="the series has no Volume column (e.g. VIX)")
+    imp.add_argument("--allow_implausible", action="store_true", help="the series is real though it breaks a "
+                     "plausibility rule (long gap, ×4 day, …); the manifest records which")  # fmt: skip
     down = commands.add_parser("download", help="fetch daily OHLCV through yfinance, then import it")
     down.add_argument("--ticker", "--tickers", dest="tickers", required=True, help="e.g. SPY,DIA,QQQ,^DJI,^IXIC")
     down.add_argument("--symbol", default=None, help="yfinance symbol if it differs (e.g. ^GSPC; one ticker only)")
     down.add_argument("--no_volume", action="store_true", help="the series has no volume (e.g. ^VIX)")
+    down.add_argument("--allow_implausible", action="store_true", help="as for import")
     for sub in commands.choices.values():
         sub.add_argument("--data_dir", type=Path, default=DATA_DIR)
     return parser
@@ -64,22 +67,31 @@ def _data_parser() -> argparse.ArgumentParser:
 
 def data_main(argv: list[str]) -> int:
     from datamodules import commands
+    from datamodules.sources import split_tickers
 
-    args = _data_parser().parse_args(argv)
-    if args.command == "build":
-        return commands.build(args.ticker, args.tier, args.version, args.data_dir)
-    if args.command == "verify":
-        return commands.verify(args.data_dir)
-    if args.command == "list":
-        return commands.list_datasets(args.data_dir, _budget_counters())
-    tickers = [t.strip() for t in args.tickers.split(",") if t.strip()]
-    if args.command == "import":
-        if len(tickers) != len(args.csv):
-            raise DataError(f"data import: {len(args.csv)} file(s) but {len(tickers)} ticker(s); give one per file")
-        return commands.import_files(list(zip(args.csv, tickers, strict=True)), args.data_dir, args.no_volume)
-    if args.symbol and len(tickers) != 1:
-        raise DataError("data download: --symbol goes with one --ticker")
-    return commands.download_tickers(tickers, [args.symbol] if args.symbol else None, args.data_dir, args.no_volume)
+    try:
+        args = _data_parser().parse_args(argv)
+    except SystemExit as stop:  # a usage error, already printed as one line: returned like any other refusal
+        if stop.code == 2:
+            return 2
+        raise
+    with commands.user_errors(args.data_dir):  # OSError and a --data_dir that is a file: one line, exit 2
+        if args.command == "build":
+            return commands.build(args.ticker, args.tier, args.version, args.data_dir)
+        if args.command == "verify":
+            return commands.verify(args.data_dir)
+        if args.command == "list":
+            return commands.list_datasets(args.data_dir, _budget_counters())
+        tickers = split_tickers(args.tickers)
+        if args.command == "import":
+            if len(tickers) != len(args.csv):
+                raise DataError(f"data import: {len(args.csv)} file(s) but {len(tickers)} ticker(s); give one per file")
+            files = list(zip(args.csv, tickers, strict=True))
+            return commands.import_files(files, args.data_dir, args.no_volume, args.allow_implausible)
+        if args.symbol is not None and len(tickers) != 1:
+            raise DataError("data download: --symbol goes with one --ticker")
+        symbols = None if args.symbol is None else [args.symbol]
+        return commands.download_tickers(tickers, symbols, args.data_dir, args.no_volume, args.allow_implausible)
 
 
 def _budget_counters() -> dict:
@@ -102,7 +114,8 @@ def _hpo_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="cli.py hpo", description="Optuna search; every trial is one `fit` with overrides. "
                      "Other --key value arguments are fit overrides given to every trial.")  # fmt: skip
-    parser.add_argument("--config", type=Path, required=True, help="the fit config a trial starts from")
+    parser.add_argument("--config", type=Path, default=Path(__file__).resolve().parent / "configs" / "2M.yaml",
+                        help="the fit config of every trial (default: configs/2M.yaml of this repository)")  # fmt: skip
     parser.add_argument("--trials", type=int, required=True, help="finished (complete + pruned) trials wanted")
     parser.add_argument("--search_space", type=Path, default=DEFAULT_SPACE)
     parser.add_argument("--storage", default=None, help="Optuna RDB URL; default sqlite under <logs>/hpo/<study>/")
@@ -114,7 +127,12 @@ def _hpo_parser() -> argparse.ArgumentParser:
 def hpo_main(argv: list[str]) -> int:
     from hpo.study import HpoRequest, StudyRunner
 
-    args, overrides = _hpo_parser().parse_known_args(argv)
+    try:
+        args, overrides = _hpo_parser().parse_known_args(argv)
+    except SystemExit as stop:  # a usage error, already printed as one line: returned like any other refusal
+        if stop.code == 2:
+            return 2
+        raise
     if not args.config.is_file():
         raise ConfigError(f"config not found: {args.config}")
     request = HpoRequest(args.config, args.trials, args.search_space, args.storage, args.study_name,
@@ -137,7 +155,12 @@ def campaign_main(argv: list[str]) -> int:
     from campaign.plan import load_plan
     from campaign.runner import run_campaign
 
-    args, overrides = _campaign_parser().parse_known_args(argv)
+    try:
+        args, overrides = _campaign_parser().parse_known_args(argv)
+    except SystemExit as stop:  # a usage error, already printed as one line: returned like any other refusal
+        if stop.code == 2:
+            return 2
+        raise
     return run_campaign(load_plan(args.config, args.trials, args.cells, overrides), args.status)
 
 
@@ -157,44 +180,67 @@ def report_main(argv: list[str]) -> int:
     from report.evaluate import Options
     from report.make import make_report
 
-    args = _report_parser().parse_args(argv)
+    try:
+        args = _report_parser().parse_args(argv)
+    except SystemExit as stop:  # a usage error, already printed as one line: returned like any other refusal
+        if stop.code == 2:
+            return 2
+        raise
     options = Options(n_boot=args.bootstrap, block=args.block, seed=args.seed, baselines=not args.no_baselines)
     return make_report(args.logdir, args.out, options)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    """Bad input or an impossible request (evaluated only when something was raised: keeps torch unimported)."""
-    from lightning_modules.sizing import MemoryPreflightError
+    """Bad input or an impossible request. The pre-flight's error can only have been raised if its module was
+    imported: looking it up never imports torch, so a refusal stays fast."""
+    sizing = sys.modules.get("lightning_modules.sizing")
+    return (DataError, ConfigError, *([sizing.MemoryPreflightError] if sizing else []))
 
-    return DataError, ConfigError, MemoryPreflightError
 
-
-COMMANDS = {
-    "data": data_main,
-    "hpo": hpo_main,
-    "campaign": campaign_main,
-    "report": report_main,
-    "summary": None,
-    **dict.fromkeys(TRAINER_COMMANDS, None),
+COMMANDS = {  # name → what it does, in one line (`python cli.py --help`)
+    "fit": "train a model from a config: python cli.py fit --config configs/2M.yaml",
+    "validate": "score a checkpoint on the validation split",
+    "test": "score a checkpoint on the test split (the only way to see test metrics)",
+    "predict": "write predictions.csv for every window after the validation period",
+    "summary": "size, FLOPs and memory of a config; nothing is built",
+    "hpo": "Optuna search over architectures and training settings (default: configs/2M.yaml)",
+    "campaign": "the HPO study of every budget × horizon cell, resumable",
+    "report": "scaling table, baselines, intervals, fits and plots from the runs under logs/",
+    "data": "raw sources and versioned datasets: build | verify | list | import | download",
 }
+MAINS = {"data": data_main, "hpo": hpo_main, "campaign": campaign_main, "report": report_main}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {about}" for name, about in COMMANDS.items()]
+    return "\n".join(["usage: python cli.py COMMAND [options]   (python cli.py COMMAND --help for its options)",
+                      "", "commands:", *lines])  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["--help"], ["-h"], ["help"]):
+        print(usage())
+        return 0
     if not argv or argv[0] not in COMMANDS:
-        print(
-            f"error: usage: python cli.py {{{','.join(COMMANDS)}}} ... (got {argv[:1] or 'nothing'})", file=sys.stderr
-        )
+        got = f"unknown command {argv[0]!r}" if argv else "no command given"
+        print(f"error: {got}; commands: {', '.join(COMMANDS)} (python cli.py --help)", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # stderr: errors only
     try:
-        if argv[0] in ("data", "hpo", "campaign", "report"):
-            return COMMANDS[argv[0]](argv[1:])
+        if argv[0] in MAINS:
+            return MAINS[argv[0]](argv[1:])
         from training.lightning_cli import run_summary, run_trainer
 
         return run_summary(argv[1:]) if argv[0] == "summary" else run_trainer(argv)
     except _user_errors() as err:  # one line, exit 2, no traceback
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a path the user gave that cannot be read or written
+        if err.filename is None:
+            raise
+        print(f"error: {err.filename}: {err.strerror}", file=sys.stderr)
         return 2
 
 

@@ -5,6 +5,11 @@ FLOPs, seed, split sizes) and declares the HParams with the `best/*` metrics; wh
 metric improves it logs `best/*` scalars (TensorBoard shows their last value in HParams, never a -1);
 at fit end it writes the precision-recall curve of the best epoch and the final record.
 
+`status` says how the run ended: "running" (written at the start: a run killed with -9 keeps it), "finished"
+(max_epochs, max_steps or early stopping), "stopped" (stop file or signal: resumable with --ckpt_path last),
+"pruned" (an hpo trial), "diverged" or "failed" (an exception); `ended_by` says it in words. `finished` (a
+time) is written whenever fit returned, also after a stop.
+
 Each evaluation also leaves its per-sample predictions (date, probability, label) next to its run.json, for
 the report's bootstrap intervals: fit → `val_predictions.csv` of the best epoch (rewritten whenever the
 monitor improves, so it always matches the best checkpoint), validate → `val_predictions.csv`, test →
@@ -25,7 +30,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from callbacks.prediction_writer import write_predictions
@@ -120,8 +127,8 @@ class RunRecordCallback(pl.Callback):
         })  # fmt: skip
         return params | self.extra_hparams
 
-    def _write(self, trainer: pl.Trainer) -> None:
-        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
+    def _write(self, trainer: pl.Trainer, log_dir: str | None = None) -> None:
+        log_dir = log_dir or trainer.log_dir  # trainer.log_dir is a collective under DDP: every rank must ask
         if trainer.is_global_zero and log_dir:
             path = Path(log_dir) / "run.json"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +155,7 @@ class RunRecordCallback(pl.Callback):
         if checkpoint is not None and getattr(checkpoint, "monitor", None):
             self.monitor, self.mode = checkpoint.monitor, checkpoint.mode
         self.record = {**run_identity(trainer, pl_module), "monitor": self.monitor, "mode": self.mode,
-                       "tags": self.extra_hparams}  # fmt: skip
+                       "tags": self.extra_hparams, "status": "running"}  # fmt: skip
         self._write(trainer)
         log.info("model: %s parameters, %.1f MFLOP forward and %.1f MFLOP training per sample; run %s",
                  f"{self.record['n_params']:,}", (self.record["forward_flops_per_sample"] or 0) / 1e6,
@@ -190,13 +197,17 @@ class RunRecordCallback(pl.Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
         self._write_predictions(trainer, pl_module, "val")
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _ended(self, trainer: pl.Trainer, status: str, ended_by: str) -> None:
         checkpoint = trainer.checkpoint_callback
         self.record.update({
             "best": self.best, "epochs_run": trainer.current_epoch,
             "best_checkpoint": getattr(checkpoint, "best_model_path", None) or None,
-            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "status": status, "ended_by": ended_by,
         })  # fmt: skip
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._ended(trainer, *end_reason(trainer))
+        self.record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
         self._write(trainer)
         if self.best_outputs is not None and trainer.is_global_zero:
             probs, targets = self.best_outputs
@@ -205,6 +216,20 @@ class RunRecordCallback(pl.Callback):
                     logger.experiment.add_pr_curve("val/pr_curve_best", targets.int(), probs,
                                                    global_step=int(self.best["epoch"]))  # fmt: skip
                     logger.experiment.flush()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if trainer.state.fn != "fit" or not self.record:
+            return
+        from lightning_modules.forecaster import TrainingDiverged
+
+        if isinstance(exception, SIGTERMException):  # Lightning's own handler, before StopFileCallback's took over
+            self._ended(trainer, "stopped", "SIGTERM")
+        else:
+            status = "diverged" if isinstance(exception, TrainingDiverged) else "failed"
+            self._ended(trainer, status, f"{type(exception).__name__}: {exception}")
+        log_dir = getattr(trainer.logger, "log_dir", None)  # no collective: the other ranks may not be here
+        if log_dir:
+            self._write(trainer, log_dir)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._evaluated(trainer, pl_module, "test")
@@ -216,6 +241,32 @@ class RunRecordCallback(pl.Callback):
         self.record = {**run_identity(trainer, pl_module), key: metrics, "ckpt_path": trainer.ckpt_path}
         self._write(trainer)
         self._write_predictions(trainer, pl_module, stage)
+
+
+def end_reason(trainer: pl.Trainer) -> tuple[str, str]:
+    """(status, in words) of a fit that returned: "stopped" by a stop request, "pruned", else "finished" and why."""
+    from callbacks.stop_file import StopFileCallback
+
+    stop = next((c for c in trainer.callbacks if isinstance(c, StopFileCallback) and c.stopped_by), None)
+    if stop is not None:
+        return "stopped", f"stopped by {stop.stopped_by} at epoch {stop.stopped_at[0]}, step {stop.stopped_at[1]}"
+    pruned = next((c.pruned_reason for c in trainer.callbacks if getattr(c, "pruned_reason", None)), None)
+    if pruned:  # an hpo trial's pruning callback (hpo/pruning.py)
+        return "pruned", pruned
+    early = trainer.early_stopping_callback
+    reason = getattr(early, "stopping_reason", EarlyStoppingReason.NOT_STOPPED)
+    module = trainer.lightning_module
+    if reason == EarlyStoppingReason.PATIENCE_EXHAUSTED and getattr(module, "uses_decay_trigger", False):
+        return "finished", f"the wsd learning-rate decay ended at step {trainer.global_step}"
+    if reason == EarlyStoppingReason.PATIENCE_EXHAUSTED:
+        return "finished", f"early stopping: no {early.monitor} improvement in {early.patience} validations"
+    if reason != EarlyStoppingReason.NOT_STOPPED:
+        return "finished", f"early stopping: {(early.stopping_reason_message or reason.name).split(' Signaling')[0]}"
+    if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+        return "finished", f"max_steps ({trainer.max_steps}) reached"
+    if trainer.max_epochs is not None and trainer.current_epoch >= trainer.max_epochs:
+        return "finished", f"max_epochs ({trainer.max_epochs}) reached"
+    return "finished", "stopped by a callback (trainer.should_stop)"
 
 
 def _pooled_assets(trainer: pl.Trainer) -> list[str]:

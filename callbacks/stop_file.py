@@ -19,6 +19,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
+from callbacks.last_checkpoint import save_last
+
 log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -31,7 +33,8 @@ class StopFileCallback(pl.Callback):
         """
         self.path = Path(path)
         self.started = time.time()
-        self.reason: str | None = None
+        self.reason: str | None = None  # the signal caught, if any
+        self.stopped_by: str | None = None  # what stopped the run: a signal name, the stop file or "another rank"
         self.stopped_at: tuple[int, int] | None = None
         self._previous: dict[int, object] = {}
 
@@ -51,7 +54,7 @@ class StopFileCallback(pl.Callback):
         return None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.started, self.reason, self.stopped_at = time.time(), None, None
+        self.started, self.reason, self.stopped_by, self.stopped_at = time.time(), None, None, None
         if self.path.exists() and trainer.is_global_zero:
             log.warning("ignoring stop file %s: it predates this run (touch it to stop the run)", self.path)
 
@@ -64,15 +67,15 @@ class StopFileCallback(pl.Callback):
         local = self.requested() is not None
         if not trainer.strategy.reduce_boolean_decision(torch.tensor(local), all=False):
             return
-        reason = self.requested() or "another rank"
+        self.stopped_by = self.requested() or "another rank"
         self.stopped_at = (trainer.current_epoch, trainer.global_step)
         trainer.should_stop = True
         trainer.fit_loop.min_epochs = trainer.fit_loop.epoch_loop.min_steps = 0  # a stop request outranks minimums
         if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
-            trainer.save_checkpoint(str(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"))
+            save_last(trainer)  # now: the validation Lightning still runs after a stop may take long
         if trainer.is_global_zero:
             log.warning("stopped by %s at epoch %d, step %d; last.ckpt written. Resume with: python cli.py fit "
-                        "--config <the same config> --ckpt_path last", reason, *self.stopped_at)  # fmt: skip
+                        "--config <the same config> --ckpt_path last", self.stopped_by, *self.stopped_at)  # fmt: skip
 
     def _restore_signals(self) -> None:
         for signum, handler in self._previous.items():

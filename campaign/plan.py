@@ -20,6 +20,7 @@ import pandas as pd
 import yaml
 
 from datamodules.assets import tickers_of
+from hpo.paths import check_name
 from training.run_setup import ConfigError
 
 KEYS = {"name", "version", "budgets", "horizons", "trials", "search_space", "overrides", "pools", "tiers",
@@ -115,8 +116,9 @@ def load_plan(path: Path, trials: int | None = None, only: str | None = None, ex
     cells = [Cell(str(b), int(h), Path(c), p, str(t), s, varies)
              for b, c in budgets.items() for p in pools for t in tiers for s in starts for h in horizons]  # fmt: skip
     plan = Plan(str(spec["name"]), int(spec["version"]), cells, trials, Path(spec["search_space"]), overrides, path)
-    if not plan.name or "/" in plan.name:
-        raise ConfigError(f"{path}: campaign name {plan.name!r} must be non-empty without '/'")
+    check_name(plan.name, f"{path}: campaign name")  # logs/campaign/<name>/ and the start of its study names
+    for budget in budgets:
+        check_name(str(budget), f"{path}: budget name")  # part of cell keys and study names
     if only is not None:
         plan.cells = select_cells(plan.cells, only)
     return plan

@@ -17,12 +17,16 @@ import optuna
 import pandas as pd
 import sqlalchemy.exc
 from optuna.trial import TrialState
+from rich import box
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from campaign.plan import Cell, Plan
 from datamodules.manifest import atomic_write_bytes
-from hpo.records import duration
+from hpo.records import compact_count, duration
 from hpo.storage import alive, process_started
+from training.run_setup import ConfigError
 
 STATES = ("done", "running", "stopped", "skipped", "failed", "pending", "unknown")
 
@@ -52,7 +56,12 @@ class StateFile:
 
     def __init__(self, folder: Path):
         self.path = folder / "state.json"
-        self.cells: dict[str, dict[str, Any]] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        try:
+            self.cells: dict[str, dict[str, Any]] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ConfigError(f"{self.path}: unreadable ({type(err).__name__}); move it away to start anew") from None
+        if not isinstance(self.cells, dict):
+            raise ConfigError(f"{self.path}: not a campaign state (a mapping of cells); move it away")
 
     def set(self, cell: Cell, state: str, reason: str = "", wall_s: float = 0.0) -> None:
         entry = self.cells.setdefault(cell.key, {"wall_s": 0.0})
@@ -118,21 +127,24 @@ def cell_status(plan: Plan, cell: Cell, hpo_root: Path, state: StateFile) -> Cel
     return status
 
 
-def status_table(plan: Plan, statuses: list[CellStatus]) -> Table:
+def status_table(plan: Plan, statuses: list[CellStatus]) -> Group:
+    """The status for a terminal: a table that fits 80 columns (nothing cut; a cell too wide folds), then the
+    reason of each skipped or failed cell on its own line."""
     axes = "; ".join(f"{axis}: {', '.join(map(str, values))}" for axis, values in plan.axes.items())
-    table = Table(title=f"campaign {plan.name}: version {plan.version}, {axes}; {plan.trials} trials per cell")
-    for header in ("cell", "budget", "h", "params", "finished / target", "complete", "pruned", "failed",
-                   "best val_loss", "best val_auroc", "wall", "state"):  # fmt: skip
-        table.add_column(header, justify="left" if header in ("cell", "budget", "state") else "right")
+    table = Table(title=f"campaign {plan.name}: version {plan.version}, {axes}; {plan.trials} trials per cell",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)  # fmt: skip
+    for header in ("cell", "params", "trials", "pruned", "failed", "best val_loss", "best auroc", "wall", "state"):
+        table.add_column(header, justify="left" if header in ("cell", "state") else "right", overflow="fold")
+    reasons = []
     for s in statuses:
         best = s.best or {}
-        state = s.state + (f": {s.reason}" if s.reason and s.state in ("skipped", "failed") else "")
-        table.add_row(s.cell.key, s.cell.budget, str(s.cell.horizon), f"{s.n_params:,}" if s.n_params else "—",
-                      f"{s.finished} / {s.target}", str(s.complete), str(s.pruned), str(s.failed),
+        table.add_row(s.cell.key, compact_count(s.n_params), f"{s.finished}/{s.target}", str(s.pruned), str(s.failed),
                       f"{best['val_loss']:.4f}" if best.get("val_loss") is not None else "—",
                       f"{best['val_auroc']:.3f}" if best.get("val_auroc") is not None else "—",
-                      duration(s.wall_s), state)  # fmt: skip
-    return table
+                      duration(s.wall_s), s.state)  # fmt: skip
+        if s.reason and s.state in ("skipped", "failed", "unknown"):
+            reasons.append(Text(f"{s.cell.key} {s.state}: {s.reason}"))
+    return Group(table, *reasons)
 
 
 def results_frame(plan: Plan, statuses: list[CellStatus]) -> pd.DataFrame:

@@ -18,6 +18,7 @@ from datamodules.labels import make_labels
 from datamodules.manifest import PROCESSED, Entry, Manifest
 from datamodules.processed import dataset_name, load_dataset
 from datamodules.scaling import Standardizer, stationary
+from datamodules.sources import ticker_name
 from datamodules.splits import Splits, split_ends
 
 SCALINGS = ("pooled", "per_asset")
@@ -54,7 +55,7 @@ class AssetSeries:
 def tickers_of(tickers: str | list[str] | tuple[str, ...]) -> list[str]:
     """The registered spelling of a config's tickers: 'GSPC', ['^ixic'] → ['GSPC'], ['IXIC'] (one text is one
     ticker). Every reader of `data.tickers` goes through this."""
-    return [t.strip().lstrip("^").upper() for t in ([tickers] if isinstance(tickers, str) else tickers)]
+    return [ticker_name(t) for t in ([tickers] if isinstance(tickers, str) else tickers)]
 
 
 def version_of(version: int | dict[str, int], ticker: str) -> int:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -16,6 +17,18 @@ from datamodules.processed import build_dataset, verify_all, warmup_rows
 from datamodules.sources import download, import_many
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # piped output: do not squeeze tables to 80
+
+
+@contextmanager
+def user_errors(data_dir: Path) -> Iterator[None]:
+    """Run a data command: a `--data_dir` that is not a folder, or a file the system cannot read or write, is a
+    one-line DataError like any other bad input (never a traceback)."""
+    if Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise DataError(f"--data_dir {data_dir} is not a folder")
+    try:
+        yield
+    except OSError as err:
+        raise DataError(f"{err.filename or data_dir}: {err.strerror or type(err).__name__}") from None
 
 
 def _describe(entry: Entry) -> str:
@@ -54,17 +67,25 @@ def verify(data_dir: Path) -> int:
 
 def _repairs(entry: Entry) -> str:
     notes = entry.notes
-    return f"repaired {notes['repaired_rows']} High/Low rows, filled {notes.get('volume_filled_rows', 0)} zero volumes"
+    text = f"repaired {notes['repaired_rows']} High/Low rows, filled {notes.get('volume_filled_rows', 0)} zero volumes"
+    allowed = notes.get("implausible_allowed", {})
+    return text + "".join(f"; allowed implausible {rule}: {line}" for rule, line in allowed.items())
 
 
-def import_files(files: list[tuple[Path, str]], data_dir: Path, no_volume: bool) -> int:
-    for entry in import_many(files, data_dir, require_volume=not no_volume):
+def import_files(files: list[tuple[Path, str]], data_dir: Path, no_volume: bool, allow_implausible: bool) -> int:
+    for entry in import_many(files, data_dir, require_volume=not no_volume, allow_implausible=allow_implausible):
         console.print(f"registered {_describe(entry)}; {_repairs(entry)}")
     return 0
 
 
-def download_tickers(tickers: list[str], symbols: list[str] | None, data_dir: Path, no_volume: bool = False) -> int:
-    for entry in download(tickers, data_dir, symbols, require_volume=not no_volume):
+def download_tickers(
+    tickers: list[str],
+    symbols: list[str] | None,
+    data_dir: Path,
+    no_volume: bool = False,
+    allow_implausible: bool = False,
+) -> int:
+    for entry in download(tickers, data_dir, symbols, not no_volume, allow_implausible):
         console.print(f"downloaded and registered {_describe(entry)}; {_repairs(entry)}")
     return 0
 

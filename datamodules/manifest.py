@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from dataclasses import asdict, dataclass, field
+import secrets
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,7 @@ import pandas as pd
 from datamodules.errors import DataError
 
 RAW, PROCESSED = "raw", "processed"
+_FIELD_TYPES = {"version": int, "rows": int, "columns": list, "sources": list, "notes": dict}  # the others: str
 
 
 def file_sha256(path: Path) -> str:
@@ -83,10 +84,26 @@ class Manifest:
         if not self.path.exists():
             return []
         try:
-            payload = json.loads(self.path.read_text())
-            return [Entry(**item) for item in payload["entries"]]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            payload = json.loads(self.path.read_bytes())
+            return [self._entry(item) for item in payload["entries"]]
+        except (ValueError, KeyError, TypeError, RecursionError) as err:  # ValueError: not JSON or UTF-8, a bad field
             raise DataError(f"{self.path}: corrupt manifest ({err})") from None
+
+    def _entry(self, item: dict) -> Entry:
+        """An entry whose fields have their types and whose file lies inside `<data_dir>/<kind>/` (a hand-edited
+        manifest cannot send a read or a write elsewhere)."""
+        entry = Entry(**item)
+        label = f"entry {entry.name!r}"
+        for name in (f.name for f in fields(Entry)):
+            value, wanted = getattr(entry, name), _FIELD_TYPES.get(name, str)
+            if not isinstance(value, wanted) or isinstance(value, bool):
+                raise ValueError(f"{label}: {name} is {str(value)[:40]!r}, not {wanted.__name__}")
+        if entry.version < 1:
+            raise ValueError(f"{label}: version {entry.version} is not ≥ 1")
+        path = PurePosixPath(entry.path)
+        if path.is_absolute() or ".." in path.parts or "\\" in entry.path or path.parts[:1] != (self.kind,):
+            raise ValueError(f"{label}: path {entry.path!r} is not inside {self.kind}/")
+        return entry
 
     def find(self, name: str, version: int | None = None) -> Entry | None:
         """The entry for name (and version; latest version when None), or None."""
@@ -122,13 +139,27 @@ class Manifest:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write data to path via a temporary file and rename: readers never see half a file."""
+    """Write data to path via a temporary file and rename: readers never see half a file. The file gets the mode
+    any new file gets (0666 less the umask), not mkstemp's 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = _new_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _new_file(path: Path) -> tuple[int, Path]:
+    """A new, empty, uniquely named file beside path, opened for writing. Created with mode 0666 so that the
+    kernel applies the umask (reading the umask would mean changing it, which is not thread-safe)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")

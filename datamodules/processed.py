@@ -16,14 +16,18 @@ import pandas as pd
 from datamodules.errors import DataError
 from datamodules.features import TIERS, VIX_FEATURES, needs_vix, ohlcv_columns, ohlcv_features, vix_features
 from datamodules.manifest import PROCESSED, RAW, Entry, Manifest, atomic_write_bytes, file_sha256, frame_sha256
-from datamodules.sources import DATA_DIR, raw_name, read_ohlcv
+from datamodules.sources import DATA_DIR, raw_name, read_ohlcv, ticker_name
 
 VIX_TICKER = "VIX"
 VIX_FILL_LIMIT = 5  # a GSPC day without a VIX print takes the last VIX value at most this many days old
+MAX_VERSION = 9999
 
 
 def dataset_name(ticker: str, tier: str) -> str:
-    return f"{ticker.lstrip('^').upper()}.dataset.{tier}"
+    """'^gspc', 'a25' → 'GSPC.dataset.a25' (the ticker checked by `ticker_name`, the tier one of TIERS)."""
+    if tier not in TIERS:
+        raise DataError(f"unknown tier {tier!r} (choose from {', '.join(TIERS)})")
+    return f"{ticker_name(ticker)}.dataset.{tier}"
 
 
 @dataclass
@@ -44,7 +48,8 @@ def _load_raw(ticker: str, data_dir: Path, require_volume: bool) -> tuple[pd.Dat
             f"{path}: hash mismatch for {entry.label} (expected {entry.hash}, got {actual}); "
             "restore the file or re-import it with data import"
         )
-    return read_ohlcv(path, require_volume).frame, entry
+    allowed = "implausible_allowed" in entry.notes  # registered with --allow_implausible: the same bytes pass
+    return read_ohlcv(path, require_volume, allow_implausible=allowed).frame, entry
 
 
 def compute_dataset(ticker: str, tier: str, data_dir: Path = DATA_DIR) -> tuple[pd.DataFrame, list[Entry], dict]:
@@ -58,7 +63,7 @@ def _untrimmed(ticker: str, tier: str, data_dir: Path) -> tuple[pd.DataFrame, li
         raise DataError(f"unknown tier {tier!r} (choose from {', '.join(TIERS)})")
     ohlcv, source = _load_raw(ticker, data_dir, require_volume=True)
     frame = ohlcv_features(ohlcv, tier)
-    sources, notes = [source], {"ticker": ticker.lstrip("^").upper()}
+    sources, notes = [source], {"ticker": ticker_name(ticker)}
     if needs_vix(tier):
         frame, vix_source = _add_vix(frame, data_dir, notes)
         sources.append(vix_source)
@@ -117,16 +122,16 @@ def _trim(frame: pd.DataFrame, notes: dict) -> pd.DataFrame:
 
 def build_dataset(ticker: str, tier: str, version: int | None = None, data_dir: Path = DATA_DIR) -> BuildResult:
     """Compute a dataset and register it as `version` (default: the latest if identical, else the next)."""
+    name = dataset_name(ticker, tier)  # the request and the manifest are checked before any work
+    if version is not None and not 1 <= version <= MAX_VERSION:
+        raise DataError(f"version must be ≥ 1 and ≤ {MAX_VERSION}, got {version}")
+    manifest = Manifest(data_dir, PROCESSED)
     frame, sources, notes = compute_dataset(ticker, tier, data_dir)
     digest = frame_sha256(frame)
-    manifest = Manifest(data_dir, PROCESSED)
-    name = dataset_name(ticker, tier)
     existing = manifest.find(name, version)
     if version is None:
         version = existing.version if existing and existing.hash == digest else manifest.next_version(name)
         existing = manifest.find(name, version)
-    if version < 1:
-        raise DataError(f"version must be ≥ 1, got {version}")
     path = Path(PROCESSED) / name / f"v{version}" / "data.parquet"
     if existing and existing.hash != digest:
         raise DataError(

@@ -6,26 +6,51 @@ the same validation and repair, and the repair count is recorded when the file i
 
 from __future__ import annotations
 
-import shutil
+import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from datamodules.errors import DataError
-from datamodules.manifest import RAW, Entry, Manifest, file_sha256
+from datamodules.manifest import RAW, Entry, Manifest, atomic_write_bytes, file_sha256
+from datamodules.plausibility import implausible
 
 PRICE_COLUMNS = ["Open", "High", "Low", "Close"]
 VOLUME_FILL_LIMIT = 5  # consecutive zero-volume days after the first traded one that are carried forward
 OPTIONAL_COLUMNS = ["Adj Close", "Volume"]
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+# yfinance's spelling (SPY, ^GSPC, BRK-B, 000001.SS, EURUSD=X, GC=F): no path separator, no leading dot or dash
+TICKER = re.compile(r"\^?[A-Za-z0-9][A-Za-z0-9.=-]{0,19}")
+TICKER_SYNTAX = "1-20 letters, digits, '.', '-' or '=', starting with a letter or digit, optionally after one '^'"
+
+
+def ticker_name(ticker: str) -> str:
+    """The registered spelling of a user's ticker ('^gspc ' → 'GSPC'), which names its files
+    (`<TICKER>.OHLCV.daily.csv.gz`, `<TICKER>.dataset.<tier>/`); anything else is a DataError. Every ticker a
+    user gives (CLI, `data.tickers`) goes through this before it becomes part of a path."""
+    text = ticker.strip() if isinstance(ticker, str) else None
+    if text is None or not TICKER.fullmatch(text):
+        shown = repr(ticker) if len(repr(ticker)) <= 42 else repr(ticker)[:40] + "…"
+        raise DataError(f"invalid ticker {shown}: a ticker is {TICKER_SYNTAX} (e.g. SPY, ^GSPC, BRK-B, EURUSD=X)")
+    return text.lstrip("^").upper()
+
+
+def split_tickers(text: str) -> list[str]:
+    """'SPY, ^DJI' → ['SPY', '^DJI'] (as given, for the download symbol), each checked by `ticker_name`."""
+    tickers = [t.strip() for t in text.split(",")]
+    if "" in tickers:
+        raise DataError(f"empty ticker in {text!r}: give tickers separated by single commas, e.g. SPY,DIA")
+    for ticker in tickers:
+        ticker_name(ticker)
+    return tickers
 
 
 def raw_name(ticker: str) -> str:
     """Raw dataset name for a ticker: '^GSPC' → 'GSPC.OHLCV.daily'."""
-    return f"{ticker.lstrip('^').upper()}.OHLCV.daily"
+    return f"{ticker_name(ticker)}.OHLCV.daily"
 
 
 @dataclass
@@ -36,24 +61,35 @@ class OHLCV:
     repaired_rows: int  # High/Low clipped to the Open–Close body
     volume_filled_rows: int = 0  # a zero Volume between traded days: the previous day's volume carried forward
     volume_unknown_rows: int = 0  # zero Volume before the first traded day: NaN (volume features start later)
+    implausible: dict[str, str] = field(default_factory=dict)  # rule → what broke it (see datamodules/plausibility)
 
 
-def read_ohlcv(path: Path, require_volume: bool = True) -> OHLCV:
+def read_ohlcv(path: Path, require_volume: bool = True, allow_implausible: bool = False) -> OHLCV:
     """Read a daily OHLCV CSV (optionally gzipped; headers case-insensitive) and validate it.
 
     Rows whose High or Low contradicts Open or Close are repaired by clipping (High raised to
     max(Open, Close), Low lowered to min(Open, Close)) and counted. A Volume of exactly 0 is a missing
     print (NASDAQ's file has two): see `_zero_volume`. Anything else that is wrong is a DataError naming the
-    file and the first offending date.
+    file and the first offending date, and so is a series that breaks a plausibility rule
+    (`datamodules/plausibility.py`) unless `allow_implausible`.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a CSV file")
     try:
         raw = pd.read_csv(path)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except Exception as err:  # pandas raises many types for unreadable input
         raise DataError(f"{path}: unreadable or corrupt ({type(err).__name__}: {_first_line(err)})") from None
-    return OHLCV(*_validate(raw, path, require_volume))
+    data = OHLCV(*_validate(raw, path, require_volume))
+    data.implausible = implausible(data.frame)
+    if data.implausible and not allow_implausible:
+        (rule, line), *others = data.implausible.items()
+        also = f" (also: {', '.join(r for r, _ in others)})" if others else ""
+        raise DataError(f"{path}: implausible series, rule {rule}: {line}{also}; if the series is real, "
+                        "pass --allow_implausible")  # fmt: skip
+    return data
 
 
 def _first_line(err: Exception) -> str:
@@ -153,10 +189,13 @@ def _zero_volume(frame: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, int, in
     return frame, int(zero[unknown:].sum()), unknown
 
 
-def register_raw(path: Path, ticker: str, data_dir: Path = DATA_DIR, require_volume: bool = True) -> Entry:
-    """Validate a raw file already inside `<data_dir>/raw/` and (re)register it in the raw manifest."""
+def register_raw(
+    path: Path, ticker: str, data_dir: Path = DATA_DIR, require_volume: bool = True, allow_implausible: bool = False
+) -> Entry:
+    """Validate a raw file already inside `<data_dir>/raw/` and (re)register it in the raw manifest. An implausible
+    series that was allowed keeps the rules it broke in `notes.implausible_allowed`."""
     manifest = Manifest(data_dir, RAW)
-    data = read_ohlcv(path, require_volume)
+    data = read_ohlcv(path, require_volume, allow_implausible)
     name = raw_name(ticker)
     digest = file_sha256(path)
     previous = manifest.find(name)
@@ -173,7 +212,8 @@ def register_raw(path: Path, ticker: str, data_dir: Path = DATA_DIR, require_vol
         last_date=data.frame.index[-1].date().isoformat(),
         columns=list(data.frame.columns),
         notes={"repaired_rows": data.repaired_rows, "volume_filled_rows": data.volume_filled_rows}
-        | ({"volume_unknown_rows": data.volume_unknown_rows} if data.volume_unknown_rows else {}),
+        | ({"volume_unknown_rows": data.volume_unknown_rows} if data.volume_unknown_rows else {})
+        | ({"implausible_allowed": data.implausible} if data.implausible else {}),
     )
     if same:
         entry.created = previous.created  # the same bytes registered again: the same entry
@@ -181,50 +221,74 @@ def register_raw(path: Path, ticker: str, data_dir: Path = DATA_DIR, require_vol
     return entry
 
 
-def import_csv(csv: Path, ticker: str, data_dir: Path = DATA_DIR, require_volume: bool = True) -> Entry:
+def import_csv(
+    csv: Path, ticker: str, data_dir: Path = DATA_DIR, require_volume: bool = True, allow_implausible: bool = False
+) -> Entry:
     """Validate a user's OHLCV CSV, copy it into `<data_dir>/raw/` and register it.
 
-    Validation runs on the user's file first: a bad file writes nothing.
+    The ticker, the user's file and the raw manifest are checked first: bad input writes nothing.
     """
-    csv = Path(csv)
-    read_ohlcv(csv, require_volume)
-    suffix = ".csv.gz" if csv.name.endswith(".gz") else ".csv"
-    target = Path(data_dir) / RAW / f"{raw_name(ticker)}{suffix}"
-    target.parent.mkdir(parents=True, exist_ok=True)
+    csv, name = Path(csv), raw_name(ticker)
+    read_ohlcv(csv, require_volume, allow_implausible)
+    Manifest(data_dir, RAW)  # a corrupt manifest is refused before the file is copied
+    target = Path(data_dir) / RAW / f"{name}{'.csv.gz' if csv.name.endswith('.gz') else '.csv'}"
     if csv.resolve() != target.resolve():
-        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as tmp:
-            shutil.copyfile(csv, tmp.name)
-        Path(tmp.name).replace(target)
-    return register_raw(target, ticker, data_dir, require_volume)
+        atomic_write_bytes(target, csv.read_bytes())
+    return register_raw(target, ticker, data_dir, require_volume, allow_implausible)
 
 
-def import_many(files: list[tuple[Path, str]], data_dir: Path = DATA_DIR, require_volume: bool = True) -> list[Entry]:
+def _check_new_names(tickers: list[str], data_dir: Path) -> None:
+    """Every ticker well-formed and named once, and the raw manifest readable: checked before anything is
+    fetched or copied."""
+    names = [raw_name(ticker) for ticker in tickers]
+    if not names:
+        raise DataError("no ticker given")
+    if len(set(names)) != len(names):
+        raise DataError(f"a ticker is named twice: {', '.join(tickers)}")
+    Manifest(data_dir, RAW)
+
+
+def import_many(
+    files: list[tuple[Path, str]],
+    data_dir: Path = DATA_DIR,
+    require_volume: bool = True,
+    allow_implausible: bool = False,
+) -> list[Entry]:
     """Import several (csv, ticker) pairs: every file is validated before any is copied, so one bad file writes
     nothing."""
-    names = [raw_name(ticker) for _, ticker in files]
-    if len(set(names)) != len(names):
-        raise DataError(f"a ticker is named twice: {', '.join(t for _, t in files)}")
+    _check_new_names([ticker for _, ticker in files], data_dir)
     for csv, _ in files:
-        read_ohlcv(Path(csv), require_volume)
-    return [import_csv(csv, ticker, data_dir, require_volume) for csv, ticker in files]
+        read_ohlcv(Path(csv), require_volume, allow_implausible)
+    return [import_csv(csv, ticker, data_dir, require_volume, allow_implausible) for csv, ticker in files]
 
 
 def download(
-    tickers: list[str], data_dir: Path = DATA_DIR, symbols: list[str] | None = None, require_volume: bool = True
+    tickers: list[str],
+    data_dir: Path = DATA_DIR,
+    symbols: list[str] | None = None,
+    require_volume: bool = True,
+    allow_implausible: bool = False,
 ) -> list[Entry]:
     """Fetch daily OHLCV of every ticker through yfinance (optional extra), then import them all like CSVs. A
-    failed or empty download writes nothing (not even the tickers fetched before it). `^DJI` is stored as DJI."""
+    failed or empty download writes nothing (not even the tickers fetched before it). `^DJI` is stored as DJI.
+    Tickers and symbols are checked before anything is fetched."""
+    _check_new_names(tickers, data_dir)
+    symbols = symbols or list(tickers)
+    if len(symbols) != len(tickers):
+        raise DataError(f"{len(symbols)} symbol(s) for {len(tickers)} ticker(s); give one per ticker")
+    for symbol in symbols:
+        if not re.fullmatch(r"[!-~]{1,40}", symbol):  # printable, no spaces: yfinance's symbols
+            raise DataError(f"invalid symbol {symbol[:40]!r}: 1-40 printable characters without spaces")
     try:
         import yfinance
     except ImportError:
         raise DataError(
             "data download needs yfinance: pip install 'finscale[download]' (or use data import --csv)"
         ) from None
-    symbols = symbols or list(tickers)
     with tempfile.TemporaryDirectory() as tmp:
         pairs = zip(tickers, symbols, strict=True)
         files = [(_fetch(yfinance, symbol, Path(tmp) / f"{raw_name(t)}.csv"), t) for t, symbol in pairs]
-        return import_many(files, data_dir, require_volume)
+        return import_many(files, data_dir, require_volume, allow_implausible)
 
 
 def _fetch(yfinance, symbol: str, csv: Path) -> Path:

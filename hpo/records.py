@@ -16,12 +16,15 @@ import optuna
 import pandas as pd
 import yaml
 from optuna.trial import FrozenTrial, TrialState
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
 from rich.table import Table
+from rich.text import Text
 
 from datamodules.manifest import atomic_write_bytes
+from hpo.paths import check_file
 from training.run_setup import ConfigError
 
 if TYPE_CHECKING:
@@ -373,16 +376,48 @@ def write_outputs(study: optuna.Study, runner: StudyRunner) -> dict[str, Any]:
     return {"finished": sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)}
 
 
-def print_top(study: optuna.Study, runner: StudyRunner) -> None:
-    frame = top_frame(study, runner)
+def compact_count(n: Any) -> str:
+    """2,035,611 → 2.04M (a table cell at 80 columns)."""
+    n = n.item() if hasattr(n, "item") else n
+    if n is None or n is pd.NA:
+        return "—"
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+def top_table(study: optuna.Study, runner: StudyRunner, n: int = TOP) -> Group | None:
+    """The top trials for a terminal: a table that fits 80 columns (nothing cut; a cell too wide folds), then
+    one line per trial with its epochs, batch, wall time and sampled values."""
+    frame = top_frame(study, runner, n)
     if not len(frame):
+        return None
+    title = f"{runner.name}: top {len(frame)} finished trials ({runner.monitor}, {runner.direction})"
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    columns = ["trial", "state", runner.monitor, "auroc", "ap", "arch", "heads", "params"]
+    for key in columns:
+        header = "objective" if key == runner.monitor and len(key) > 10 else key  # the title names the monitor
+        table.add_column(header, justify="left" if key in ("state", "arch") else "right", overflow="fold")
+    sampled = [p.key.split(".")[-1] for p in runner.space.params]
+    lines = []
+    for row in frame.to_dict("records"):
+        cells = {k: compact_count(row[k]) if k == "params" else _cell(row[k]) for k in columns}
+        cells[runner.monitor] = f"{row[runner.monitor]:.4f}"  # aligned, as in the log lines
+        table.add_row(*(cells[k] or "—" for k in columns))
+        values = " ".join(f"{k}={_short(row[k].item() if hasattr(row[k], 'item') else row[k])}" for k in sampled)
+        flag = ", COLLAPSED" if _cell(row["collapsed"]) == "yes" else ""
+        wall = duration(float(row["s"])) if _cell(row["s"]) else "?"
+        run = f"{_cell(row['epochs'])} epochs (best {_cell(row['best ep'])}), batch {row['batch']}, {wall}"
+        lines.append(Text(f"trial {row['trial']}: {run}{flag}" + (f"; {values}" if values else "")))
+    return Group(table, *lines)
+
+
+def print_top(study: optuna.Study, runner: StudyRunner) -> None:
+    shown = top_table(study, runner)
+    if shown is None:
         return
-    table = Table(title=f"{runner.name}: top {len(frame)} finished trials ({runner.monitor}, {runner.direction})")
-    for column in frame.columns:
-        table.add_column(str(column), justify="right" if column not in ("state", "arch") else "left")
-    for row in frame.itertuples(index=False):
-        table.add_row(*(_cell(v) for v in row))
-    Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200).print(table)
+    Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200).print(shown)
     log.info("study outputs: %s/{trials.csv,best.json,summary.md}; optuna-dashboard %s", runner.dir, runner.storage_url)
 
 
@@ -390,15 +425,17 @@ def print_top(study: optuna.Study, runner: StudyRunner) -> None:
 
 
 def check_export_target(path: Path) -> None:
-    """Never overwrite a file that an export did not write (e.g. configs/2M.yaml)."""
+    """A file can be written there, and it never overwrites a file that an export did not write (configs/2M.yaml)."""
     path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"--export-best {path}: is a directory")
+    check_file(path, "--export_best")
     if path.exists():
-        with path.open() as handle:
-            first = handle.readline()
+        try:
+            with path.open(errors="replace") as handle:
+                first = handle.readline()
+        except OSError as err:
+            raise ConfigError(f"--export_best {path}: cannot read it ({err.strerror or type(err).__name__})") from None
         if not first.startswith(EXPORT_MARK):
-            raise ConfigError(f"--export-best {path}: exists and was not written by an export; refusing to overwrite")
+            raise ConfigError(f"--export_best {path}: exists and was not written by an export; refusing to overwrite")
 
 
 def export_best(study: optuna.Study, runner: StudyRunner, path: Path) -> None:

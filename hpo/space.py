@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ from lightning_modules.budget import (
     BUDGETS,
     CONFIG_TOLERANCE,
     D_MODELS,
+    FF_RATIOS,
+    MIN_HEAD_DIM,
+    N_LAYERS,
     Shape,
     closest_depths,
     default_heads,
@@ -75,18 +79,28 @@ class Param:
         if self.type == "categorical":
             if not isinstance(self.choices, list) or not self.choices:
                 raise ConfigError(f"{where}: categorical needs a non-empty `choices` list")
+            odd = [c for c in self.choices if c is not None and not isinstance(c, bool | int | float | str)]
+            if odd:
+                raise ConfigError(f"{where}: choices must be numbers, text, true/false or null, got {odd[0]!r}")
             return
+        if not isinstance(self.log, bool):
+            raise ConfigError(f"{where}: `log` must be true or false, got {self.log!r}")
         try:  # YAML reads 1e-5 (no dot) as a string
             self.low, self.high = (None if v is None else float(v) for v in (self.low, self.high))
             self.step = None if self.step is None else float(self.step)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: low, high and step must be numbers") from None
-        if self.low is None or self.high is None or not self.low < self.high:
+        if self.low is None or self.high is None or not -math.inf < self.low < self.high < math.inf:
             raise ConfigError(f"{where}: needs low < high, got low={self.low}, high={self.high}")
         if self.log and self.low <= 0:
             raise ConfigError(f"{where}: a log range needs low > 0, got {self.low}")
         if self.log and self.step:
             raise ConfigError(f"{where}: `log` and `step` cannot be combined")
+        if self.step is not None and not self.step > 0:
+            raise ConfigError(f"{where}: step must be > 0, got {self.step:g}")
+        whole = [v for v in (self.low, self.high, self.step) if v is not None and not float(v).is_integer()]
+        if self.type == "int" and whole:
+            raise ConfigError(f"{where}: an int range needs whole low, high and step, got {whole[0]:g}")
 
     def suggest(self, trial: optuna.Trial) -> Any:
         if self.type == "float":
@@ -170,7 +184,7 @@ def _budget(spec, n_params: int) -> int:
         return named[0] if named else n_params
     if spec in BUDGETS:
         return BUDGETS[spec]
-    if isinstance(spec, int | float) and spec > 0:
+    if isinstance(spec, int | float) and not isinstance(spec, bool) and spec >= 1:
         return int(spec)
     raise ConfigError(
         f"search space architecture.budget: expected auto, one of {', '.join(BUDGETS)} or a "
@@ -192,19 +206,22 @@ def load_space(path: Path, config, n_channels: int) -> SearchSpace:
         raise ConfigError(f"{path}: expected a mapping with architecture/params/sampler/pruner")
     unknown = set(raw) - {"architecture", "params", "sampler", "pruner", "objective"}
     if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}")
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(map(str, unknown)))}")
     for section in ("architecture", "params", "sampler", "pruner", "objective"):
         if raw.get(section) is not None and not isinstance(raw[section], dict):
             raise ConfigError(f"{path}: `{section}` must be a mapping, got {type(raw[section]).__name__}")
+    unknown = set(raw.get("objective") or {}) - {"monitor", "direction"}
+    if unknown:
+        raise ConfigError(f"{path}: objective: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
     params = []
     for key, spec in (raw.get("params") or {}).items():
         if not isinstance(spec, dict):
             raise ConfigError(f"{path}: params.{key} must be a mapping with `type` and a range or choices")
-        if not _is_value(config, key):
+        if not isinstance(key, str) or not _is_value(config, key):
             raise ConfigError(f"{path}: params.{key} is not a value of the fit config")
         unknown = set(spec) - {"type", "low", "high", "log", "step", "choices", "when", "otherwise"}
         if unknown:
-            raise ConfigError(f"{path}: params.{key}: unknown field(s) {', '.join(sorted(unknown))}")
+            raise ConfigError(f"{path}: params.{key}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
         params.append(Param(key=key, **spec))
     params = _conditions_first(path, params)
     architecture = None
@@ -224,7 +241,7 @@ def load_space(path: Path, config, n_channels: int) -> SearchSpace:
     for section, known in (("sampler", SAMPLER_KEYS), ("pruner", PRUNER_KEYS)):
         unknown = set(raw.get(section) or {}) - set(known)
         if unknown:
-            raise ConfigError(f"{path}: {section}: unknown field(s) {', '.join(sorted(unknown))}")
+            raise ConfigError(f"{path}: {section}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
     try:
         for section, keys in ((sampler, ("n_startup_trials",)), (pruner, PRUNER_KEYS[1:])):
             for key in keys:
@@ -255,27 +272,67 @@ def _conditions_first(path: Path, params: list[Param]) -> list[Param]:
     return ordered
 
 
+NARROW_D_MODELS = tuple(range(16, 2049, 16))  # the widths when D_MODELS leave a budget fewer than two shapes
+
+
 def _architecture(path: Path, spec: dict, config, n_channels: int) -> Architecture:
     unknown = set(spec) - {"budget", "tolerance", "heads", "d_models"}
     if unknown:
-        raise ConfigError(f"{path}: architecture: unknown field(s) {', '.join(sorted(unknown))}")
+        raise ConfigError(f"{path}: architecture: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
     try:
         base = PatchTSTConfig(**dict(vars(config.model.net)))
+        count = parameter_count(n_channels, config.data.context_length, base)
     except (TypeError, ValueError) as err:  # the fit config itself is impossible: say so before any search
         raise ConfigError(str(err)) from None
     context = config.data.context_length
-    budget = _budget(spec.get("budget", "auto"), parameter_count(n_channels, context, base))
-    tolerance = float(spec.get("tolerance", 0.25))
-    if not 0 < tolerance < 1:
-        raise ConfigError(f"{path}: architecture.tolerance must lie in (0, 1), got {tolerance}")
-    d_models = tuple(int(d) for d in spec.get("d_models") or D_MODELS)
-    shapes = closest_depths(grid(budget, n_channels, context, base, tolerance, d_models), budget)
+    budget = _budget(spec.get("budget", "auto"), count)
+    tolerance = spec.get("tolerance", 0.25)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not 0 < tolerance < 1:
+        raise ConfigError(f"{path}: architecture.tolerance must be a number in (0, 1), got {tolerance!r}")
+    heads = spec.get("heads", True)
+    if not isinstance(heads, bool):
+        raise ConfigError(f"{path}: architecture.heads must be true or false, got {heads!r}")
+    d_models = _d_models(path, spec.get("d_models"))
+    shapes = closest_depths(grid(budget, n_channels, context, base, tolerance, d_models or D_MODELS), budget)
+    if d_models is None and len(shapes) < 2:  # a small budget (e.g. tiny's): widths below 64 too
+        d_models = NARROW_D_MODELS
+        shapes = closest_depths(grid(budget, n_channels, context, base, tolerance, d_models), budget)
     if len(shapes) < 2:
+        size = lambda shape: parameter_count(n_channels, context, shape.config(base, 1))  # noqa: E731
+        raise ConfigError(f"{path}: {_empty_grid(budget, tolerance, d_models or D_MODELS, len(shapes), size)}")
+    return Architecture(shapes, budget, heads)
+
+
+def _d_models(path: Path, widths: Any) -> tuple[int, ...] | None:
+    """architecture.d_models: whole widths ≥ MIN_HEAD_DIM (a width must hold one head), or None (the default)."""
+    if widths is None:
+        return None
+    ok = isinstance(widths, list) and widths and all(isinstance(d, int) and not isinstance(d, bool) for d in widths)
+    if not ok or min(widths) < MIN_HEAD_DIM:
         raise ConfigError(
-            f"{path}: the grid of {budget:,} parameters (±{tolerance:.0%}, widths {min(d_models)}…{max(d_models)}) "
-            f"has {len(shapes)} shape(s); widen architecture.tolerance or d_models"
+            f"{path}: architecture.d_models must be a non-empty list of whole widths ≥ {MIN_HEAD_DIM} (one head is "
+            f"at least {MIN_HEAD_DIM} wide), got {widths!r}"
         )
-    return Architecture(shapes, budget, bool(spec.get("heads", True)))
+    return tuple(sorted(set(widths)))
+
+
+def _empty_grid(budget: int, tolerance: float, d_models: tuple[int, ...], found: int, count) -> str:
+    """Why a grid has fewer than two shapes, and what to pass instead (count: Shape → its parameters)."""
+    smallest = Shape(min(d_models), N_LAYERS[0], FF_RATIOS[0], 0)
+    largest = Shape(max(d_models), N_LAYERS[-1], FF_RATIOS[-1], 0)
+    widths = f"widths {min(d_models)}…{max(d_models)}"
+    what = f"the grid of {budget:,} parameters (±{tolerance:.0%}, {widths}) has {found} shape(s)"
+    if budget * (1 + tolerance) < count(smallest):
+        return (
+            f"{what}: its smallest shape {arch_name(smallest)} has {count(smallest):,}; give "
+            f"architecture.d_models narrower widths (≥ {MIN_HEAD_DIM}) or a larger architecture.budget"
+        )
+    if budget * (1 - tolerance) > count(largest):
+        return (
+            f"{what}: its largest shape {arch_name(largest)} has {count(largest):,}; give architecture.d_models "
+            "wider widths or a smaller architecture.budget"
+        )
+    return f"{what}; widen architecture.tolerance or add widths to architecture.d_models"
 
 
 def fingerprint(space: SearchSpace, config: dict) -> str:

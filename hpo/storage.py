@@ -4,12 +4,43 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from training.run_setup import ConfigError
+
 log = logging.getLogger(__name__)
+HEARTBEAT_S, GRACE_S = 60, 300  # a RUNNING trial without heartbeat for GRACE_S seconds belongs to a dead worker
+
+
+def open_storage(url: str, max_retry: int) -> optuna.storages.RDBStorage:
+    """The RDB storage of `url` with heartbeats (a dead worker's trial is queued again, at most max_retry times);
+    SQLite with BEGIN IMMEDIATE. A URL or database that cannot be opened is a ConfigError."""
+    sqlite = url.startswith("sqlite")
+    engine = {"connect_args": {"timeout": 120}} if sqlite else {}
+    for attempt in range(5):  # two workers creating one SQLite schema at once may collide: retry
+        try:
+            storage = optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+            )
+            if sqlite:
+                serialize_sqlite(storage.engine)
+            return storage
+        except Exception as err:  # a bad URL or database (at once), or workers racing to create one schema
+            racing = isinstance(err, sqlalchemy.exc.OperationalError | sqlalchemy.exc.IntegrityError)
+            if attempt == 4 or not racing:
+                raise ConfigError(f"storage {url}: {' '.join(str(err).split())[:300]}") from None
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
 
 
 def process_started(pid: int) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -29,9 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import sqlalchemy.exc
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from callbacks.stop_file import StopFileCallback
@@ -45,16 +44,16 @@ from hpo.fit_config import (
     plain_config,
     stop_file_of,
 )
+from hpo.paths import check_folder, check_name, check_storage, created_folders, sqlite_file
 from hpo.pruning import TrialPruning, make_pruner, make_sampler
 from hpo.space import SearchSpace, describe, fingerprint, load_space
-from hpo.storage import alive, process_started, requeue, serialize_sqlite
+from hpo.storage import alive, open_storage, process_started, requeue
 from lightning_modules.budget import parameter_count
 from training.lightning_cli import parse_fit_config
 from training.run_setup import ConfigError
 
 log = logging.getLogger(__name__)
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "configs" / "hpo" / "default.yaml"
-HEARTBEAT_S, GRACE_S = 60, 300  # a RUNNING trial without heartbeat for GRACE_S seconds belongs to a dead worker
 MAX_RETRIES = 3  # an interrupted trial is queued again at most this often
 MAX_ERRORS_IN_A_ROW = 3  # unexpected trial errors (not memory, not divergence) in a row end the study
 HPO_METRICS = ("hpo/objective", "hpo/pruned", "hpo/failed")
@@ -94,12 +93,23 @@ class StudyRunner:
     """Runs trials of one study in this process until it holds N finished trials or is asked to stop."""
 
     def __init__(self, request: HpoRequest):
+        """Everything a study needs is read and checked here, before any storage or folder exists."""
         self.request = request
+        trials = request.trials
+        if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+            raise ConfigError(f"--trials must be a whole number ≥ 1, got {trials!r}")
+        if request.study_name is not None:
+            check_name(request.study_name, "--study_name")
+        if request.storage is not None:
+            check_storage(request.storage)
+        if request.export_best is not None:
+            records.check_export_target(request.export_best)
         self.config = parse_fit_config(["--config", str(request.config), *request.overrides])
         self.overrides = override_keys(request.overrides)
         data = self.config.data
         self.n_channels = len(input_columns(data.tier, data.features, data.tickers, data.asset_channels))
         self.space: SearchSpace = load_space(request.search_space, self.config, self.n_channels)
+        self.extremes = self.space.architecture.extremes() if self.space.architecture else {}
         both = sorted(set(self.space.keys) & set(self.overrides))
         if both:
             raise ConfigError(f"{', '.join(both)}: both sampled by the search space and overridden; drop one")
@@ -117,22 +127,21 @@ class StudyRunner:
             raise ConfigError("hpo needs trainer.logger to be the TensorBoardLogger (one run per trial)")
         budget = self.space.architecture.budget if self.space.architecture else None
         self.name = request.study_name or default_study_name(request.config, self.config, budget)
+        check_name(self.name, "study name", "" if request.study_name else "; pass --study_name")
         self.budget = budget or self._size({}).get("n_params")  # the report groups a study's trials by it
-        if not self.name or "/" in self.name:
-            raise ConfigError(f"study name {self.name!r}: must be non-empty without '/'")
         self.trials_root = Path(logger.init_args.save_dir or "logs") / "hpo"
         self.dir = self.trials_root / self.name
+        check_folder(self.dir, "study folder")
         self.storage_url = request.storage or f"sqlite:///{self.dir / 'study.db'}"
-        if request.trials < 1:
-            raise ConfigError(f"--trials must be ≥ 1, got {request.trials}")
-        if request.export_best is not None:
-            records.check_export_target(request.export_best)
+        check_storage(self.storage_url, "study storage")
         self.fingerprint = fingerprint(self.space, plain_config(self.config))
         seed = self.space.sampler.get("seed")
         self.seed = int(seed if seed is not None else self.config.seed_everything or 0)
         self.errors_in_a_row, self.failures, self.last_error = 0, 0, ""  # this process's trials
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.pid_started = process_started(self.pid)
+        self.storage: optuna.storages.RDBStorage | None = None
+        self.created: tuple[list[Path], Path | None] | None = None  # what open_study made, when it made the study
 
     def _check_objective(self) -> None:
         objective = self.space.source.get("objective") or {}
@@ -149,53 +158,87 @@ class StudyRunner:
     # storage --------------------------------------------------------------------------------------------------
 
     def open_study(self) -> optuna.Study:
-        if self.storage_url.startswith("sqlite:///"):
-            Path(self.storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = {"connect_args": {"timeout": 120}} if self.storage_url.startswith("sqlite") else {}
-        for attempt in range(5):  # two workers creating one SQLite schema at once may collide: retry
-            try:
-                storage = optuna.storages.RDBStorage(
-                    self.storage_url,
-                    engine_kwargs=engine,
-                    heartbeat_interval=HEARTBEAT_S,
-                    grace_period=GRACE_S,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
-                )
-                if self.storage_url.startswith("sqlite"):
-                    serialize_sqlite(storage.engine)
-                break
-            except Exception as err:  # a bad URL, or workers racing to create one schema (the database's errors)
-                if attempt == 4 or not isinstance(err, sqlalchemy.exc.DBAPIError):
-                    raise ConfigError(f"storage {self.storage_url}: {' '.join(str(err).split())[:300]}") from None
-                time.sleep(0.5 + attempt)
-        sampler, pruner = make_sampler(self.space.sampler, self.seed), make_pruner(self.space.pruner)
+        """Create the study (extremes enqueued, settings stored) or join it; a failure before the settings are
+        stored removes what this call made, so a refused or interrupted start never leaves a study behind."""
+        db = sqlite_file(self.storage_url)
+        folders = sorted({*created_folders(self.dir), *(created_folders(db.parent) if db else [])})
+        made = (folders, db if db and not db.exists() else None)
+        storage = None
         try:
-            study = optuna.create_study(
-                storage=storage, study_name=self.name, direction=self.direction, sampler=sampler, pruner=pruner
-            )
-            created = True
-        except optuna.exceptions.DuplicatedStudyError:
-            study = optuna.load_study(storage=storage, study_name=self.name, sampler=sampler, pruner=pruner)
-            created = False
-        if created:  # the extremes first, the fingerprint last: joining workers wait for it
-            if self.space.architecture:
-                for name, params in self.space.architecture.extremes().items():
-                    study.enqueue_trial(params, user_attrs={"enqueued": name})
-            attrs = {
-                "config": str(self.request.config),
-                "monitor": self.monitor,
-                "direction": self.direction,
-                "overrides": self.request.overrides,
-                "search_space": str(self.request.search_space),
-                "space": self.space.source,
-                "fixed_config": plain_config(self.config),
-            }
-            for key, value in json.loads(json.dumps(attrs, default=str)).items():
-                study.set_user_attr(key, value)
-            study.set_user_attr("fingerprint", self.fingerprint)
-        else:
-            self._check_same_study(study)
+            if db:
+                db.parent.mkdir(parents=True, exist_ok=True)
+            storage = self.storage = open_storage(self.storage_url, MAX_RETRIES)
+            sampler, pruner = make_sampler(self.space.sampler, self.seed), make_pruner(self.space.pruner)
+            try:
+                study = optuna.create_study(
+                    storage=storage, study_name=self.name, direction=self.direction, sampler=sampler, pruner=pruner
+                )
+                self.created = made
+            except optuna.exceptions.DuplicatedStudyError:
+                study = optuna.load_study(storage=storage, study_name=self.name, sampler=sampler, pruner=pruner)
+            if self.created is not None or self._unset(study):
+                self._set_up(study)  # the fingerprint last: joining workers wait for it
+            else:
+                self._check_same_study(study)
+            if study.metric_names != [self.monitor]:  # optuna-dashboard's label of the objective
+                study.set_metric_names([self.monitor])
+        except BaseException:
+            self._discard(storage, made)
+            raise
         return study
+
+    def _set_up(self, study: optuna.Study) -> None:
+        for name, params in self.extremes.items():
+            study.enqueue_trial(params, user_attrs={"enqueued": name})
+        attrs = {
+            "config": str(self.request.config),
+            "monitor": self.monitor,
+            "direction": self.direction,
+            "overrides": self.request.overrides,
+            "search_space": str(self.request.search_space),
+            "space": self.space.source,
+            "fixed_config": plain_config(self.config),
+        }
+        for key, value in json.loads(json.dumps(attrs, default=str)).items():
+            study.set_user_attr(key, value)
+        study.set_metric_names([self.monitor])
+        study.set_user_attr("fingerprint", self.fingerprint)
+
+    def _unset(self, study: optuna.Study) -> bool:
+        """A study without settings and without trials (its creation was cut short by an older finscale): taken
+        over as if new, after giving a worker that is creating it right now time to finish."""
+        for _ in range(60):
+            if "fingerprint" in study.user_attrs or study.get_trials(deepcopy=False):
+                return False
+            time.sleep(0.5)
+        return True
+
+    def _discard(self, storage, made: tuple[list[Path], Path | None], trial_logs: bool = False) -> None:
+        """Remove the study this process created, and the database file and folders it made if nothing else is in
+        them (another worker's study; trial folders unless `trial_logs`: the study's own, all of this process)."""
+        folders, db = made
+        if self.created is None and db is None and not folders:
+            return
+        try:
+            if self.created is not None:
+                optuna.delete_study(study_name=self.name, storage=storage)
+            others = optuna.get_all_study_names(storage) if storage is not None else []
+        except Exception:  # the storage is unreachable: leave it as it is
+            return
+        finally:
+            if storage is not None:
+                storage.engine.dispose()
+        self.created = None
+        if db is not None and not others:
+            for part in (db, *(db.with_name(db.name + end) for end in ("-journal", "-wal", "-shm"))):
+                part.unlink(missing_ok=True)
+        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):  # deepest first
+            if trial_logs and folder == self.dir:
+                shutil.rmtree(folder, ignore_errors=True)
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or gone): something else lives there
+                pass
 
     def _check_same_study(self, study: optuna.Study) -> None:
         for _ in range(60):  # a worker that created the study a moment ago is still enqueueing its extremes
@@ -213,7 +256,7 @@ class StudyRunner:
         raise ConfigError(
             f"study {self.name!r} in {self.storage_url} was made with other settings "
             f"({', '.join(differ[:5]) or 'fingerprint'}); rerun with its settings or pass "
-            "--study-name for a new study"
+            "--study_name for a new study"
         )
 
     # the loop -------------------------------------------------------------------------------------------------
@@ -224,7 +267,7 @@ class StudyRunner:
 
     def _fail_dead_local_trials(self, study: optuna.Study) -> None:
         """RUNNING trials started by a process of this machine that no longer runs: fail them, queue them again."""
-        optuna.storages.fail_stale_trials(study)  # other machines: no heartbeat for GRACE_S
+        optuna.storages.fail_stale_trials(study)  # other machines: no heartbeat for storage.GRACE_S
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             worker = trial.user_attrs.get("worker") or {}
             if worker.get("trial") != trial.number or worker.get("host") != self.host:
@@ -264,6 +307,9 @@ class StudyRunner:
                 self._loop(study, progress)
         except StudyFailed as err:
             failure = err
+        except ConfigError:  # no trial can run: a study this process made and ran alone is not left behind
+            self._discard_if_only_mine(study)
+            raise
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -286,6 +332,16 @@ class StudyRunner:
             print(f"error: study {self.name}: {failure}", file=sys.stderr)
             return 1
         return 0
+
+    def _discard_if_only_mine(self, study: optuna.Study) -> None:
+        if self.created is None:
+            return
+        trials = study.get_trials(deepcopy=False)
+        mine = all(
+            (t.user_attrs.get("worker") or {}).get("pid") == self.pid for t in trials if t.state != TrialState.WAITING
+        )
+        if mine and not any(t.state in FINISHED for t in trials):
+            self._discard(self.storage, self.created, trial_logs=True)
 
     def _loop(self, study: optuna.Study, progress: records.Progress) -> None:
         while not self.stop_requested():

@@ -53,12 +53,17 @@ def head_choices(d_model: int) -> list[int]:
     return [h for h in (2**k for k in range(12)) if d_model % h == 0 and d_model // h >= MIN_HEAD_DIM]
 
 
+# The architecture the budgets' grid and balanced shapes were calibrated on (flatten head, no linear path); a
+# config's own architecture is passed as `base` wherever its shapes are searched (hpo).
+SHAPE_BASE = PatchTSTConfig(d_model=256, n_heads=8, n_layers=3, head="flatten", linear_skip=False)
+
+
 def default_heads(d_model: int) -> int:
     """The head choice whose heads are closest to 64 wide (the GPT convention)."""
     return min(head_choices(d_model), key=lambda h: (abs(math.log(d_model / h / 64)), h))
 
 
-def grid(budget: int, n_channels: int, context_length: int, base: PatchTSTConfig = PatchTSTConfig(),
+def grid(budget: int, n_channels: int, context_length: int, base: PatchTSTConfig = SHAPE_BASE,
          tolerance: float = GRID_TOLERANCE, d_models: tuple[int, ...] = D_MODELS) -> list[Shape]:  # fmt: skip
     """Every (d_model, n_layers, ff_ratio) within ±tolerance of budget, sorted by parameter count."""
     shapes = set()
@@ -105,7 +110,7 @@ def extremes(shapes: list[Shape]) -> dict[str, tuple[Shape, int]]:
     return named
 
 
-def balanced(budget: int, n_channels: int, context_length: int, base: PatchTSTConfig = PatchTSTConfig()) -> Shape:
+def balanced(budget: int, n_channels: int, context_length: int, base: PatchTSTConfig = SHAPE_BASE) -> Shape:
     """The budget's balanced shape: d_ff = 4·d_model, count within ±5%, d_model/n_layers closest to 64."""
     candidates = [s for s in grid(budget, n_channels, context_length, base, CONFIG_TOLERANCE) if s.ff_ratio == 4]
     if not candidates:

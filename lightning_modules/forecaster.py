@@ -16,6 +16,7 @@ from lightning_modules.patchtst import PatchTST, PatchTSTConfig
 
 STAGES = ("train", "val", "test")
 DIVERGENCE_FACTOR = 10.0  # an epoch's training BCE this many times the constant-prior BCE: diverged
+PROGRESS_BAR = ("val/loss", "val/auroc")  # the epoch metrics the progress bar shows (all: TensorBoard, fit's summary)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -27,17 +28,29 @@ SCHEDULES = ("wsd", "cosine")
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warmup, then either warmup-stable-decay or a cosine decay over the planned steps."""
+    """AdamW with linear warmup, then either warmup-stable-decay or a cosine decay over the planned steps.
 
-    lr: float = 1e-3  # peak learning rate
-    weight_decay: float = 0.05  # decoupled decay on weight matrices (not biases, norms)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW (β1, β2)
-    warmup_steps: int = 100  # optimizer steps of linear warmup from 0
-    min_lr_ratio: float = 0.1  # final learning rate as a fraction of lr
-    schedule: str = "cosine"  # "wsd": constant after warmup, then a cosine decay of decay_epochs, started when
-    #   DecayEarlyStopping sees a validation plateau, or at the latest so that it ends with the run;
-    #   "cosine": one cosine from the end of warmup to the planned last step (max_epochs / max_steps)
-    decay_epochs: float = 2.0  # length of the wsd decay in epochs
+    The defaults are configs/2M.yaml's recipe.
+
+    Args:
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay on weight matrices (not biases or norms).
+        betas: AdamW's (β1, β2).
+        warmup_steps: optimizer steps of linear warmup from 0.
+        min_lr_ratio: the final learning rate as a fraction of lr.
+        schedule: "wsd": constant after warmup, then a cosine decay of decay_epochs, started when
+            DecayEarlyStopping sees a validation plateau, or at the latest so that it ends with the run;
+            "cosine": one cosine from the end of warmup to the planned last step (max_epochs / max_steps).
+        decay_epochs: length of the wsd decay in epochs.
+    """
+
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.01
+    schedule: str = "wsd"
+    decay_epochs: float = 2.0
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -243,7 +256,9 @@ class Forecaster(pl.LightningModule):
     def _epoch_end(self, stage: str) -> dict[str, torch.Tensor]:
         metrics = self.stage_metrics[f"{stage}_metrics"]
         values = metrics.compute(float(self.train_prior))
-        self.log_dict(values, prog_bar=stage == "val")
+        shown = PROGRESS_BAR if stage == "val" else ()
+        self.log_dict({k: v for k, v in values.items() if k in shown}, prog_bar=True)
+        self.log_dict({k: v for k, v in values.items() if k not in shown})
         metrics.reset()
         if stage != "train" and self.per_asset is not None:
             per_asset = self.per_asset[stage]

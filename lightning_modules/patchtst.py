@@ -28,21 +28,39 @@ HEADS = ("flatten", "last", "mean")  # how the head pools the N tokens: all N·D
 
 @dataclass
 class PatchTSTConfig:
-    """Architecture of the network (input geometry comes from the data: n_channels, context_length)."""
+    """Architecture of the network (input geometry comes from the data: n_channels, context_length).
 
-    patch_length: int = 16  # P: days per patch
-    patch_stride: int = 8  # S: days between patch starts
-    d_model: int = 256  # D: token width
-    n_heads: int = 8  # H: attention heads, must divide d_model
-    n_layers: int = 3  # encoder layers
-    d_ff: int = 512  # F: feed-forward width
-    dropout: float = 0.1  # on attention output, feed-forward and embedding
-    attn_dropout: float = 0.1  # on attention weights
-    head_dropout: float = 0.1  # before the classification head
-    channel_mode: str = "mixing"  # "mixing" (one token per patch) or "independent" (one per channel-patch)
-    revin: bool = False  # per-sample, per-channel instance normalisation with learned affine
-    head: str = "flatten"  # pooling of the N tokens before the logit: "flatten" (N·D), "last" (D) or "mean" (D)
-    linear_skip: bool = False  # add a linear map from the last day's C features (before RevIN) to the logit
+    The defaults are configs/2M.yaml's shape.
+
+    Args:
+        patch_length: P, days per patch.
+        patch_stride: S, days between patch starts (≤ P); patches end on the window's last day.
+        d_model: D, token width.
+        n_heads: H, attention heads; must divide d_model.
+        n_layers: encoder layers.
+        d_ff: F, feed-forward width.
+        dropout: dropout on the attention output, feed-forward and embedding.
+        attn_dropout: dropout on the attention weights.
+        head_dropout: dropout before the classification head.
+        channel_mode: "mixing" (one token per patch over all channels) or "independent" (one per channel-patch).
+        revin: per-sample, per-channel instance normalisation with a learned affine.
+        head: how the head pools the N tokens: "flatten" (N·D values), "last" (the last token) or "mean".
+        linear_skip: add a linear map from the last day's C features (before RevIN) to the logit.
+    """
+
+    patch_length: int = 16
+    patch_stride: int = 8
+    d_model: int = 128
+    n_heads: int = 2
+    n_layers: int = 10
+    d_ff: int = 512
+    dropout: float = 0.1
+    attn_dropout: float = 0.1
+    head_dropout: float = 0.1
+    channel_mode: str = "mixing"
+    revin: bool = False
+    head: str = "last"
+    linear_skip: bool = True
 
     def __post_init__(self) -> None:
         for name in ("patch_length", "patch_stride", "d_model", "n_heads", "n_layers", "d_ff"):

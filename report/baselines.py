@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from datamodules.manifest import atomic_write_bytes
+from report.collect import ReportError
 from report.stats import bce
 
 VERSION = 3  # bump when a baseline's procedure changes: old caches are then ignored
@@ -46,6 +47,7 @@ class Predictions:
     asset_priors: dict[str, float] = field(default_factory=dict)  # each pooled asset's training positive rate
     unsaved: Path | None = None  # where computed (not yet cached) predictions belong
     meta: dict[str, Any] | None = None
+    source: Path | None = None  # the cache file they were read from
 
     @property
     def truth(self) -> pd.Series:
@@ -149,12 +151,32 @@ def _write(path: Path, predictions: Predictions) -> None:
     atomic_write_bytes(path, frame.to_csv(index=False, float_format="%.8f").encode())
 
 
+def _meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text())
+        float(meta["train_prior"]), dict(meta["asset_priors"]), meta["params"]["logistic"]["C"]
+        meta["params"]["gbt"]["max_leaf_nodes"], meta["params"]["gbt"]["max_iter"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ReportError(f"{path}: unreadable cached baselines ({type(err).__name__}); remove {path.parent} to "
+                          "recompute them") from None  # fmt: skip
+    return meta
+
+
 def _read(path: Path, meta: dict[str, Any]) -> Predictions:
-    frame = pd.read_csv(path)
-    probs = {name: frame[name].to_numpy(float) for name in NAMES}
-    return Predictions(frame["date"].astype(str).tolist(), frame["asset"].astype(str).tolist(),
-                       frame["label"].to_numpy(float), probs, meta["train_prior"], meta["params"],
-                       meta["asset_priors"])  # fmt: skip
+    """Cached predictions; their labels are checked against the dataset's by the report."""
+    try:
+        frame = pd.read_csv(path, dtype={"date": str, "asset": str})
+        probs = {name: frame[name].to_numpy(float) for name in NAMES}
+        labels = frame["label"].to_numpy(float)
+        dates, assets = frame["date"].tolist(), frame["asset"].tolist()
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ReportError(f"{path}: unreadable cached baselines ({type(err).__name__}); remove {path.parent} to "
+                          "recompute them") from None  # fmt: skip
+    if not all(np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all() for p in probs.values()):
+        raise ReportError(f"{path}: cached baseline probabilities outside [0, 1]; remove {path.parent} to recompute "
+                          "them")  # fmt: skip
+    return Predictions(dates, assets, labels, probs, float(meta["train_prior"]), meta["params"],
+                       dict(meta["asset_priors"]), source=path)  # fmt: skip
 
 
 def baseline_predictions(settings: dict[str, Any], split: str, cache: Path, seed: int = 0) -> Predictions:
@@ -173,10 +195,10 @@ def baseline_predictions(settings: dict[str, Any], split: str, cache: Path, seed
     folder = cache / f"{label}-h{settings['horizon']}-{_key(settings, ','.join(hashes), seed)}"
     path, meta_path = folder / f"{split}.csv", folder / "meta.json"
     if path.is_file() and meta_path.is_file():
-        return _read(path, json.loads(meta_path.read_text()))
+        return _read(path, _meta(meta_path))
     dm = _datamodule(settings)
     if meta_path.is_file():
-        params = json.loads(meta_path.read_text())["params"]
+        params = _meta(meta_path)["params"]
     else:
         x_train, y_train, _ = _inputs(dm, "train")
         x_val, y_val, _ = _inputs(dm, "val")
@@ -197,5 +219,5 @@ def save(predictions: Predictions) -> None:
     _write(predictions.unsaved, predictions)
     meta = predictions.unsaved.parent / "meta.json"
     if not meta.is_file():
-        meta.write_text(json.dumps(predictions.meta, indent=2, default=str) + "\n")
+        atomic_write_bytes(meta, (json.dumps(predictions.meta, indent=2, default=str) + "\n").encode())
     predictions.unsaved = None

@@ -103,6 +103,42 @@ def _json(path: Path) -> dict[str, Any]:
     return value
 
 
+def _number(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def _check_record(path: Path, record: dict[str, Any]) -> None:
+    """The fields of a finished run's record that the report reads, with the types it needs (a record edited by
+    hand fails here, in one line, rather than somewhere in the scoring)."""
+    try:
+        train = record["splits"]["train"]
+        usable = (
+            int(record["n_params"]) > 0
+            and isinstance(record["best"], dict)
+            and all(_number(v) for v in record["best"].values())
+            and 0 < float(train["positive_rate"]) < 1
+            and all(0 < float(a["positive_rate"]) < 1 for a in (train.get("assets") or {}).values())
+            and isinstance(record.get("best_checkpoint") or "", str)
+            and isinstance(record.get("datasets") or [], list)
+            and all(isinstance(d, dict) for d in record.get("datasets") or [])
+            and int((record.get("tags") or {}).get("hpo.budget") or 1) > 0
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        usable = False
+    if not usable:
+        raise ReportError(f"{path}: not a usable run record (n_params, best metrics, best_checkpoint, datasets or "
+                          "splits.train.positive_rate missing or of the wrong type); restore or remove it")  # fmt: skip
+
+
+def _check_evaluation(path: Path, record: dict[str, Any]) -> None:
+    """A `cli.py test` record: its metrics and split sizes."""
+    test, splits = record.get("test") or {}, record.get("splits") or {}
+    if not (isinstance(test, dict) and all(_number(v) for v in test.values()) and isinstance(splits, dict)
+            and isinstance(splits.get("test") or {}, dict)):  # fmt: skip
+        raise ReportError(f"{path}: not a usable test record (test metrics or splits of the wrong type); restore or "
+                          "remove it")  # fmt: skip
+
+
 SEED_FREE = {("seed_everything",), ("data", "seed"), ("ckpt_path",), ("memory_limit",), ("trainer", "logger"),
              ("trainer", "enable_progress_bar")}  # fmt: skip
 
@@ -126,11 +162,12 @@ def _config(run_dir: Path) -> tuple[dict[str, Any], str]:
         config = yaml.safe_load(path.read_text())
         data = current_data_keys(config["data"])
         data["splits"] = {k: str(v) if v is not None else None for k, v in dict(data["splits"]).items()}
-        int(data["horizon"]), float(data["threshold"])
+        int(data["horizon"]), float(data["threshold"]), str(data["tickers"][0])
     except FileNotFoundError:
         raise ReportError(f"{path} is missing: the run's data settings are unknown") from None
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as err:
-        raise ReportError(f"{path}: unreadable config ({type(err).__name__}: {err})") from None
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, IndexError) as err:
+        detail = " ".join(str(err).split())[:200]  # YAML's messages span lines: the error stays one line
+        raise ReportError(f"{path}: unreadable config ({type(err).__name__}: {detail})") from None
     return data, configuration_id(config)
 
 
@@ -141,6 +178,8 @@ def _evaluations(run_dir: Path, kind: str, best_checkpoint: str | None) -> list[
     found = []
     for path in sorted(run_dir.glob(f"{kind}-*/run.json"), reverse=True):
         record = _json(path)
+        if not isinstance(record.get("ckpt_path") or "", str):
+            raise ReportError(f"{path}: not a usable {kind} record (ckpt_path is not a path); restore or remove it")
         if Path(record.get("ckpt_path") or "").name == Path(best_checkpoint).name:
             found.append((path.parent, record))
     return found
@@ -150,11 +189,13 @@ def _read_run(run_dir: Path, record: dict[str, Any]) -> Run:
     data, config_id = _config(run_dir)
     run = Run(run_dir, record, data, config_id=config_id)
     own = run_dir / "val_predictions.csv"
-    validated = [d / "val_predictions.csv" for d, _ in _evaluations(run_dir, "validate", record["best_checkpoint"])]
+    checkpoint = record.get("best_checkpoint")
+    validated = [d / "val_predictions.csv" for d, _ in _evaluations(run_dir, "validate", checkpoint)]
     run.val_predictions = own if own.is_file() else next((p for p in validated if p.is_file()), None)
-    tests = _evaluations(run_dir, "test", record["best_checkpoint"])
+    tests = _evaluations(run_dir, "test", checkpoint)
     if tests:
         test_dir, test_record = tests[0]
+        _check_evaluation(test_dir / "run.json", test_record)
         run.test = test_record.get("test") or None
         run.test_split = (test_record.get("splits") or {}).get("test", {})
         run.test_predictions = (
@@ -186,6 +227,11 @@ def collect(logdir: Path) -> Collection:
         if "finished" not in record or not record.get("best"):
             found.skipped.append(f"{run_dir}: unfinished (no best epoch recorded)")
             continue
+        if record.get("status") == "stopped":  # a stop request ended it early: resumable, not a trained model
+            found.skipped.append(f"{run_dir}: stopped ({record.get('ended_by', 'on request')}); resume it with "
+                                 "`--ckpt_path last` to report it")  # fmt: skip
+            continue
+        _check_record(path, record)
         run = _read_run(run_dir, record)
         tags = record.get("tags") or {}
         if "hpo.study" in tags or TRIAL_DIR.fullmatch(run_dir.name):
@@ -201,7 +247,8 @@ def _trial_state(run: Run, tags: dict[str, Any], found: Collection) -> None:
     run.study = str(tags.get("hpo.study") or run.path.parent.name)
     run.trial = int(tags["hpo.trial"]) if "hpo.trial" in tags else int(match.group(1)) if match else -1
     trials = _study_states(run.path.parent, found.studies)
-    row = trials[trials["number"] == run.trial] if trials is not None and "number" in trials else []
+    known = trials is not None and {"number", "state"} <= set(trials.columns)
+    row = trials[trials["number"] == run.trial] if known else []
     run.state = str(row["state"].iloc[-1]) if len(row) else "unknown"
     if run.state == "unknown":
         found.skipped.append(f"{run.path}: HPO trial without a state in {run.path.parent / 'trials.csv'}")

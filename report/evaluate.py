@@ -21,10 +21,11 @@ import pandas as pd
 
 from lightning_modules.metrics import constant_prior_bce, is_collapsed
 from report.baselines import NAMES as BASELINES
-from report.baselines import Predictions, baseline_predictions, sample_keys
+from report.baselines import Predictions, baseline_predictions
 from report.collect import FRAME_KEYS, ReportError, Run, budget_label
 from report.scaling import ScalingFit
 from report.stats import METRICS, Estimate, block_indices, estimate
+from report.truth import check_labels, read_predictions, split_truth
 
 SPLITS = ("val", "test")
 SELECTABLE = ("finished", "complete")  # fits that ended and complete trials (pruned and failed ones are not)
@@ -109,29 +110,6 @@ class Options:
     cache: Path = Path("logs/report/baselines")
 
 
-def _read_predictions(path: Path, asset: str) -> pd.DataFrame:
-    """A prediction file indexed by sample key; files from before pooling (no asset column) are `asset`'s."""
-    try:
-        frame = pd.read_csv(path, dtype={"date": str, "asset": str})
-        assets = frame["asset"].tolist() if "asset" in frame else [asset] * len(frame)
-        frame.index = pd.Index(sample_keys(frame["date"].tolist(), assets), name="sample")
-        p, y = frame["probability"].to_numpy(float), frame["label"].to_numpy(float)
-    except (OSError, ValueError, KeyError) as err:
-        raise ReportError(f"{path}: unreadable predictions ({type(err).__name__})") from None
-    if not (np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all() and np.isin(y, (0, 1)).all()):
-        raise ReportError(f"{path}: probabilities outside [0, 1] or labels other than 0/1")
-    return frame[["probability", "label"]]
-
-
-def _check_labels(samples: pd.DataFrame, truth: pd.Series, path: Path) -> None:
-    """Predictions must carry the dataset's own labels on the dataset's own days (edited files do not)."""
-    unknown = samples.index.difference(truth.index)
-    wrong = (samples["label"] != truth.reindex(samples.index)).sum() - len(unknown)
-    if len(unknown) or wrong:
-        raise ReportError(f"{path}: {len(unknown)} samples not in the split and {wrong} labels that differ from the "
-                          "dataset's: the file does not belong to these data settings or was edited")  # fmt: skip
-
-
 @functools.lru_cache(maxsize=64)
 def resamples(n: int, n_boot: int, block: int, seed: int) -> np.ndarray:
     """The same (n_boot, n) resamples for every model scored on n samples: intervals are paired across rows."""
@@ -162,7 +140,7 @@ def _score(samples: pd.DataFrame, prior: float, options: Options) -> Scores:
 
 def _seed_samples(paths: list[Path], asset: str) -> pd.DataFrame:
     """The seeds' predictions side by side on their common samples."""
-    frames = [_read_predictions(path, asset) for path in paths]
+    frames = [read_predictions(path, asset) for path in paths]
     common = frames[0].index
     for frame in frames[1:]:
         common = common.intersection(frame.index)
@@ -184,6 +162,8 @@ def _recorded(values: dict, prefix: str, prior: float, split: dict) -> Scores:
 def _train_prior(run: Run, scope: str = "") -> float:
     """The training positive rate a run's scores are measured against: the pool's, or one asset's (scope)."""
     train = run.record["splits"]["train"]
+    if scope and scope not in (train.get("assets") or {}):
+        raise ReportError(f"{run.path / 'run.json'}: no training positive rate of {scope} (splits.train.assets)")
     return float((train["assets"][scope] if scope else train)["positive_rate"])
 
 
@@ -224,11 +204,10 @@ def _only(samples: pd.DataFrame, scope: str) -> pd.DataFrame:
     return samples[samples.index.str.endswith(f" {scope}")] if scope else samples
 
 
-def _model_scores(
-    seeds: list[Run], split: str, truth: pd.Series | None, options: Options, scope: str = ""
-) -> Scores | None:
+def _model_scores(seeds: list[Run], split: str, options: Options, scope: str = "") -> Scores | None:
     """Seed-mean scores of a configuration on a split (test: the seeds that `cli.py test` evaluated), on every
-    asset's samples or on one asset's (scope)."""
+    asset's samples or on one asset's (scope). Its predictions files were checked against the dataset's labels
+    (`truth.verify`) before any scoring."""
     runs = seeds if split == "val" else [r for r in seeds if r.test]
     paths = [r.val_predictions if split == "val" else r.test_predictions for r in runs]
     if not runs:
@@ -243,11 +222,7 @@ def _model_scores(
         test_split = run.test_split.get("assets", {}).get(scope, {}) if scope else run.test_split
         return _recorded(run.test, f"test/{scope}/" if scope else "test/", prior, test_split)
     asset = runs[0].data["tickers"][0]
-    samples = _seed_samples(paths, asset)
-    if truth is not None:
-        for path in paths:
-            _check_labels(_read_predictions(path, asset), truth, path)
-    return _score(_only(samples, scope), prior, options)
+    return _score(_only(_seed_samples(paths, asset), scope), prior, options)
 
 
 def evaluate_section(
@@ -270,8 +245,7 @@ def evaluate_section(
             run = seeds[0]
             row = Row(horizon, label, "model", run.n_params, run=run, seeds=seeds)
             for split in SPLITS:
-                truth = base[split].truth if split in base else None
-                scores = _model_scores(seeds, split, truth, options, scope)
+                scores = _model_scores(seeds, split, options, scope)
                 if scores is not None:
                     row.scores[split] = scores
             if "val" in row.scores and row.scores["val"].samples is None and run.record.get("best_checkpoint"):
@@ -294,7 +268,12 @@ def evaluate_section(
 def _baselines(data: dict, split: str, options: Options, found: dict) -> Predictions:
     key = (json.dumps(data, sort_keys=True, default=str), split)
     if key not in found:
-        found[key] = baseline_predictions(data, split, options.cache, options.seed)
+        predictions = baseline_predictions(data, split, options.cache, options.seed)
+        if predictions.source is not None:  # read from the cache: it may have been edited since
+            advice = f"remove {predictions.source.parent} to recompute the baselines"
+            cached = pd.DataFrame({"label": predictions.truth})
+            check_labels(cached, split_truth(data, split), predictions.source, advice)
+        found[key] = predictions
     return found[key]
 
 

@@ -7,6 +7,7 @@ figures as images), baselines/ (the cached baseline predictions per data setting
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -20,22 +21,65 @@ from report.evaluate import Options, evaluate
 from report.findings import add_findings
 from report.plots import figures, save
 from report.render import frame, markdown, rich_table
+from report.truth import verify
 
 log = logging.getLogger(__name__)
+
+
+OUTPUTS = {"report.md": "file", "report.csv": "file", "plots": "folder", "tensorboard": "folder", "baselines": "folder"}
+
+
+def check_output(out: Path) -> None:
+    """Refuse, before any work, an output folder the report could not write: a file, a path under a file, a folder
+    without write permission, or one whose report files are folders (or whose folders are files)."""
+    try:
+        _check_output(out)
+    except OSError as err:  # a folder on the way that cannot be searched
+        raise ReportError(f"cannot write the report to {out}: {err.strerror or err} ({err.filename})") from None
+
+
+def _check_output(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"cannot write the report to {out}: it is a file, not a folder")
+    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ReportError(f"cannot write the report to {out}: {existing} is a file, not a folder")
+    for folder in [existing, *(out / n for n, kind in OUTPUTS.items() if kind == "folder" and (out / n).is_dir())]:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ReportError(f"cannot write the report to {out}: no permission to write in {folder}")
+    for name, kind in OUTPUTS.items():
+        if (out / name).exists() and (out / name).is_dir() != (kind == "folder"):
+            raise ReportError(f"cannot write the report to {out}: {out / name} is in the way (not a {kind})")
 
 
 def make_report(logdir: Path, out: Path | None, options: Options) -> int:
     if options.n_boot < 100 or options.block < 1:
         raise ReportError(f"--bootstrap must be ≥ 100 and --block ≥ 1, got {options.n_boot} and {options.block}")
+    if options.seed < 0:
+        raise ReportError(f"--seed must be ≥ 0, got {options.seed}")
     if not logdir.is_dir():
         raise ReportError(f"log folder not found: {logdir}")
     out = out or logdir / "report"
+    check_output(out)
     options.cache = out / "baselines"
     found = collect(logdir)
+    verify(found.runs)  # every predictions file against the dataset's labels, whatever the flags
     sections = evaluate(found.runs, options)
     for section in sections:
         add_findings(section, options)
     data_sizes = data_size_studies(sections, options)
+    _print(sections, data_sizes)
+    try:
+        _write(out, sections, found, options, data_sizes)
+    except OSError as err:  # checked above; a full disk or a folder changed meanwhile still gets one line
+        raise ReportError(f"cannot write the report to {out}: {err.strerror or err} ({err.filename or out})") from None
+    n_runs = sum(1 for s in sections for r in s.rows if r.kind == "model")
+    log.info("report: %d budget cells from %d runs under %s → %s/{report.md,report.csv,plots/}",
+             n_runs, len(found.runs), logdir, out)  # fmt: skip
+    return 0
+
+
+def _print(sections: list, data_sizes: list) -> None:
     console = Console(width=None if sys.stdout.isatty() else 200)
     for section in sections:
         console.print(rich_table(section))
@@ -45,14 +89,13 @@ def make_report(logdir: Path, out: Path | None, options: Options) -> int:
         console.print(f"data size, h={study.horizon}: {study.title}", highlight=False)
         for line in study.findings:
             console.print(f"  {line}", highlight=False)
+
+
+def _write(out: Path, sections: list, found, options: Options, data_sizes: list) -> None:
+    figs = figures(sections, found.studies, data_sizes)  # drawn before the first write
     out.mkdir(parents=True, exist_ok=True)
-    figs = figures(sections, found.studies, data_sizes)
     plots = [f"plots/{name}" for name in save(figs, out / "plots", out / "tensorboard")]
     atomic_write_bytes(out / "report.csv", frame(sections).to_csv(index=False).encode())
     atomic_write_bytes(out / "report.md", markdown(sections, options, plots, found.skipped, data_sizes).encode())
     for predictions in (p for s in sections for p in s.baselines):
         save_baselines(predictions)
-    n_runs = sum(1 for s in sections for r in s.rows if r.kind == "model")
-    log.info("report: %d budget cells from %d runs under %s → %s/{report.md,report.csv,plots/}",
-             n_runs, len(found.runs), logdir, out)  # fmt: skip
-    return 0

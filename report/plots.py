@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import EngFormatter, NullFormatter  # noqa: E402
+from matplotlib.ticker import EngFormatter, LogFormatter  # noqa: E402
 
 from report.data_size import DataSizeStudy  # noqa: E402
 from report.evaluate import Section  # noqa: E402
@@ -32,11 +32,20 @@ def pixel_size(rows: int, columns: int) -> tuple[int, int]:
     return round(columns * PANEL[0] * DPI), round(rows * PANEL[1] * DPI)
 
 
-def _log_x(ax) -> None:
+class EngLogFormatter(LogFormatter):
+    """Log-axis labels in engineering notation (30k, 1M, 10M, 2G). LogFormatter decides which ticks get one: every
+    decade, and on an axis spanning few decades some or all of the ticks in between (an HPO study's trials
+    often lie within one decade, which has no decade tick to label)."""
+
+    def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+        return EngFormatter(sep="")(x)
+
+
+def _log_x(ax, label: str = "parameters") -> None:
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 2M, 20M, 200M, 2G
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("parameters")
+    ax.xaxis.set_major_formatter(EngLogFormatter())
+    ax.xaxis.set_minor_formatter(EngLogFormatter(labelOnlyBase=False))
+    ax.set_xlabel(label)
 
 
 def _figure(rows: int, columns: int) -> tuple[Figure, np.ndarray]:
@@ -89,6 +98,8 @@ def trials_figure(studies: dict[str, pd.DataFrame]) -> Figure | None:
     for ax in axes.flat[len(usable) :]:
         ax.set_visible(False)
     for ax, (name, trials) in zip(axes.flat, usable.items(), strict=False):
+        numbers = [c for c in ("n_params", "val_loss", "val_prior_bce") if c in trials]
+        trials = trials.assign(**{c: pd.to_numeric(trials[c], errors="coerce") for c in numbers})  # hand-edited
         for state, face, edge in (("complete", "C0", "C0"), ("pruned", "none", "C3")):
             part = trials[(trials["state"] == state) & trials["val_loss"].notna()]
             ax.scatter(part["n_params"], part["val_loss"], s=18, facecolors=face, edgecolors=edge,
@@ -123,9 +134,7 @@ def data_size_figure(studies: list[DataSizeStudy]) -> Figure:
             if fit is not None and fit.law is not None and not fit.unidentified:
                 grid = np.geomspace(d.min() / 1.5, d.max() * 1.5, 50)
                 ax.plot(grid, fit.law(np.full_like(grid, own[0].n_params), grid), color=f"C{i}", lw=1, ls="--")
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-        ax.set_xlabel("training windows (D)")
+        _log_x(ax, "training windows (D)")
         ax.set_ylabel("val BCE (lower is better)")
         ax.set_title(f"h = {study.horizon}: {study.title[:60]}", fontsize=7)
         ax.grid(True, which="both", alpha=0.3)

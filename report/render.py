@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+from rich import box
 from rich.table import Table
 
-from report.evaluate import SPLITS, Options, Row, Section
+from report.evaluate import SPLITS, Options, Row, Scores, Section
 from report.stats import METRICS, Estimate
 
 COLUMNS = {"auroc": "AUROC", "bce": "BCE", "brier": "Brier"}
@@ -37,18 +38,18 @@ def _params(row: Row) -> str:
     return f"{row.n_params:,}" if row.n_params else "—"
 
 
+def _metric(scores: Scores | None, metric: str) -> str:
+    """value ±(the seeds' standard deviation) [interval]."""
+    digits = 3 if metric == "auroc" else 4
+    cell = _cell(scores.metrics[metric] if scores else None, digits)
+    if scores and scores.seeds > 1 and math.isfinite(scores.spread[metric]):
+        spread = f" ±{scores.spread[metric]:.{digits}f}"
+        cell = cell.replace(" [", spread + " [", 1) if " [" in cell else cell + spread
+    return cell
+
+
 def _values(row: Row) -> list[str]:
-    cells = []
-    for split in SPLITS:
-        scores = row.scores.get(split)
-        for metric in METRICS:
-            digits = 3 if metric == "auroc" else 4
-            cell = _cell(scores.metrics[metric] if scores else None, digits)
-            if scores and scores.seeds > 1 and math.isfinite(scores.spread[metric]):
-                spread = f" ±{scores.spread[metric]:.{digits}f}"  # the seeds' standard deviation
-                cell = cell.replace(" [", spread + " [", 1) if " [" in cell else cell + spread
-            cells.append(cell)
-    return cells
+    return [_metric(row.scores.get(split), metric) for split in SPLITS for metric in METRICS]
 
 
 def _seeds(row: Row) -> str:
@@ -59,30 +60,60 @@ def _seeds(row: Row) -> str:
     return str(len(row.seeds)) if used == len(row.seeds) else f"{used} of {len(row.seeds)}"
 
 
+def _versus_cell(row: Row, split: str) -> str:
+    v = row.versus.get(split)
+    return (
+        "—" if v is None or v.difference is None else f"{v.verdict} vs {v.baseline}: {v.difference.text(4, sign=True)}"
+    )
+
+
 def _versus(row: Row) -> list[str]:
     """Per split: BCE − the best baseline's [interval] and the verdict (better / tie / worse)."""
-    cells = []
-    for split in SPLITS:
-        v = row.versus.get(split)
-        if v is None or v.difference is None:
-            cells.append("—")
-        else:
-            cells.append(f"{v.verdict} vs {v.baseline}: {v.difference.text(4, sign=True)}")
-    return cells
+    return [_versus_cell(row, split) for split in SPLITS]
 
 
 HEADERS = ["h", "model", "params", "seeds", *(f"{s} {COLUMNS[m]}" for s in SPLITS for m in METRICS), "collapsed",
            *(f"{s} vs best baseline (ΔBCE)" for s in SPLITS)]  # fmt: skip
+CONSOLE_HEADERS = ["h", "model", "params", "split", "BCE", "AUROC", "vs best baseline (ΔBCE)", "collapsed"]
+
+
+def _short_count(n: int | None) -> str:
+    """30,331 → 30.3k, 2,012,345,678 → 2.01B: three significant digits."""
+    if not n:
+        return "—"
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(n)
+
+
+def _collapsed(row: Row, split: str) -> str:
+    if row.model == "base rate":
+        return "prior"
+    collapsed = row.scores[split].collapsed
+    return "?" if collapsed is None else "COLLAPSED" if collapsed else "no"
 
 
 def rich_table(section: Section) -> Table:
-    table = Table(title=section.title, caption="\\[low, high]: 95% moving-block bootstrap interval over samples")
-    for header in HEADERS:
-        table.add_column(header, justify="left" if header in ("model", "collapsed") else "right")
+    """The console's table, made to fit a terminal: a line per split, with BCE and AUROC (seed spread, interval),
+    the verdict against the best baseline and the collapse flag; cells wrap rather than truncate. Brier, exact
+    counts and every run's provenance are in report.md and report.csv."""
+    caption = ("\\[low, high]: 95% moving-block bootstrap interval over samples; ±: standard deviation over seeds; "
+               "Brier and the runs: report.md")  # fmt: skip
+    table = Table(title=section.title, caption=caption, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
+    for header in CONSOLE_HEADERS:
+        short = header in ("h", "params", "split", "collapsed")
+        table.add_column(header, justify="right" if header in ("h", "params") else "left", no_wrap=short,
+                         min_width=len(header) if short else None, overflow="fold")  # fmt: skip
     for row in section.rows:
-        style = "dim" if row.kind == "baseline" else None
-        table.add_row(str(row.horizon), row.model, _params(row), _seeds(row), *_values(row), _flag(row), *_versus(row),
-                      style=style)  # fmt: skip
+        model = row.model if len(row.seeds) < 2 else f"{row.model} ({_seeds(row)} seeds)"
+        splits = [s for s in SPLITS if s in row.scores]
+        for i, split in enumerate(splits):
+            scores = row.scores[split]
+            first = [str(row.horizon), model, _short_count(row.n_params)] if i == 0 else ["", "", ""]
+            table.add_row(*first, split, _metric(scores, "bce"), _metric(scores, "auroc"), _versus_cell(row, split),
+                          _collapsed(row, split), style="dim" if row.kind == "baseline" else None,
+                          end_section=i == len(splits) - 1)  # fmt: skip
     return table
 
 

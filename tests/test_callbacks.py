@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import copy
+import io
 import random
+from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks.batch_finder import MemoryAwareBatchFinder
+from callbacks.last_checkpoint import LastCheckpoint
 from datamodules.market_datamodule import MarketDataModule
 from lightning_modules.forecaster import Forecaster, OptimConfig
 from lightning_modules.patchtst import PatchTSTConfig
+from training.run_setup import ConfigError
 
 NET = PatchTSTConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64)
 
@@ -159,3 +165,50 @@ def test_finder_validates_its_settings():
         MemoryAwareBatchFinder(effective_batch_size=0)
     with pytest.raises(ValueError, match="limit"):
         MemoryAwareBatchFinder(limit=1.5)
+
+
+class TornWrites(TorchCheckpointIO):
+    """Saves the first checkpoint; of every later one, writes half and fails, as a process killed mid-write."""
+
+    def __init__(self) -> None:
+        self.saves = 0
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        self.saves += 1
+        if self.saves == 1:
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        Path(path).write_bytes(buffer.getvalue()[: buffer.tell() // 2])
+        raise OSError("killed mid-write")
+
+
+def _fit_a_tiny_model(tmp_path, callbacks: list, **kwargs) -> pl.Trainer:
+    """Three epochs of two batches on synthetic windows, no validation."""
+    pl.seed_everything(0)
+    net = PatchTSTConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, patch_length=8)
+    model = Forecaster(n_channels=3, context_length=16, net=net, optim=OptimConfig(warmup_steps=0))
+    x, y = torch.randn(8, 16, 3), (torch.rand(8) > 0.5).float()
+    trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", max_epochs=3, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         callbacks=callbacks, **kwargs)  # fmt: skip
+    trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=4))
+    return trainer
+
+
+def test_last_checkpoint_is_replaced_whole_or_not_at_all(tmp_path):
+    with pytest.raises(OSError, match="killed mid-write"):  # at the end of epoch 1
+        _fit_a_tiny_model(tmp_path, [LastCheckpoint()], plugins=[TornWrites()])
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0  # epoch 0's, whole
+
+
+def test_last_checkpoint_is_the_only_writer_of_last_ckpt(tmp_path):
+    best = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)  # an older config's setting
+    _fit_a_tiny_model(tmp_path, [best, LastCheckpoint()])
+    assert best.save_last is False and best.last_model_path == ""
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+
+
+def test_last_checkpoint_listed_before_the_model_checkpoint_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="list LastCheckpoint after the ModelCheckpoint"):
+        _fit_a_tiny_model(tmp_path, [LastCheckpoint(), ModelCheckpoint(dirpath=tmp_path)])

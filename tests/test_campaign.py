@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,9 +16,11 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import ROOT, assert_user_error, run_cli, wait_for
+from rich.console import Console
 
 from callbacks.stop_file import StopFileCallback
-from campaign.plan import load_plan, select_cells
+from campaign.plan import Cell, load_plan, select_cells
+from campaign.status import CellStatus, status_table
 from training.run_setup import ConfigError
 
 BIG = {"d_model": 48, "n_heads": 4, "n_layers": 2, "d_ff": 96}  # larger than tiny, within tiny's search widths
@@ -59,13 +63,22 @@ def background():
             process.wait()
 
 
+def row(stdout: str, key: str) -> list[str]:
+    """The cells of one row of the printed status table (columns are two or more spaces apart)."""
+    return next(cells for line in stdout.splitlines() if (cells := re.split(r"\s{2,}", line.strip()))[0] == key)
+
+
 def states(stdout: str) -> dict[str, str]:
-    """cell → state column of the printed status table."""
+    """cell → its state, with the reason printed under the table for a skipped or failed cell."""
     found = {}
     for line in stdout.splitlines():
-        cells = [c.strip() for c in line.split("│") if c.strip()]
-        if cells and ":" in cells[0] and cells[0].split(":")[0] in ("tiny", "big"):
-            found[cells[0]] = cells[-1]
+        cells = re.split(r"\s{2,}", line.strip())
+        if re.match(r"[^\s:]+:\d+", cells[0]):  # <budget>:<horizon>…
+            if len(cells) > 1:  # a table row: its last column
+                found[cells[0]] = cells[-1]
+            else:  # a reason line: `<cell> <state>: <reason>`
+                key, state = line.strip().split(" ", 1)
+                found[key] = state
     return found
 
 
@@ -94,8 +107,7 @@ def test_the_smoke_campaign_stops_on_the_stop_file_resumes_and_skips_what_cannot
     assert "campaign smoke stopped by" in first and states(first)["tiny:3"] == "pending"
     partial = run_cli(*status)
     assert states(partial.stdout)["tiny:1"] == "stopped" and finished_trials(logs, 1) < 2
-    row = next(line for line in partial.stdout.splitlines() if "│ tiny:1" in line)
-    assert [c.strip() for c in row.split("│")][8] == "0"  # the interrupted trial is queued again, not "failed"
+    assert row(partial.stdout, "tiny:1")[4] == "0"  # failed: the interrupted trial is queued again, not failed
     assert not (logs / "campaign" / "smoke" / "results.csv").exists()  # no cell is done yet
 
     again = run_cli("campaign", "--config", str(config), timeout=600)
@@ -281,3 +293,37 @@ def test_a_cell_whose_study_gives_up_is_failed_with_its_reason_and_the_campaign_
     assert final["tiny:1"].startswith("failed: diverged") and final["tiny:3"].startswith("failed: diverged")
     assert states(run_cli("campaign", "--config", str(config), "--cells", "tiny:1", "--status").stdout) == {
         "tiny:1": final["tiny:1"]}  # fmt: skip
+
+
+def test_the_status_fits_an_80_column_terminal():
+    plan = load_plan(ROOT / "configs" / "campaign" / "scaling.yaml")
+    statuses = []
+    for i, cell in enumerate(plan.cells):
+        status = CellStatus(cell, plan.study_name(cell), plan.trials, state=["done", "running", "skipped"][i % 3],
+                            complete=40, pruned=8 + i % 3, failed=i, n_params=1_914_460_187, wall_s=45_000.0 + i,
+                            best={"val_loss": 0.69 + i / 1000, "val_auroc": 0.5 + i / 100})  # fmt: skip
+        status.reason = (
+            "needs 1.2 TB of memory at micro-batch 1, has 140 GB (cuda:0)" if status.state == "skipped" else ""
+        )
+        statuses.append(status)
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(status_table(plan, statuses))
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    for s in statuses:
+        best = [f"{s.best['val_loss']:.4f}", f"{s.best['val_auroc']:.3f}"]
+        counts = [f"{s.finished}/50", str(s.pruned), str(s.failed)]
+        assert row(text, s.cell.key) == [s.cell.key, "1.91B", *counts, *best, "12.50 h", s.state]
+    assert states(text)["2M:5"] == "skipped: needs 1.2 TB of memory at micro-batch 1, has 140 GB (cuda:0)"
+
+
+def test_a_long_cell_key_folds_instead_of_being_cut():
+    cell = Cell("200M", 20, Path("configs/200M.yaml"), ("GSPC", "IXIC", "DJI"), "a100", "2008-01-01",
+                ("pools", "tiers", "train_starts"))  # fmt: skip
+    plan = load_plan(ROOT / "configs" / "campaign" / "scaling.yaml")
+    plan.cells = [cell]
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(status_table(plan, [CellStatus(cell, plan.study_name(cell), 50)]))
+    lines = console.export_text().splitlines()
+    rows = lines[next(i for i, line in enumerate(lines) if "───" in line) + 1 :]
+    assert "…" not in "".join(lines) and "".join(re.split(r"\s{2,}", r.strip())[0] for r in rows) == cell.key

@@ -17,9 +17,11 @@ TINY = ["--config", "configs/tiny.yaml", "--trainer.max_epochs", "2"]
 
 
 def fit(logs: Path, *extra: str) -> Path:
-    """Run a tiny fit into `logs`; return its run directory."""
+    """Run a tiny fit into `logs` (its stdout and stderr beside it); return its run directory."""
     result = run_cli("fit", *TINY, "--trainer.logger.init_args.save_dir", str(logs), *extra)
     assert result.returncode == 0, result.stderr[-3000:]
+    (logs.parent / "stdout.txt").write_text(result.stdout)
+    (logs.parent / "stderr.txt").write_text(result.stderr)
     (run_dir,) = (logs / "tiny").iterdir()
     return run_dir
 
@@ -86,6 +88,58 @@ def test_tensorboard_shows_scalars_hparams_with_best_metrics_and_a_pr_curve(tiny
     best = acc.Scalars("best/val_loss")[-1].value
     assert best == pytest.approx(min(e.value for e in acc.Scalars("val/loss")))
     assert "val/pr_curve_best" in acc.PluginTagToContent("pr_curves")
+
+
+def test_fit_ends_with_a_summary_within_80_columns_on_stdout(tiny_run):
+    logs = tiny_run.parents[1]
+    stdout, stderr = (logs.parent / "stdout.txt").read_text(), (logs.parent / "stderr.txt").read_text()
+    assert stderr == ""  # stderr is for errors
+    record = json.loads((tiny_run / "run.json").read_text())
+    best = record["best"]
+    assert record["status"] == "finished" and record["ended_by"] == "max_epochs (2) reached"
+    lines = stdout.rstrip().splitlines()[-7:]
+    assert lines[0] == "fit finished: max_epochs (2) reached"
+    assert lines[1].split() == ["validation", "(2", "epochs)", "loss", "auroc", "brier"]
+    assert lines[2].split() == ["best:", "epoch", str(int(best["epoch"])), f"{best['val_loss']:.4f}",
+                                f"{best['val_auroc']:.4f}", f"{best['val_brier']:.4f}"]  # fmt: skip
+    assert lines[3].split()[:4] == ["constant", "prior", f"{best['val_prior_bce']:.4f}", "0.5000"]
+    assert lines[4:] == [f"best  {record['best_checkpoint']}", f"last  {tiny_run / 'checkpoints' / 'last.ckpt'}",
+                         f"tensorboard --logdir {logs}"]  # fmt: skip
+    assert all(len(line.replace(str(logs), "logs")) <= 80 for line in lines)  # with the default save_dir
+    assert "baseline" not in stdout  # none cached for this data: nothing said about them
+
+
+def test_fit_prints_exact_parameter_counts_and_a_progress_bar_without_noise(tiny_run):
+    stdout = (tiny_run.parents[2] / "stdout.txt").read_text()
+    n_params = json.loads((tiny_run / "run.json").read_text())["n_params"]
+    rows = [line.split() for line in stdout.splitlines()]
+    assert ["net", "PatchTST", f"{n_params:,}"] in rows and ["total", f"{n_params:,}", "parameters"] in rows
+    assert "FLOPs:" not in stdout and "Modules in train mode" not in stdout  # Lightning's summary is off
+    assert "v_num" not in stdout and "val/loss" in stdout  # the bar: no version tag; val/loss, val/auroc only
+    assert "val/brier" not in stdout
+
+
+def test_the_summary_scores_cached_baselines_on_the_runs_validation_days(tiny_run, tmp_path, monkeypatch):
+    from callbacks.fit_summary import baseline_scores, summary_lines
+    from report import baselines
+    from report.collect import FRAME_KEYS, _config
+    from report.stats import auroc, bce, brier
+
+    monkeypatch.setattr(baselines, "GBT_LEAVES", (4,))  # a one-point grid: cached like any other, in seconds
+    monkeypatch.setattr(baselines, "GBT_ROUNDS", (25,))
+    record = json.loads((tiny_run / "run.json").read_text())
+    cache = tmp_path / "baselines"
+    assert baseline_scores(tiny_run, record, cache) == {}  # nothing cached: nothing computed
+    data, _ = _config(tiny_run)
+    settings = {k: data.get(k) for k in (*FRAME_KEYS, "data_dir")} | {"horizon": 1, "context_length": 80}
+    cached = baselines.baseline_predictions(settings, "val", cache)
+    baselines.save(cached)
+    scores = baseline_scores(tiny_run, record, cache)
+    p, y = cached.probs["gbt"], cached.labels  # tiny validates on the whole split: the same days
+    assert scores["gbt"] == pytest.approx((bce(p, y), auroc(p, y), brier(p, y)))
+    lines = summary_lines(record, record["best"], scores, record["best_checkpoint"], None, "logs")
+    assert lines[4].split() == ["logistic", "baseline", *(f"{v:.4f}" for v in scores["logistic"])]
+    assert lines[5].split() == ["gbt", "baseline", *(f"{v:.4f}" for v in scores["gbt"])]
 
 
 def test_same_seed_gives_identical_validation_metrics(tiny_run, tmp_path):
@@ -169,6 +223,9 @@ def test_a_diverging_run_ends_with_one_line_and_exit_1(tmp_path):
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: training diverged: ")
+    assert "\nfit diverged in epoch 0 (the error is on stderr)\n" in result.stdout
+    (record,) = tmp_path.glob("tiny/*/run.json")
+    assert json.loads(record.read_text())["status"] == "diverged" and "finished" not in json.loads(record.read_text())
 
 
 def test_a_checkpoint_is_only_evaluated_on_the_data_it_was_trained_for(tiny_run):

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pandas as pd
 import pytest
 import yaml
 from conftest import ROOT, assert_user_error, run_cli, wait_for
+from rich.console import Console
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
+
+from hpo import records
+from hpo import study as study_module
+from hpo.study import HpoRequest, StudyRunner
+from training.run_setup import ConfigError
 
 STUDY = "tiny-h1-GSPC.dataset.a25-v1"
 
@@ -339,3 +348,92 @@ def test_trials_that_cannot_fit_in_memory_are_recorded_and_the_study_gives_up_wi
     trials = pd.read_csv(tmp_path / "logs" / "hpo" / STUDY / "trials.csv")
     assert len(trials) == 3 and trials.reason.str.startswith("memory: ").all()
     assert trials.n_params.notna().all() and trials.train_flops_per_sample.notna().all()  # known before running
+
+
+# fast: no trial runs ---------------------------------------------------------------------------------------------
+
+
+def _runner(tmp_path: Path, space: Path = ROOT / "configs" / "hpo" / "tiny.yaml", **request) -> StudyRunner:
+    return StudyRunner(HpoRequest(study_config(tmp_path), 2, space, **request))
+
+
+def test_a_study_names_its_objective_for_the_dashboard_also_when_resumed(tmp_path):
+    study = _runner(tmp_path).open_study()
+    assert study.metric_names == ["val/loss"]  # optuna-dashboard shows "val/loss", not "Objective 0"
+    study._storage.set_study_system_attr(study._study_id, "study:metric_names", None)  # a study from before
+    assert load(tmp_path).metric_names is None
+    assert _runner(tmp_path).open_study().metric_names == ["val/loss"]
+
+
+def test_a_refused_search_space_leaves_no_study_and_the_same_name_then_works(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("architecture: {d_models: [7, 8]}\n")  # no head fits: once enqueued half a study, then crashed
+    with pytest.raises(ConfigError, match="whole widths ≥ 16"):
+        _runner(tmp_path, space, study_name="mine")
+    assert not (tmp_path / "logs").exists()
+    runner = _runner(tmp_path, study_name="mine")
+    study = runner.open_study()  # not "made with other settings"
+    assert study.user_attrs["fingerprint"] == runner.fingerprint
+    assert [t.user_attrs["enqueued"] for t in study.trials] == list(runner.extremes)  # queued, as in a new study
+
+
+def test_a_study_left_without_settings_is_taken_over(tmp_path, monkeypatch):
+    runner = _runner(tmp_path)
+    runner.dir.mkdir(parents=True)
+    optuna.create_study(study_name=STUDY, storage=runner.storage_url)  # an older finscale's cut-short creation
+    monkeypatch.setattr(study_module.time, "sleep", lambda seconds: None)  # the wait for a creating worker
+    study = runner.open_study()
+    assert study.user_attrs["fingerprint"] == runner.fingerprint and study.metric_names == ["val/loss"]
+    assert [t.user_attrs["enqueued"] for t in study.trials] == list(runner.extremes)
+
+
+def test_a_failed_creation_removes_what_it_made(tmp_path, monkeypatch):
+    runner = _runner(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise KeyboardInterrupt  # e.g. Ctrl-C between creating the study and storing its settings
+
+    monkeypatch.setattr(optuna.Study, "enqueue_trial", broken)
+    with pytest.raises(KeyboardInterrupt):
+        runner.open_study()
+    assert not (tmp_path / "logs").exists()
+
+
+def _finished_trial(value: float, keys: list[str]) -> optuna.trial.FrozenTrial:
+    attrs = {"best_value": value, "val_auroc": 0.51234, "val_ap": 0.54321, "arch": "d1984-l63-ff2", "n_heads": 32,
+             "n_params": 1_914_460_187, "epochs": 30, "best_epoch": 21, "micro_batch": 64, "accumulate": 2,
+             "wall_s": 12345.6, "collapsed": False, "values": dict.fromkeys(keys, 0.000123456)}  # fmt: skip
+    return optuna.trial.create_trial(value=value, user_attrs=attrs)
+
+
+def test_the_top_trials_fit_an_80_column_terminal():
+    keys = [p for p in yaml.safe_load((ROOT / "configs" / "hpo" / "default.yaml").read_text())["params"]]
+    study = optuna.create_study()
+    for i in range(12):
+        study.add_trial(_finished_trial(0.6 + (i * 7 % 12) / 997, keys))
+    space = SimpleNamespace(params=[SimpleNamespace(key=k) for k in keys])
+    runner = SimpleNamespace(name="2B-h1-GSPC+IXIC.dataset.a25-v1-from2008-01-01", monitor="val/loss",
+                             direction="minimize", space=space)  # fmt: skip
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(records.top_table(study, runner))
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    for trial in sorted(study.trials, key=lambda t: t.value)[: records.TOP]:
+        row = rf"^\s*{trial.number}\s+complete\s+{trial.value:.4f}\s+0\.5123\s+0\.5432\s+d1984-l63-ff2\s+32\s+1\.91B"
+        assert re.search(row, text, re.MULTILINE), (trial.number, text)
+    flowing = " ".join(text.split())  # the line under the table wraps at 80
+    assert "trial 0: 30 epochs (best 21), batch 64×2, 3.43 h; lr=0.000123 weight_decay=0.000123" in flowing
+
+
+def test_a_study_whose_first_trial_cannot_run_is_not_left_behind(tmp_path):
+    config = study_config(tmp_path, epochs=1, batches=2)
+    space = tmp_path / "space.yaml"  # every sample is impossible: known when the first trial builds its model
+    space.write_text("params:\n  model.net.patch_length: {type: categorical, choices: [4]}\n"
+                     "  model.net.patch_stride: {type: categorical, choices: [8]}\n")  # fmt: skip
+    args = ["hpo", "--config", str(config), "--trials", "1", "--study_name", "same"]
+    assert_user_error(run_cli(*args, "--search_space", str(space)), "patch_stride 8 > patch_length 4")
+    assert not (tmp_path / "logs").exists()
+    again = run_cli(*args, "--search_space", str(ROOT / "configs" / "hpo" / "tiny.yaml"))  # the same name, fixed
+    assert again.returncode == 0, again.stderr[-3000:]
+    storage = f"sqlite:///{tmp_path / 'logs' / 'hpo' / 'same' / 'study.db'}"
+    assert len(finished(optuna.load_study(study_name="same", storage=storage))) == 1

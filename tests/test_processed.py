@@ -10,7 +10,7 @@ from conftest import SHIPPED_DATA, synthetic_ohlcv, write_csv
 from datamodules.errors import DataError
 from datamodules.features import KIND, TIERS, VIX_FEATURES, ohlcv_columns
 from datamodules.manifest import PROCESSED, Manifest
-from datamodules.processed import build_dataset, compute_dataset, load_dataset, verify_all, warmup_rows
+from datamodules.processed import build_dataset, compute_dataset, dataset_name, load_dataset, verify_all, warmup_rows
 from datamodules.scaling import VOLUME_WINDOW, stationary
 from datamodules.sources import import_csv
 
@@ -144,3 +144,24 @@ def test_corrupt_or_missing_processed_file(data_dir):
     (data_dir / entry.path).unlink()
     with pytest.raises(DataError, match="is missing; rebuild with"):
         load_dataset("GSPC.dataset.c", 1, data_dir)
+
+
+def test_an_allowed_implausible_series_builds_and_an_unrecorded_one_is_refused(data_dir, tmp_path):
+    frame = synthetic_ohlcv(600, seed=5)
+    frame.index = frame.index.where(np.arange(len(frame)) < 300, frame.index + pd.Timedelta(days=60))  # a 2-month hole
+    entry = import_csv(write_csv(frame, tmp_path / "hole.csv"), "HOLE", data_dir, allow_implausible=True)
+    assert list(entry.notes["implausible_allowed"]) == ["gap"]
+    assert build_dataset("HOLE", "a25", None, data_dir).written
+    path = data_dir / "raw" / "manifest.json"  # the same bytes, registered without the allowance (an older finscale)
+    path.write_text(path.read_text().replace('"implausible_allowed"', '"something_else"'))
+    with pytest.raises(DataError, match="implausible series, rule gap: 63 calendar days"):
+        build_dataset("HOLE", "a25", 2, data_dir)
+
+
+@pytest.mark.parametrize("ticker", ["../GSPC", "GSPC/../../x", ".GSPC"])
+def test_dataset_names_come_only_from_valid_tickers_and_tiers(ticker):
+    with pytest.raises(DataError, match="invalid ticker"):
+        dataset_name(ticker, "a25")
+    with pytest.raises(DataError, match="unknown tier"):
+        dataset_name("GSPC", "../a25")
+    assert dataset_name(" ^gspc", "a25") == "GSPC.dataset.a25"

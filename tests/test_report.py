@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
 import shutil
 import struct
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from conftest import ROOT, assert_user_error, run_cli
+from rich.console import Console
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from report.collect import collect
-from report.evaluate import select
-from report.plots import pixel_size
+from report.evaluate import Row, Scores, Section, Versus, select
+from report.plots import pixel_size, trials_figure
+from report.render import rich_table
+from report.stats import Estimate
 
 LARGER = ["--model.net.d_model", "64", "--model.net.d_ff", "256", "--model.net.n_layers", "3"]
 
@@ -101,7 +107,7 @@ def test_the_table_has_each_budget_and_every_baseline(report):
         baselines = table[(table["kind"] == "baseline") & (table["horizon"] == horizon)]
         assert set(baselines["model"]) == {"base rate", "logistic", "gbt"}
     assert table.loc[table["horizon"] == 3, "test_bce"].isna().all()  # h=3's test set was never opened
-    for name in ("base rate", "logistic", "gbt", "val AUROC", "test BCE"):
+    for name in ("base rate", "logistic", "gbt", "split", "AUROC", "BCE", "vs best baseline"):
         assert name in stdout
     md = (out / "report.md").read_text()
     assert "| h | model | params | seeds | val AUROC |" in md and "### Findings" in md
@@ -219,6 +225,17 @@ def test_trials_whose_study_lost_its_trials_table_are_not_candidates(copy):
     assert len(selected) == 4 and all(run.study is None for run in selected)
 
 
+def test_a_stopped_run_is_not_a_candidate_until_it_is_resumed(copy):
+    record_path = _larger_run(copy) / "run.json"
+    record = json.loads(record_path.read_text())
+    assert record["status"] == "finished"
+    before = len(collect(copy).runs)
+    record_path.write_text(json.dumps({**record, "status": "stopped", "ended_by": "stopped by SIGTERM at epoch 1"}))
+    found = collect(copy)
+    assert len(found.runs) == before - 1
+    assert any("stopped (stopped by SIGTERM at epoch 1)" in line for line in found.skipped)
+
+
 def test_a_damaged_run_record_stops_the_report_and_writes_nothing(copy, tmp_path):
     (path, *_) = sorted(copy.rglob("run.json"))
     path.write_text(path.read_text()[:50])
@@ -316,3 +333,63 @@ def test_each_model_cell_has_its_difference_to_the_best_baseline_and_a_verdict(r
     tested = table[(table["kind"] == "model") & table["test_bce"].notna()]
     assert tested["test_verdict"].isin(["better", "tie", "worse"]).all() and len(tested) == 1
     assert "vs best baseline" in (report[0] / "report.md").read_text()
+
+
+def test_report_files_get_the_mode_of_any_new_file(report):
+    """0666 less the umask, like the PNGs beside them (not a temporary file's 0600)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    out = report[0]
+    files = [out / "report.md", out / "report.csv", *out.glob("baselines/*/*"), *out.glob("plots/*.png")]
+    assert len(files) > 5
+    assert {f.relative_to(out): oct(f.stat().st_mode & 0o777) for f in files} == {
+        f.relative_to(out): oct(0o666 & ~umask) for f in files
+    }
+
+
+def _scores(bce: float, auroc: float, seeds: int = 1, pred_std: float = 0.1) -> Scores:
+    metrics = {"bce": Estimate(bce, bce - 0.0614, bce + 0.0619), "auroc": Estimate(auroc, auroc - 0.041, auroc + 0.046),
+               "brier": Estimate(0.1251, 0.1, 0.1499)}  # fmt: skip
+    scores = Scores(503, metrics, 0.4799, pred_std, seeds=seeds)
+    scores.spread = {"bce": 0.0123, "auroc": 0.011, "brier": 0.001} if seeds > 1 else {}
+    return scores
+
+
+def wide_section() -> Section:
+    """A pooled section with a 2B budget of three seeds tested, a collapsed 30k budget, and the baselines."""
+    title = "GSPC+IXIC a25 v1, +1.0% (high), pooled, train ≤ 2014-12-31, val ≤ 2016-12-31, test ≤ 2018-12-31"
+    big = Row(1, "2B", "model", 2_012_345_678, {"val": _scores(0.3991, 0.797, 3), "test": _scores(0.2721, 0.847, 3)})
+    big.seeds = [None] * 3
+    big.versus = {"val": Versus("gbt", Estimate(0.0106, -0.0060, 0.0272)),
+                  "test": Versus("gbt", Estimate(-0.0096, -0.0276, 0.0069))}  # fmt: skip
+    small = Row(1, "30k", "model", 30_331, {"val": _scores(0.4799, 0.5, pred_std=1e-4)}, seeds=[None])
+    small.versus = {"val": Versus("gbt", Estimate(0.0914, 0.0600, 0.1200))}
+    baselines = [Row(1, name, "baseline", None, {"val": _scores(0.3885, 0.800), "test": _scores(0.2817, 0.853)})
+                 for name in ("base rate", "logistic", "gbt")]  # fmt: skip
+    return Section(title, {}, rows=[big, small, *baselines])
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_the_console_table_fits_a_terminal_without_truncating(width):
+    console = Console(width=width, file=io.StringIO(), record=True)
+    console.print(rich_table(wide_section()))
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= width
+    for token in ("0.3991", "±0.0123", "[0.3377,", "0.4610]", "0.797", "[-0.0060,", "+0.0272]", "tie", "worse",
+                  "COLLAPSED", "2.01B", "30.3k", "logistic", "prior"):  # fmt: skip
+        assert token in text, token
+    if width >= 160:  # room for every cell on one line
+        assert "0.3991 ±0.0123 [0.3377, 0.4610]" in text and "tie vs gbt: +0.0106 [-0.0060, +0.0272]" in text
+
+
+def test_the_trials_plot_labels_its_parameters_axis_within_one_decade():
+    """An HPO study's trials often span less than a decade: there the axis has no decade tick to label."""
+    trials = pd.DataFrame({"n_params": np.geomspace(20e3, 60e3, 6), "val_loss": np.linspace(0.40, 0.45, 6),
+                           "state": ["complete"] * 4 + ["pruned"] * 2})  # fmt: skip
+    fig = trials_figure({"tiny-h1": trials})
+    fig.canvas.draw()
+    (ax,) = fig.axes
+    low, high = ax.get_xlim()
+    ticks = ax.xaxis.get_major_ticks() + ax.xaxis.get_minor_ticks()
+    labels = [t.label1.get_text() for t in ticks if low <= t.get_loc() <= high and t.label1.get_visible()]
+    assert ax.get_xlabel() == "parameters" and {"20k", "30k", "40k"} <= set(labels)

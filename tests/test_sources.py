@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import SHIPPED_DATA, write_csv
 
 from datamodules.errors import DataError
-from datamodules.sources import read_ohlcv
+from datamodules.plausibility import MAX_DAY_RATIO, MAX_GAP_DAYS, MAX_RANGE_RATIO, MAX_SAME_CLOSE_ROWS, implausible
+from datamodules.sources import import_csv, raw_name, read_ohlcv, split_tickers, ticker_name
 
 
 def test_shipped_sp500_has_the_documented_shape():
@@ -42,7 +44,6 @@ def test_zero_volumes_are_carried_forward_and_counted(tmp_path, ohlcv):
 
 def test_zero_volumes_before_the_first_traded_day_are_unknown_and_the_features_start_later(data_dir, tmp_path, ohlcv):
     from datamodules.processed import build_dataset
-    from datamodules.sources import import_csv
 
     early = ohlcv.copy()
     early.iloc[:250, early.columns.get_loc("Volume")] = 0  # yfinance's index histories start like this
@@ -166,3 +167,93 @@ def test_truncated_gzip_is_refused(tmp_path):
     path.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(DataError, match="unreadable or corrupt"):
         read_ohlcv(path)
+
+
+@pytest.mark.parametrize(
+    ("given", "registered"),
+    [("SPY", "SPY"), (" ^gspc ", "GSPC"), ("BRK-B", "BRK-B"), ("brk.b", "BRK.B"), ("000001.SS", "000001.SS"),
+     ("EURUSD=X", "EURUSD=X"), ("GC=F", "GC=F"), ("A" * 20, "A" * 20)],
+)  # fmt: skip
+def test_tickers_in_yfinances_spelling_name_files(given, registered):
+    assert ticker_name(given) == registered
+    assert raw_name(given) == f"{registered}.OHLCV.daily"
+
+
+BAD_TICKERS = ["", "  ", "../x", "x/..", "/abs", "~/x", "a\\b", ".hidden", "-x", "=X", "^^GSPC", "G^SPC", "S P", "Ä"]
+
+
+@pytest.mark.parametrize("ticker", [*BAD_TICKERS, "A" * 21])
+def test_tickers_that_could_leave_their_folder_or_hide_are_refused(ticker):
+    with pytest.raises(DataError, match="invalid ticker"):
+        ticker_name(ticker)
+    with pytest.raises(DataError, match="invalid ticker"):
+        raw_name(ticker)
+
+
+def test_split_tickers_keeps_the_download_spelling_and_refuses_empty_items():
+    assert split_tickers("SPY, ^DJI") == ["SPY", "^DJI"]
+    for text in ("", "SPY,", ",SPY", "SPY,,DIA"):
+        with pytest.raises(DataError, match="empty ticker"):
+            split_tickers(text)
+
+
+@pytest.mark.parametrize(("ticker", "volume"), [("GSPC", True), ("IXIC", True), ("VIX", False)])
+def test_shipped_series_are_plausible_with_margin(ticker, volume):
+    """The bounds leave room: half the gap, and less than ×3 a day (VIX's record, 2018-02-05, is ×2.16)."""
+    frame = read_ohlcv(SHIPPED_DATA / "raw" / f"{ticker}.OHLCV.daily.csv.gz", volume).frame
+    assert implausible(frame) == {}
+    gaps = np.diff(frame.index.values).astype("timedelta64[D]").astype(int)
+    assert gaps.max() == 7 <= MAX_GAP_DAYS / 2  # 2001-09-10 → 2001-09-17 in all three
+    prices, previous = frame[["Open", "High", "Low", "Close"]].to_numpy()[1:], frame["Close"].to_numpy()[:-1, None]
+    assert np.exp(np.abs(np.log(prices / previous)).max()) < 3 < MAX_DAY_RATIO
+
+
+def test_an_implausible_series_is_refused_naming_rule_date_and_value_unless_allowed(data_dir, tmp_path, ohlcv):
+    spiked = ohlcv.copy()
+    spiked.iloc[300, spiked.columns.get_loc("Close")] *= 1000  # the next day is back: a second jump
+    path = write_csv(spiked, tmp_path / "spike.csv")
+    message = r"rule jump: Close on 2002-02-25 is 1012× the previous close \(89.81\d+ → 90899.3; .*\(also: range\)"
+    with pytest.raises(DataError, match=message):
+        read_ohlcv(path)
+    entry = import_csv(path, "SPIKE", data_dir, allow_implausible=True)
+    assert set(entry.notes["implausible_allowed"]) == {"jump", "range"}
+    assert "2002-02-25" in entry.notes["implausible_allowed"]["jump"]
+    assert "implausible_allowed" not in import_csv(write_csv(ohlcv, tmp_path / "ok.csv"), "OK", data_dir).notes
+
+
+def _with_gap(frame, days):
+    """Rows 100 on moved so that `days` calendar days separate rows 99 and 100."""
+    shift = pd.Timedelta(days=days) - (frame.index[100] - frame.index[99])
+    return frame.set_axis(frame.index.where(np.arange(len(frame)) < 100, frame.index + shift))
+
+
+def _with_move(frame, ratio):
+    frame.iloc[100:, :4] = frame.iloc[100:, :4] * ratio / (frame["Close"].iloc[100] / frame["Close"].iloc[99])
+    return frame
+
+
+def _with_same_close(frame, rows):
+    frame.iloc[100 : 100 + rows, :4] = frame["Close"].iloc[100]
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("change", "within", "beyond", "rule"),
+    [
+        (_with_gap, MAX_GAP_DAYS, MAX_GAP_DAYS + 1, "gap"),
+        (_with_move, MAX_DAY_RATIO * 0.97, MAX_DAY_RATIO * 1.01, "jump"),  # High/Low stay within ~1.3% of the close
+        (_with_move, 1 / MAX_DAY_RATIO / 0.97, 1 / MAX_DAY_RATIO / 1.01, "jump"),
+        (_with_same_close, MAX_SAME_CLOSE_ROWS, MAX_SAME_CLOSE_ROWS + 1, "stale"),
+    ],
+)
+def test_each_rule_holds_at_its_bound_and_breaks_just_beyond(ohlcv, change, within, beyond, rule):
+    assert implausible(change(ohlcv.copy(), within)) == {}
+    assert list(implausible(change(ohlcv.copy(), beyond))) == [rule]
+
+
+def test_a_range_and_a_future_date_are_implausible(ohlcv):
+    wide = ohlcv.copy()
+    wide.iloc[0, wide.columns.get_loc("High")] = wide["Low"].iloc[0] * MAX_RANGE_RATIO * 1.01  # the first row too
+    assert list(implausible(wide)) == ["range"]
+    late = ohlcv.set_axis(pd.bdate_range(pd.Timestamp.now() - pd.Timedelta(days=400), periods=len(ohlcv)))
+    assert list(implausible(late)) == ["future"]

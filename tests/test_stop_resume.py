@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,18 +13,22 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import ROOT, wait_for
 
 from datamodules.market_datamodule import MarketDataModule
 
 
-def long_config(tmp_path: Path, epochs: int = 1000) -> Path:
-    """tiny.yaml with short epochs, no early stopping, logs and stop file under tmp_path."""
+def long_config(tmp_path: Path, epochs: int = 1000, monitor: str = "val/loss") -> Path:
+    """tiny.yaml with short epochs, no early stopping, logs and stop file under tmp_path; `monitor` picks the best
+    checkpoint."""
     config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     config["trainer"].update(max_epochs=epochs, limit_train_batches=4, limit_val_batches=1)
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
     for callback in config["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("ModelCheckpoint"):
+            callback["init_args"]["monitor"] = monitor
         if callback["class_path"].endswith("EarlyStopping"):
             callback["init_args"]["patience"] = 10_000
         if callback["class_path"].endswith("StopFileCallback"):
@@ -62,9 +67,11 @@ def test_a_stop_request_ends_the_run_cleanly_with_a_checkpoint(tmp_path, how):
     output = (tmp_path / "out.log").read_text()
     reason = str(tmp_path / "STOP") if how == "stop_file" else how
     assert f"stopped by {reason} at epoch" in output and "--ckpt_path last" in output
+    assert f"fit stopped by {reason} at epoch" in " ".join(output.split())  # the summary, wrapped at 80 columns
     record = json.loads((run_dir(tmp_path) / "run.json").read_text())
-    assert record["epochs_run"] < 1000 and "finished" in record
-    assert last_checkpoint(tmp_path).exists()
+    assert record["epochs_run"] < 1000 and record["status"] == "stopped" and "finished" in record
+    assert record["ended_by"].startswith(f"stopped by {reason} at epoch")
+    assert [p.name for p in last_checkpoint(tmp_path).parent.glob("last*")] == ["last.ckpt"]
 
 
 def test_a_stop_file_older_than_the_run_is_ignored(tmp_path):
@@ -77,23 +84,29 @@ def test_a_stop_file_older_than_the_run_is_ignored(tmp_path):
     assert json.loads((run_dir(tmp_path) / "run.json").read_text())["epochs_run"] == 2
 
 
-def test_kill_9_then_resume_from_last_finishes_the_same_run(tmp_path):
-    config = long_config(tmp_path, epochs=6)
+def test_kill_9_repeats_at_most_the_interrupted_epoch(tmp_path):
+    # the best checkpoint's monitor is the validation positive rate: the same every epoch, so it never improves
+    # after epoch 0 (Lightning's save_last then never rewrote last.ckpt after epoch 0)
+    config = long_config(tmp_path, epochs=8, monitor="val/pos_rate")
     process = start(config, tmp_path)
-    wait_for(lambda: last_checkpoint(tmp_path) is not None and "epoch 2:" in (tmp_path / "out.log").read_text(),
-             process)  # fmt: skip
+    wait_for(lambda: "epoch 3:" in (tmp_path / "out.log").read_text(), process)  # epochs 0-2 have ended
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
+    trained = [int(n) for n in re.findall(r"^epoch (\d+):", (tmp_path / "out.log").read_text(), re.MULTILINE)]
     killed_dir = run_dir(tmp_path)
-    assert "finished" not in json.loads((killed_dir / "run.json").read_text())
+    assert json.loads((killed_dir / "run.json").read_text())["status"] == "running"
+    saved = torch.load(last_checkpoint(tmp_path), weights_only=True)
+    assert saved["epoch"] in (trained[-1] - 1, trained[-1])  # the last epoch that ended (its validation may not)
+    assert saved["global_step"] == 4 * (saved["epoch"] + 1)  # limit_train_batches 4, no accumulation
+    assert [p.name for p in (killed_dir / "checkpoints").glob("best-*")] == ["best-epoch000.ckpt"]
     resumed = start(config, tmp_path, "--ckpt_path", "last", log="resume.log")
     assert resumed.wait(timeout=180) == 0, (tmp_path / "resume.log").read_text()[-3000:]
     output = (tmp_path / "resume.log").read_text()
     assert "Restoring states from the checkpoint path" in output
-    assert "epoch 0:" not in output  # training continued, it did not start over
+    assert re.findall(r"^epoch (\d+):", output, re.MULTILINE)[0] == str(saved["epoch"] + 1)  # the next epoch
     assert run_dir(tmp_path) == killed_dir  # same run directory, one TensorBoard run
     record = json.loads((killed_dir / "run.json").read_text())
-    assert record["epochs_run"] == 6 and "finished" in record
+    assert record["epochs_run"] == 8 and record["status"] == "finished" and "finished" in record
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
@@ -114,7 +127,7 @@ def test_ddp_on_cpu_runs_the_batch_finder_and_stops_all_ranks_together(tmp_path)
     assert process.wait(timeout=120) == 0
     output = (tmp_path / "out.log").read_text()
     assert "batch=128x1" in output and "stopped by SIGTERM at epoch" in output
-    assert "finished" in json.loads((run_dir(tmp_path) / "run.json").read_text())
+    assert json.loads((run_dir(tmp_path) / "run.json").read_text())["status"] == "stopped"
     # each rank scored every second sample of one batch: the file holds the first 2 × 128 days, in order
     predictions = pd.read_csv(run_dir(tmp_path) / "val_predictions.csv")
     dm = MarketDataModule()

@@ -6,15 +6,38 @@ import argparse
 import logging
 import sys
 import warnings
+from pathlib import Path
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
+from omegaconf.errors import OmegaConfBaseException
 
+from datamodules.errors import DataError
 from lightning_modules.sizing import preflight
-from training.run_setup import ConfigError, _one_line, _root_data_error, name_run, size_from_config
+from training.run_setup import (
+    ConfigError,
+    _one_line,
+    _root_data_error,
+    check_checkpoint,
+    check_config_files,
+    name_run,
+    resolve_last,
+    run_folder,
+    size_from_config,
+)
+
+CKPT_HELP = ("a checkpoint written by fit, or `last`: the newest last.ckpt of this experiment's runs with the same "
+             "horizon and seed. fit resumes it exactly (same run folder); validate/test/predict evaluate it in a "
+             "sub-folder of its run.")  # fmt: skip
+USER_ERRORS = (ConfigError, DataError, MisconfigurationException)  # raised by Lightning or finscale for bad settings
 
 
 class FinscaleCLI(LightningCLI):
-    """LightningCLI with data→model links, the memory pre-flight, run naming and one-line config errors."""
+    """LightningCLI with data→model links, the memory pre-flight, run naming and one-line config errors.
+
+    A run refused after its folder was created (Lightning rejects a setting late) leaves no folder behind."""
+
+    run_dir: Path | None = None  # where this run writes (known once the config is parsed)
 
     def add_arguments_to_parser(self, parser) -> None:
         limit_help = "memory the pre-flight may plan for (e.g. 16GB); default: what the device has free"
@@ -23,11 +46,30 @@ class FinscaleCLI(LightningCLI):
         channels = lambda dm: dm.n_channels  # noqa: E731 - known from the tier, before any data is read
         parser.link_arguments("data", "model.n_channels", compute_fn=channels, apply_on="instantiate")
 
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        for action in parser._actions:
+            if "--ckpt_path" in action.option_strings:
+                action.help = CKPT_HELP
+        return parser
+
     def parse_arguments(self, parser, args) -> None:
         try:
             super().parse_arguments(parser, args)
-        except argparse.ArgumentError as err:
+        except (argparse.ArgumentError, OmegaConfBaseException) as err:
             raise ConfigError(_one_line(err)) from None
+
+    def _parse_ckpt_path(self) -> None:
+        """Resolve `--ckpt_path last` and check the checkpoint before Lightning reads its hyperparameters."""
+        config = self.config.get(self.config.get("subcommand") or "", None)
+        if config is None or not config.get("ckpt_path"):
+            return
+        config.ckpt_path = str(resolve_last(config))
+        check_checkpoint(Path(config.ckpt_path), config.data)
+        try:
+            super()._parse_ckpt_path()
+        except (SystemExit, Exception) as err:  # hyperparameters that no longer parse
+            raise ConfigError(f"{config.ckpt_path}: its model settings do not parse ({_one_line(err)})") from None
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -35,23 +77,60 @@ class FinscaleCLI(LightningCLI):
             size, available, where = size_from_config(config)
             preflight(size, available, where)  # before the model is allocated
         name_run(self.subcommand, config)
+        self.run_dir = run_folder(config)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        created = [p for p in (self.run_dir, *(self.run_dir.parents if self.run_dir else ())) if not p.exists()]
+        try:
+            super()._run_subcommand(subcommand)
+        except (*USER_ERRORS, ValueError, OSError) as err:
+            trained = self.trainer.fit_loop.epoch_loop.batch_progress.total.completed > 0
+            if subcommand == "fit" and trained or isinstance(err, OSError) and err.filename is None:
+                raise  # a failure during training is not a refused setting: keep the run and the traceback
+            _remove_created(created)  # refused before the first step (Lightning checks some settings late)
+            if isinstance(err, ConfigError | DataError):
+                raise
+            message = f"cannot write {err.filename}: {err.strerror}" if isinstance(err, OSError) else _one_line(err)
+            raise ConfigError(message) from None
 
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except (ValueError, TypeError) as err:
+        except (ValueError, TypeError, MisconfigurationException) as err:
             raise _root_data_error(err) or ConfigError(_one_line(err)) from None
         if self.subcommand in ("fit", "validate", "test", "predict"):
             self.datamodule.setup(self.subcommand)  # data errors now, before the logger creates the run directory
 
 
 def _trainer_defaults(extra_callbacks: list | None = None, record=None) -> dict:
+    from callbacks.fit_summary import FitSummaryCallback
+    from callbacks.model_summary import ParameterSummary
     from callbacks.prediction_writer import PredictionWriter
     from callbacks.run_record import RunRecordCallback
     from callbacks.throughput import ThroughputCallback
 
     record = record or RunRecordCallback()
-    return {"callbacks": [record, ThroughputCallback(), PredictionWriter(), *(extra_callbacks or [])]}
+    callbacks = [record, ParameterSummary(), ThroughputCallback(), PredictionWriter(), FitSummaryCallback()]
+    # ParameterSummary replaces Lightning's model summary (rounded counts, "Total FLOPs: 0")
+    return {"callbacks": [*callbacks, *(extra_callbacks or [])], "enable_model_summary": False}
+
+
+def _remove_created(folders: list[Path]) -> None:
+    """Remove a refused run's folder and the parents this run created (deepest first), nothing else."""
+    import shutil
+
+    for folder in folders:
+        if folder == folders[0]:
+            shutil.rmtree(folder, ignore_errors=True)
+        elif folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def snake_options(argv: list[str]) -> list[str]:
+    """`--trainer.max-epochs 5` → `--trainer.max_epochs 5`: LightningCLI spells options with underscores; the
+    kebab-case spelling of the other subcommands is accepted too (option names only, never values)."""
+    return [a.split("=", 1)[0].replace("-", "_").replace("__", "--", 1) + a[len(a.split("=", 1)[0]):]
+            if a.startswith("--") else a for a in argv]  # fmt: skip
 
 
 def _quiet_lightning() -> None:
@@ -71,6 +150,7 @@ def run_lightning(argv: list[str], extra_callbacks: list | None = None, record=N
     from datamodules.market_datamodule import MarketDataModule
     from lightning_modules.forecaster import Forecaster
 
+    argv = check_config_files(snake_options(argv))
     _quiet_lightning()
     return FinscaleCLI(
         Forecaster,
@@ -106,7 +186,7 @@ def run_trainer(argv: list[str]) -> int:
     configuration once per seed (each its own run; the report scores them as seeds of one configuration)."""
     from lightning_modules.forecaster import TrainingDiverged
 
-    argv, seeds = seed_list(argv)
+    argv, seeds = seed_list(snake_options(argv))
     for seed in seeds:
         try:
             run_lightning(argv if seed is None else [*argv, "--seed_everything", str(seed)])
@@ -121,6 +201,7 @@ def parse_fit_config(argv: list[str]):
     from datamodules.market_datamodule import MarketDataModule
     from lightning_modules.forecaster import Forecaster
 
+    argv = check_config_files(snake_options(argv))
     _quiet_lightning()
 
     class ParseOnly(FinscaleCLI):
@@ -145,6 +226,7 @@ def run_summary(argv: list[str]) -> int:
     from lightning_modules.forecaster import Forecaster
     from lightning_modules.sizing import summary_table
 
+    argv = check_config_files(snake_options(argv))
     _quiet_lightning()
 
     class SummaryCLI(FinscaleCLI):

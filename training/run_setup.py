@@ -5,6 +5,7 @@ Everything here runs on the parsed config, before any model or data is built.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -63,20 +64,16 @@ def _one_line(err: BaseException) -> str:
 def name_run(subcommand: str, config) -> None:
     """Place the run before anything is created. fit → logs/<experiment>/<time>-h<h>-s<seed>; fit resuming a
     checkpoint of a run → that run; validate/test/predict of a run's checkpoint → a sub-folder of that run.
-    `--ckpt_path last` means the newest last.ckpt of the experiment."""
+    The folder names are checked (one plain name each) and the log folder must be writable."""
     if subcommand != "fit" and not config.get("ckpt_path"):
         raise ConfigError(f"{subcommand} needs --ckpt_path (a checkpoint written by fit)")
     logger = config.trainer.get("logger")
     if not hasattr(logger, "init_args") or not str(logger.class_path).endswith("TensorBoardLogger"):
         return
     args = logger.init_args
-    experiment = Path(args.save_dir or "logs") / (args.name or "")
-    if config.get("ckpt_path") == "last":
-        config.ckpt_path = str(
-            _newest_last_checkpoint(experiment, f"-h{config.data.horizon}-s{config.seed_everything}")
-        )
-    if config.get("ckpt_path"):
-        check_checkpoint(Path(config.ckpt_path), config.data)
+    for key in ("name", "version", "sub_dir"):
+        if args.get(key) not in (None, ""):
+            plain_name(str(args.get(key)), f"trainer.logger.init_args.{key}")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     checkpoint = Path(config.get("ckpt_path") or "")
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
@@ -85,21 +82,82 @@ def name_run(subcommand: str, config) -> None:
         if subcommand != "fit":
             args.sub_dir = f"{subcommand}-{stamp}"
     elif subcommand == "fit" and not args.version:
+        experiment = Path(args.save_dir or "logs") / (args.name or "")
         base = f"{stamp}-h{config.data.horizon}-s{config.seed_everything}"
         args.version = next(
             v for v in (base, *(f"{base}-{i}" for i in range(2, 1000))) if not (experiment / v).exists()
         )
     elif not args.version:
         args.version = f"{subcommand}-{stamp}"
+    check_writable(run_folder(config))
 
 
-def _newest_last_checkpoint(experiment: Path, run_suffix: str) -> Path:
-    """The newest last.ckpt among the experiment's runs with this horizon and seed (`…-h1-s0`, `…-h1-s0-2`)."""
+def run_folder(config) -> Path | None:
+    """The folder a parsed (and named) run writes into, or None without a TensorBoard logger."""
+    logger = config.trainer.get("logger")
+    if not hasattr(logger, "init_args") or not str(logger.class_path).endswith("TensorBoardLogger"):
+        return None
+    args = logger.init_args
+    parts = [args.save_dir or "logs", args.name or "", str(args.version or ""), args.get("sub_dir") or ""]
+    return Path(*[part for part in parts if part])
+
+
+def plain_name(name: str, what: str) -> str:
+    """A user-given name that becomes one folder or file name: no separators, no `..`, no hidden or odd names."""
+    if not name or name in (".", "..") or name.startswith((".", "-")) or any(c in name for c in "/\\\0") \
+            or len(name) > 200 or not name.isprintable():  # fmt: skip
+        raise ConfigError(f"{what}: {name!r} is not a plain name (letters, digits, '-', '_', '.'; no '/' or '..')")
+    return name
+
+
+def check_writable(folder: Path | None) -> None:
+    """The folder exists and is writable, or can be created: its nearest existing parent is a writable folder."""
+    if folder is None:
+        return
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor or "."))
+    if not existing.is_dir():
+        raise ConfigError(f"cannot write {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {folder}: {existing} is not writable")
+
+
+def resolve_last(config) -> Path:
+    """`--ckpt_path last`: the newest last.ckpt of this experiment's runs with the same horizon and seed
+    (`…-h1-s0`, `…-h1-s0-2`); any other value is returned as it is."""
+    if config.get("ckpt_path") != "last":
+        return Path(config.ckpt_path)
+    logger = config.trainer.get("logger")
+    args = logger.init_args if hasattr(logger, "init_args") else {}
+    experiment = Path(args.get("save_dir") or "logs") / (args.get("name") or "")
+    suffix = f"-h{config.data.horizon}-s{config.seed_everything}"
     candidates = [p for p in experiment.glob("*/checkpoints/last.ckpt")
-                  if p.parent.parent.name.endswith(run_suffix) or f"{run_suffix}-" in p.parent.parent.name]  # fmt: skip
+                  if p.parent.parent.name.endswith(suffix) or f"{suffix}-" in p.parent.parent.name]  # fmt: skip
     if not candidates:
-        raise ConfigError(f"--ckpt_path last: no {experiment}/<run>{run_suffix}/checkpoints/last.ckpt to resume")
+        raise ConfigError(f"--ckpt_path last: no {experiment}/<run>{suffix}/checkpoints/last.ckpt to resume")
     return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+def check_config_files(argv: list[str]) -> list[str]:
+    """Every `--config FILE` names a readable, non-empty YAML mapping (jsonargparse's own errors say little)."""
+    import yaml
+
+    for at, arg in enumerate(argv):
+        if arg != "--config" and not arg.startswith("--config="):
+            continue
+        value = arg.split("=", 1)[1] if "=" in arg else (argv[at + 1] if at + 1 < len(argv) else "")
+        path = Path(value)
+        if not path.is_file():
+            raise ConfigError(f"config not found: {value}" if not path.exists() else f"config {value} is not a file")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            raise ConfigError(f"config {value} is not readable YAML ({_one_line(err)})") from None
+        if loaded is None:
+            raise ConfigError(f"config {value} is empty")
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config {value} must be a mapping of keys (e.g. `data:`, `model:`), got a "
+                              f"{type(loaded).__name__}")  # fmt: skip
+    return argv
 
 
 DATA_KEYS = ("tickers", "tier", "version", "horizon", "threshold", "label_price", "context_length", "features",
@@ -113,11 +171,12 @@ def check_checkpoint(path: Path, data) -> None:
     if not path.is_file():
         raise ConfigError(f"checkpoint not found: {path}")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(
-            "datamodule_hyper_parameters", {}
-        )
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises several types for damaged files
         raise ConfigError(f"{path}: unreadable checkpoint ({type(err).__name__})") from None
+    if not isinstance(loaded, dict) or not {"state_dict", "pytorch-lightning_version"} <= set(loaded):
+        raise ConfigError(f"{path}: not a checkpoint written by `cli.py fit` (no state_dict or Lightning version)")
+    saved = loaded.get("datamodule_hyper_parameters", {})
     saved = current_data_keys(saved)
     current = current_data_keys({key: _plain(data.get(key)) for key in DATA_KEYS})
     differ = [f"data.{k}: checkpoint {_plain(saved[k])!r}, config {current[k]!r}" for k in DATA_KEYS

@@ -1,0 +1,262 @@
+"""Bad input to `cli.py hpo` and `cli.py campaign`: one `error:` line, exit 2, nothing written, before any trial.
+
+Every case runs in this process through `cli.main` (conftest.assert_refused) with its logs, stop file and
+exports under tmp_path, all watched; the shipped configs are watched too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, assert_refused
+
+TINY_SPACE = ROOT / "configs" / "hpo" / "tiny.yaml"
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    """tiny.yaml with its logs and stop file under tmp_path."""
+    config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
+    for callback in config["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("StopFileCallback"):
+            callback["init_args"]["path"] = str(tmp_path / "STOP")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def refused(argv: list[str], fragment: str, capsys, tmp_path: Path) -> str:
+    """Refused, and neither tmp_path (logs, exports, inputs) nor the shipped configs changed."""
+    return assert_refused(argv, fragment, capsys, tmp_path, ROOT / "configs")
+
+
+# hpo: the command line, the fit config and its overrides --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("trials", "fragment"),
+    [("0", "--trials must be a whole number ≥ 1, got 0"), ("-1", "got -1"), ("ten", "invalid int value: 'ten'")],
+)
+def test_trial_counts(tiny, tmp_path, capsys, trials, fragment):
+    refused(["hpo", "--config", str(tiny), "--trials", trials], fragment, capsys, tmp_path)
+
+
+def test_trials_missing(tiny, tmp_path, capsys):
+    refused(["hpo", "--config", str(tiny)], "the following arguments are required: --trials", capsys, tmp_path)
+
+
+@pytest.mark.parametrize("what", ["missing", "folder"])
+def test_config_not_found(tmp_path, capsys, what):
+    config = tmp_path / "none.yaml" if what == "missing" else tmp_path
+    refused(["hpo", "--config", str(config), "--trials", "2"], "config not found", capsys, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("trainer: [1, 2\n", "while parsing a flow sequence"),  # unparsable YAML
+        ("colour: blue\n", "colour"),  # not a fit config
+    ],
+)
+def test_broken_configs(tmp_path, capsys, text, fragment):
+    config = _write(tmp_path, "tiny.yaml", text)
+    refused(["hpo", "--config", str(config), "--trials", "2"], fragment, capsys, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--trainer.max_epochs", "abc"], "trainer.max_epochs"),
+        (["--trainer.no_such_key", "3"], "no_such_key"),
+        (["--model.optim.lr", "0.1"], "model.optim.lr: both sampled by the search space and overridden"),
+        (["--model.net.n_heads", "5"], "d_model 32 is not divisible by n_heads 5"),
+        (["stray"], "stray"),
+    ],
+)
+def test_bad_fit_overrides(tiny, tmp_path, capsys, extra, fragment):
+    argv = ["hpo", "--config", str(tiny), "--trials", "2", "--search_space", str(TINY_SPACE), *extra]
+    refused(argv, fragment, capsys, tmp_path)
+
+
+def test_logs_under_a_regular_file(tiny, tmp_path, capsys):
+    blocker = _write(tmp_path, "blocker", "a file, not a folder\n")
+    argv = ["hpo", "--config", str(tiny), "--trials", "2", "--search_space", str(TINY_SPACE),
+            "--trainer.logger.init_args.save_dir", str(blocker / "logs")]  # fmt: skip
+    refused(argv, "is a file, not a folder", capsys, tmp_path)
+
+
+# hpo: search spaces ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("params: [1, 2\n", "not valid YAML"),
+        ("samplers: {}\n", "unknown section(s) samplers"),
+        ("architecture: {d_models: [4096]}\n", "has 0 shape(s): its smallest shape d4096-l2-ff2 has"),
+        ("architecture: {d_models: [7]}\n", "d_models must be a non-empty list of whole widths ≥ 16"),
+        ("architecture: {d_models: [32, 7.5]}\n", "whole widths ≥ 16"),
+        ("architecture: {d_models: 64}\n", "whole widths ≥ 16"),
+        ("architecture: {d_models: []}\n", "whole widths ≥ 16"),
+        ("architecture: {budget: 100}\n", "give architecture.d_models narrower widths"),
+        ("architecture: {budget: lots}\n", "architecture.budget: expected auto"),
+        ("architecture: {tolerance: 2}\n", "architecture.tolerance must be a number in (0, 1)"),
+        ("architecture: {heads: maybe}\n", "architecture.heads must be true or false"),
+        ("params:\n  model.optim.nope: {type: float, low: 0, high: 1}\n", "model.optim.nope is not a value"),
+        ("params:\n  model.optim.warmup_steps: {type: int, low: 0.5, high: 9}\n", "an int range needs whole"),
+        ("params:\n  model.net.head: {type: categorical, choices: [{a: 1}]}\n", "choices must be numbers"),
+        ("params:\n  model.optim.lr: {type: float, low: 0.1, high: .inf}\n", "needs low < high"),
+        ("objective: {monitor: val/auroc, direction: maximize}\n", "differs from the checkpoint's val/loss"),
+        ("objective: {monitor: val/loss, goal: min}\n", "objective: unknown field(s) goal"),
+    ],
+)
+def test_broken_search_spaces(tiny, tmp_path, capsys, text, fragment):
+    space = _write(tmp_path, "space.yaml", text)
+    refused(["hpo", "--config", str(tiny), "--trials", "2", "--search_space", str(space)], fragment, capsys, tmp_path)
+
+
+@pytest.mark.parametrize("what", ["missing", "folder"])
+def test_search_space_not_a_file(tiny, tmp_path, capsys, what):
+    space, fragment = (tmp_path / "no.yaml", "search space not found") if what == "missing" else (tmp_path, "cannot")
+    refused(["hpo", "--config", str(tiny), "--trials", "2", "--search_space", str(space)], fragment, capsys, tmp_path)
+
+
+# hpo: storage, study names, exports ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("not a url", "not a database URL"),
+        ("nosuchdb://host/db", "not a database URL"),
+        ("sqlite://", "a SQLite storage is a file"),
+        ("sqlite:///{tmp}/blocker/study.db", "is a file, not a folder"),
+        ("sqlite:///{tmp}", "is not a file"),
+    ],
+)
+def test_bad_storage_urls(tiny, tmp_path, capsys, url, fragment):
+    _write(tmp_path, "blocker", "a file\n")
+    argv = ["hpo", "--config", str(tiny), "--trials", "2", "--storage", url.format(tmp=tmp_path)]
+    refused(argv, fragment, capsys, tmp_path)
+
+
+def test_a_storage_that_is_not_a_database(tiny, tmp_path, capsys):
+    _write(tmp_path, "notes.db", "not a database\n")
+    argv = ["hpo", "--config", str(tiny), "--trials", "2", "--search_space", str(TINY_SPACE),
+            "--storage", f"sqlite:///{tmp_path / 'notes.db'}"]  # fmt: skip
+    refused(argv, "file is not a database", capsys, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["../../x", "/tmp/x", "..", ".hidden", "a/b", "two words", "", "-dash"])
+def test_study_names_that_would_leave_their_folder(tiny, tmp_path, capsys, name):
+    argv = ["hpo", "--config", str(tiny), "--trials", "2", "--study_name", name]
+    refused(argv, "--study_name", capsys, tmp_path)
+
+
+def test_a_default_study_name_from_an_odd_config_name(tiny, tmp_path, capsys):
+    odd = tmp_path / "my tiny.yaml"
+    odd.write_text(tiny.read_text())
+    argv = ["hpo", "--config", str(odd), "--trials", "2", "--search_space", str(TINY_SPACE)]
+    refused(argv, "; pass --study_name", capsys, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("target", "fragment"),
+    [
+        ("{tmp}", "is a folder; name a file"),
+        ("{tmp}/blocker/best.yaml", "is a file, not a folder"),
+        ("{root}/configs/tiny.yaml", "was not written by an export; refusing to overwrite"),
+    ],
+)
+def test_bad_export_targets(tiny, tmp_path, capsys, target, fragment):
+    _write(tmp_path, "blocker", "a file\n")
+    argv = ["hpo", "--config", str(tiny), "--trials", "2", "--export_best", target.format(tmp=tmp_path, root=ROOT)]
+    refused(argv, fragment, capsys, tmp_path)
+
+
+# campaign --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def campaign(tmp_path: Path, tiny: Path) -> Path:
+    """The smoke campaign on tiny with its logs under tmp_path."""
+    spec = yaml.safe_load((ROOT / "configs" / "campaign" / "smoke.yaml").read_text())
+    spec["budgets"] = {"tiny": str(tiny)}
+    spec["search_space"] = str(TINY_SPACE)
+    return _write(tmp_path, "campaign.yaml", yaml.safe_dump(spec, sort_keys=False))
+
+
+def _edit(path: Path, **change) -> Path:
+    path.write_text(yaml.safe_dump(yaml.safe_load(path.read_text()) | change, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"name": "../escape"}, "campaign name '../escape'"),
+        ({"name": "a/b"}, "campaign name 'a/b'"),
+        ({"budgets": {"../tiny": "configs/tiny.yaml"}}, "budget name '../tiny'"),
+        ({"budgets": {"tiny": "configs/none.yaml"}}, "budget tiny: fit config not found"),
+        ({"horizons": [1, "three"]}, "horizons must be whole trading days"),
+        ({"tiers": ["a77"]}, "unknown: ['a77']"),
+        ({"pools": "GSPC"}, "pools must be a list of ticker lists"),
+        ({"pools": [["../X"]]}, "../X"),  # a ticker is part of the study names
+        ({"train_starts": ["yesterday"]}, "is not a date"),
+        ({"overrides": ["--data.horizon", "3"]}, "the campaign sets the data"),
+        ({"search_space": "configs/hpo/none.yaml"}, "search space not found"),
+        ({"colour": "blue"}, "unknown keys ['colour']"),
+    ],
+)
+def test_campaign_config_mistakes(campaign, tmp_path, capsys, change, fragment):
+    refused(["campaign", "--config", str(_edit(campaign, **change))], fragment, capsys, tmp_path)
+
+
+def test_a_campaign_search_space_with_an_empty_grid(campaign, tmp_path, capsys):
+    space = _write(tmp_path, "space.yaml", "architecture: {d_models: [4096]}\n")
+    refused(["campaign", "--config", str(_edit(campaign, search_space=str(space)))], "has 0 shape(s)", capsys, tmp_path)
+
+
+@pytest.mark.parametrize("text", ["name: [unclosed\n", "- just\n- a list\n"])
+def test_unreadable_campaign_configs(tmp_path, capsys, text):
+    refused(["campaign", "--config", str(_write(tmp_path, "c.yaml", text))], "campaign config", capsys, tmp_path)
+
+
+def test_a_missing_campaign_config(tmp_path, capsys):
+    refused(["campaign", "--config", str(tmp_path / "none.yaml")], "campaign config not found", capsys, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--cells", "2M:1"], "unknown cells ['2M:1']"),  # a budget the plan does not have
+        (["--cells", "tiny:2"], "unknown cells ['tiny:2']"),  # a horizon it does not have
+        (["--cells", ","], "unknown cells"),
+        (["--trials", "0"], "trials per cell must be a whole number ≥ 1"),
+        (["--trials", "two"], "invalid int value"),
+        (["--model.net.n_heads", "5"], "is not divisible by n_heads 5"),
+        (["--status", "--cells", "tiny:9"], "unknown cells ['tiny:9']"),
+    ],
+)
+def test_campaign_command_line_mistakes(campaign, tmp_path, capsys, extra, fragment):
+    refused(["campaign", "--config", str(campaign), *extra], fragment, capsys, tmp_path)
+
+
+def test_a_cell_without_its_dataset(campaign, tmp_path, capsys):
+    refused(["campaign", "--config", str(_edit(campaign, tiers=["a100"]))], "no dataset GSPC.dataset.a100", capsys,
+            tmp_path)  # fmt: skip
+
+
+def test_an_unreadable_campaign_state(campaign, tmp_path, capsys):
+    folder = tmp_path / "logs" / "campaign" / "smoke"
+    folder.mkdir(parents=True)
+    _write(folder, "state.json", "{half")
+    refused(["campaign", "--config", str(campaign), "--status"], "state.json: unreadable", capsys, tmp_path)
