@@ -35,9 +35,8 @@ class _Parser(argparse.ArgumentParser):
         aliases = [name.replace("_", "-") for name in names if name.startswith("--") and "_" in name]
         return super().add_argument(*names, *aliases, **kwargs)
 
-    def error(self, message: str) -> None:  # argparse's own usage errors: one line, exit 2
-        print(f"error: {self.prog}: {message}", file=sys.stderr)
-        raise SystemExit(2)
+    def error(self, message: str) -> None:  # argparse's own usage errors: a refusal like any other (one line, 2)
+        raise ConfigError(f"{self.prog}: {message}")
 
 
 def _data_parser() -> argparse.ArgumentParser:
@@ -69,12 +68,7 @@ def data_main(argv: list[str]) -> int:
     from datamodules import commands
     from datamodules.sources import split_tickers
 
-    try:
-        args = _data_parser().parse_args(argv)
-    except SystemExit as stop:  # a usage error, already printed as one line: returned like any other refusal
-        if stop.code == 2:
-            return 2
-        raise
+    args = _data_parser().parse_args(argv)
     with commands.user_errors(args.data_dir):  # OSError and a --data_dir that is a file: one line, exit 2
         if args.command == "build":
             return commands.build(args.ticker, args.tier, args.version, args.data_dir)
@@ -127,12 +121,7 @@ def _hpo_parser() -> argparse.ArgumentParser:
 def hpo_main(argv: list[str]) -> int:
     from hpo.study import HpoRequest, StudyRunner
 
-    try:
-        args, overrides = _hpo_parser().parse_known_args(argv)
-    except SystemExit as stop:  # a usage error, already printed as one line: returned like any other refusal
-        if stop.code == 2:
-            return 2
-        raise
+    args, overrides = _hpo_parser().parse_known_args(argv)
     if not args.config.is_file():
         raise ConfigError(f"config not found: {args.config}")
     request = HpoRequest(args.config, args.trials, args.search_space, args.storage, args.study_name,
@@ -155,12 +144,7 @@ def campaign_main(argv: list[str]) -> int:
     from campaign.plan import load_plan
     from campaign.runner import run_campaign
 
-    try:
-        args, overrides = _campaign_parser().parse_known_args(argv)
-    except SystemExit as stop:  # a usage error, already printed as one line: returned like any other refusal
-        if stop.code == 2:
-            return 2
-        raise
+    args, overrides = _campaign_parser().parse_known_args(argv)
     return run_campaign(load_plan(args.config, args.trials, args.cells, overrides), args.status)
 
 
@@ -180,12 +164,7 @@ def report_main(argv: list[str]) -> int:
     from report.evaluate import Options
     from report.make import make_report
 
-    try:
-        args = _report_parser().parse_args(argv)
-    except SystemExit as stop:  # a usage error, already printed as one line: returned like any other refusal
-        if stop.code == 2:
-            return 2
-        raise
+    args = _report_parser().parse_args(argv)
     options = Options(n_boot=args.bootstrap, block=args.block, seed=args.seed, baselines=not args.no_baselines)
     return make_report(args.logdir, args.out, options)
 

@@ -47,6 +47,21 @@ def ohlcv() -> pd.DataFrame:
     return synthetic_ohlcv()
 
 
+def tiny_config(tmp_path: Path, **trainer) -> Path:
+    """configs/tiny.yaml with its logs and stop file under tmp_path and these trainer settings (e.g. max_epochs=2)."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    config["trainer"].update(trainer)
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
+    for callback in config["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("StopFileCallback"):
+            callback["init_args"]["path"] = str(tmp_path / "STOP")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """`python cli.py ARGS` in a real subprocess from the repository root."""
     return subprocess.run([sys.executable, "cli.py", *args], cwd=ROOT, capture_output=True, text=True,

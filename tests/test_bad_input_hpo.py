@@ -9,22 +9,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, assert_refused
+from conftest import ROOT, assert_refused, tiny_config
 
 TINY_SPACE = ROOT / "configs" / "hpo" / "tiny.yaml"
 
 
 @pytest.fixture
 def tiny(tmp_path: Path) -> Path:
-    """tiny.yaml with its logs and stop file under tmp_path."""
-    config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
-    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
-    for callback in config["trainer"]["callbacks"]:
-        if callback["class_path"].endswith("StopFileCallback"):
-            callback["init_args"]["path"] = str(tmp_path / "STOP")
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    return tiny_config(tmp_path)
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import SHIPPED_DATA, assert_refused
-from test_report import ok, tiny_config
+from conftest import SHIPPED_DATA, assert_refused, tiny_config
+from test_report import ok
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def logs(tmp_path_factory) -> Path:
     """One tiny fit of one epoch, `cli.py test` of its best checkpoint, and a report (whose baselines are cached
     under logs/report/baselines)."""
     tmp = tmp_path_factory.mktemp("bad_report")
-    config = tiny_config(tmp)
+    config = tiny_config(tmp, max_epochs=2)
     ok("fit", "--config", str(config), "--trainer.max_epochs", "1")
     run = _run(tmp / "logs")
     ok("test", "--config", str(run / "config.yaml"), "--ckpt_path", _record(run)["best_checkpoint"])

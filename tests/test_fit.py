@@ -117,6 +117,7 @@ def test_fit_prints_exact_parameter_counts_and_a_progress_bar_without_noise(tiny
     assert "FLOPs:" not in stdout and "Modules in train mode" not in stdout  # Lightning's summary is off
     assert "v_num" not in stdout and "val/loss" in stdout  # the bar: no version tag; val/loss, val/auroc only
     assert "val/brier" not in stdout
+    assert "Tip:" not in stdout and "`Trainer.fit` stopped" not in stdout  # Lightning's lines about nothing here
 
 
 def test_the_summary_scores_cached_baselines_on_the_runs_validation_days(tiny_run, tmp_path, monkeypatch):

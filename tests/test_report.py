@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, assert_user_error, run_cli
+from conftest import assert_user_error, run_cli, tiny_config
 from rich.console import Console
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -26,19 +26,6 @@ from report.render import rich_table
 from report.stats import Estimate
 
 LARGER = ["--model.net.d_model", "64", "--model.net.d_ff", "256", "--model.net.n_layers", "3"]
-
-
-def tiny_config(tmp_path: Path) -> Path:
-    """tiny.yaml, two epochs, logs and the stop file under tmp_path."""
-    config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
-    config["trainer"]["max_epochs"] = 2
-    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
-    for callback in config["trainer"]["callbacks"]:
-        if callback["class_path"].endswith("StopFileCallback"):
-            callback["init_args"]["path"] = str(tmp_path / "STOP")
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
 
 
 def ok(*args: str) -> str:
@@ -52,7 +39,7 @@ def logs(tmp_path_factory) -> Path:
     """+1% labels, h = 1: two budgets, tiny (a 3-trial study and a plain fit) and a larger tiny (one fit,
     tested on its best checkpoint); h = 3: one tiny fit. +2% labels, h = 1: one tiny configuration, two seeds."""
     tmp = tmp_path_factory.mktemp("report")
-    config = tiny_config(tmp)
+    config = tiny_config(tmp, max_epochs=2)
     ok("hpo", "--config", str(config), "--trials", "3", "--search-space", "configs/hpo/tiny.yaml")
     ok("fit", "--config", str(config))
     ok("fit", "--config", str(config), *LARGER)

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_report import ok, tiny_config
+from conftest import tiny_config
+from test_report import ok
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> tuple[Path, str]:
     tmp = tmp_path_factory.mktemp("pooled")
-    config = str(tiny_config(tmp))
+    config = str(tiny_config(tmp, max_epochs=2))
     ok("fit", "--config", config, "--trainer.max_epochs", "1", "--data.tickers", "[GSPC, IXIC]")
     for start in ("null", "2008-01-01"):
         ok("fit", "--config", config, "--trainer.max_epochs", "1", "--data.splits.train_start", start)

@@ -133,8 +133,22 @@ def snake_options(argv: list[str]) -> list[str]:
             if a.startswith("--") else a for a in argv]  # fmt: skip
 
 
+LIGHTNING_NOISE = (  # Lightning's lines that say nothing about this run (fit's closing summary says why it ended)
+    "💡 Tip",
+    "Loading `train_dataloader` to estimate",
+    "`Trainer.fit` stopped",
+)
+
+
+def _without_noise(record: logging.LogRecord) -> bool:
+    return not any(text in record.getMessage() for text in LIGHTNING_NOISE)
+
+
 def _quiet_lightning() -> None:
     logging.getLogger("lightning").handlers.clear()  # its stderr handler would double every line; root prints
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _without_noise not in rank_zero.filters:
+        rank_zero.addFilter(_without_noise)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own deprecation noise
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # we pass argv on purpose
 
