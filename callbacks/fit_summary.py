@@ -84,8 +84,10 @@ def summary_lines(record: dict, best: dict, baselines: dict[str, tuple[float, fl
     lines = textwrap.wrap(first, width=80, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
     if "val_loss" in best:
         collapsed = "  collapsed" if best.get("val_collapsed") else ""
+        epochs = record.get("epochs_run")
+        heading = f"validation ({epochs} epoch{'' if epochs == 1 else 's'})"
         lines += [
-            f"{'validation (' + str(record.get('epochs_run')) + ' epochs)':<24}{'loss':>8}{'auroc':>8}{'brier':>8}",
+            f"{heading:<24}{'loss':>8}{'auroc':>8}{'brier':>8}",
             _row(f"best: epoch {int(best['epoch'])}", best["val_loss"], best.get("val_auroc"), best.get("val_brier"))
             + collapsed,
             _row("constant prior", best.get("val_prior_bce"), 0.5, best.get("val_prior_brier")),
