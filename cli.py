@@ -19,12 +19,12 @@ import logging
 import sys
 from pathlib import Path
 
-from datamodules.errors import DataError
+from common.errors import ConfigError, DataError, MemoryPreflightError
 from datamodules.features import TIERS
 from datamodules.sources import DATA_DIR
-from training.run_setup import ConfigError
 
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+USER_ERRORS = (DataError, ConfigError, MemoryPreflightError)  # bad input or an impossible request: one line, exit 2
 
 
 class _Parser(argparse.ArgumentParser):
@@ -92,8 +92,9 @@ def _budget_counters() -> dict:
     """Budget → parameter count of its shipped config's shape on C input channels (for `data list`)."""
     import yaml
 
-    from lightning_modules.budget import BUDGETS, parameter_count
     from lightning_modules.patchtst import PatchTSTConfig
+    from sizing.accounting import parameter_count
+    from sizing.budget import BUDGETS
 
     counters = {}
     for name in BUDGETS:
@@ -169,13 +170,6 @@ def report_main(argv: list[str]) -> int:
     return make_report(args.logdir, args.out, options)
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Bad input or an impossible request. The pre-flight's error can only have been raised if its module was
-    imported: looking it up never imports torch, so a refusal stays fast."""
-    sizing = sys.modules.get("lightning_modules.sizing")
-    return (DataError, ConfigError, *([sizing.MemoryPreflightError] if sizing else []))
-
-
 COMMANDS = {  # name → what it does, in one line (`python cli.py --help`)
     "fit": "train a model from a config: python cli.py fit --config configs/2M.yaml",
     "validate": "score a checkpoint on the validation split",
@@ -213,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         from training.lightning_cli import run_summary, run_trainer
 
         return run_summary(argv[1:]) if argv[0] == "summary" else run_trainer(argv)
-    except _user_errors() as err:  # one line, exit 2, no traceback
+    except USER_ERRORS as err:  # one line, exit 2, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a path the user gave that cannot be read or written

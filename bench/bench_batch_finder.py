@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 from callbacks.batch_finder import MemoryAwareBatchFinder  # noqa: E402
 from datamodules.market_datamodule import MarketDataModule  # noqa: E402
 from lightning_modules.forecaster import Forecaster  # noqa: E402
-from lightning_modules.memory import read_peak, reset_peak  # noqa: E402
 from lightning_modules.patchtst import PatchTSTConfig  # noqa: E402
+from sizing.memory import read_peak, reset_peak  # noqa: E402
 
 CASES = {"tiny": "300MB", "2M": "1GB", "20M": "2GB"}
 if sys.argv[1:]:

@@ -22,8 +22,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lightning_modules.accounting import count_parameters, training_flops_per_sample  # noqa: E402
 from lightning_modules.patchtst import PatchTST, PatchTSTConfig  # noqa: E402
+from sizing.accounting import parameter_count, training_flops_per_sample  # noqa: E402
 
 GEOMETRIES = {name: PatchTSTConfig(**yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())["model"]["net"])
               for name in ("2M", "20M")}  # fmt: skip
@@ -79,7 +79,7 @@ def main() -> None:
     for name, cfg in GEOMETRIES.items():
         flops = training_flops_per_sample(C, L, cfg)
         rate = train_throughput(cfg, args.batch, args.steps)
-        print(f"{name:<9} {count_parameters(C, L, cfg):>12,} {flops / 1e6:>19.1f} {rate:>10.0f} "
+        print(f"{name:<9} {parameter_count(C, L, cfg):>12,} {flops / 1e6:>19.1f} {rate:>10.0f} "
               f"{rate * flops / 1e9:>9.1f} {rate * flops / peak:>8.0%}")  # fmt: skip
     if args.fit:
         print(f"cli.py fit --config configs/2M.yaml to early stopping: {time_fit():.0f} s")

@@ -20,7 +20,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from lightning_modules.memory import available_memory, parse_bytes, read_peak, reset_peak
+from sizing.memory import available_memory, parse_bytes, read_peak, reset_peak
 
 log = logging.getLogger(__name__)
 PROBE_STEPS = 2  # steps per probed size: the second runs with the optimizer state and reused buffers in place

@@ -117,8 +117,9 @@ def baseline_scores(run_dir: Path, record: dict, cache: Path) -> dict[str, tuple
     of the run's val_predictions.csv; {} when the report has not cached them (nothing is computed here)."""
     import pandas as pd
 
+    from common.errors import ReportError
     from report.baselines import _key, baseline_predictions, sample_keys
-    from report.collect import FRAME_KEYS, ReportError, _config
+    from report.collect import FRAME_KEYS, _config
     from report.stats import auroc, bce, brier
 
     try:

@@ -6,8 +6,8 @@ epoch since the last improvement. This callback writes it at every epoch end, wh
 kill at any moment repeats at most the interrupted epoch (`StopFileCallback` also writes it on a stop).
 
 Order: a `Checkpoint` runs after the other callbacks and, at the end of a training epoch, after the module's
-own hook (its divergence check). The file therefore holds the epoch's best checkpoint, val_predictions.csv,
-best metrics, early-stopping and schedule state, and never a diverged epoch.
+own hook and after `DivergenceGuard`'s epoch check. The file therefore holds the epoch's best checkpoint,
+val_predictions.csv, best metrics, early-stopping and schedule state, and never a diverged epoch.
 
 Atomic: Lightning's save goes through a temporary file in the system's temp folder and then a move, which is a
 copy (not atomic) when that folder is on another file system (tmpfs). The checkpoint is written to
@@ -23,7 +23,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
-from training.run_setup import ConfigError
+from common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 LAST = "last.ckpt"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+from common.files import atomic_write_text
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -26,11 +28,9 @@ class PredictionWriter(BasePredictionWriter):
 
 def write_predictions(path: Path, dates: list[str], assets: list[str], probs: list[float], labels: list[float]) -> None:
     """date, asset, probability, label (empty where the future is not known yet); written whole or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".csv.tmp")
-    with open(temporary, "w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["date", "asset", "probability", "label"])
-        for date, asset, p, y in zip(dates, assets, probs, labels, strict=True):
-            out.writerow([date, asset, f"{p:.8f}", "" if math.isnan(y) else int(y)])
-    os.replace(temporary, path)
+    text = io.StringIO(newline="")
+    out = csv.writer(text)
+    out.writerow(["date", "asset", "probability", "label"])
+    for date, asset, p, y in zip(dates, assets, probs, labels, strict=True):
+        out.writerow([date, asset, f"{p:.8f}", "" if math.isnan(y) else int(y)])
+    atomic_write_text(path, text.getvalue())

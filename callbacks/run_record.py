@@ -13,7 +13,7 @@ time) is written whenever fit returned, also after a stop.
 Each evaluation also leaves its per-sample predictions (date, probability, label) next to its run.json, for
 the report's bootstrap intervals: fit → `val_predictions.csv` of the best epoch (rewritten whenever the
 monitor improves, so it always matches the best checkpoint), validate → `val_predictions.csv`, test →
-`test_predictions.csv`.
+`test_predictions.csv`; the module's steps return them and `PredictionCollector` (the base class) keeps them.
 """
 
 from __future__ import annotations
@@ -35,10 +35,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
+from callbacks.divergence_guard import TrainingDiverged
+from callbacks.prediction_collector import PredictionCollector
 from callbacks.prediction_writer import write_predictions
+from common.files import atomic_write_text
+from common.metric_names import NAMES, best_tag, logged, record_key
+from sizing.accounting import hparams_cost
 
 log = logging.getLogger(__name__)
-BEST_METRICS = ("loss", "auroc", "ap", "brier", "accuracy", "pred_std", "prior_bce", "collapsed")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -73,13 +77,14 @@ def run_identity(trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, A
     """Everything needed to say which run this was and to reproduce it."""
     dm = trainer.datamodule
     entries = getattr(dm, "entries", None) or []
+    cost = hparams_cost(module.hparams)  # None: not a Forecaster
     return {
         "datasets": [{"name": e.name, "version": e.version, "hash": e.hash} for e in entries],
         "git_commit": git_commit(),
         "seed": int(os.environ.get("PL_GLOBAL_SEED", -1)),
-        "n_params": getattr(module, "n_params", sum(p.numel() for p in module.parameters())),
-        "forward_flops_per_sample": getattr(module, "forward_flops", None),
-        "train_flops_per_sample": getattr(module, "train_flops", None),
+        "n_params": cost.n_params if cost else sum(p.numel() for p in module.parameters()),
+        "forward_flops_per_sample": cost.forward_flops if cost else None,
+        "train_flops_per_sample": cost.train_flops if cost else None,
         "splits": {s: {k: v for k, v in st.items() if k != "drift"} for s, st in getattr(dm, "stats", {}).items()},
         "command": " ".join(sys.argv),
         "torch": torch.__version__,
@@ -87,7 +92,7 @@ def run_identity(trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, A
     }
 
 
-class RunRecordCallback(pl.Callback):
+class RunRecordCallback(PredictionCollector):
     """Writes run.json and the HParams record; tracks the best epoch of the checkpoint's monitor."""
 
     def __init__(self, monitor: str = "val/loss", mode: str = "min", extra_hparams: dict[str, Any] | None = None,
@@ -98,6 +103,7 @@ class RunRecordCallback(pl.Callback):
             extra_hparams: more HParams columns (an HPO trial adds its study and number).
             extra_metrics: more HParams metric names, logged by someone else (an HPO trial's final state).
         """
+        super().__init__()
         self.monitor, self.mode = monitor, mode
         self.extra_hparams, self.extra_metrics = dict(extra_hparams or {}), tuple(extra_metrics)
         self.best: dict[str, float] = {}
@@ -130,15 +136,12 @@ class RunRecordCallback(pl.Callback):
     def _write(self, trainer: pl.Trainer, log_dir: str | None = None) -> None:
         log_dir = log_dir or trainer.log_dir  # trainer.log_dir is a collective under DDP: every rank must ask
         if trainer.is_global_zero and log_dir:
-            path = Path(log_dir) / "run.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_suffix(".json.tmp")
-            temporary.write_text(json.dumps(self.record, indent=2) + "\n")
-            os.replace(temporary, path)  # a run killed mid-write leaves the previous record, never half of one
+            # a run killed mid-write leaves the previous record, never half of one
+            atomic_write_text(Path(log_dir) / "run.json", json.dumps(self.record, indent=2) + "\n")
 
     def _write_predictions(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """`<stage>_predictions.csv` of the epoch that just ended, in the split's date order (all ranks call)."""
-        outputs = getattr(pl_module, "epoch_outputs", {}).get(stage)
+        outputs = self.epoch_outputs(stage)
         dm = trainer.datamodule
         log_dir = trainer.log_dir
         if outputs is None or not hasattr(dm, "sample_dates"):
@@ -162,8 +165,8 @@ class RunRecordCallback(pl.Callback):
                  (self.record["train_flops_per_sample"] or 0) / 1e6, trainer.log_dir)  # fmt: skip
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
-                names = [f"best/val_{name}" for name in BEST_METRICS] + ["best/epoch", *self.extra_metrics]
-                names += [f"best/val_{a}_{name}" for a in _pooled_assets(trainer) for name in BEST_METRICS]
+                names = [best_tag(name) for name in NAMES] + ["best/epoch", *self.extra_metrics]
+                names += [best_tag(name, a) for a in _pooled_assets(trainer) for name in NAMES]
                 metrics = dict.fromkeys(names, 0.0)
                 writer = logger.experiment._get_file_writer()
                 for summary in hparams_summary(self._params(trainer, pl_module), metrics):  # declares names only
@@ -187,11 +190,11 @@ class RunRecordCallback(pl.Callback):
             return
         self.best = {"monitor": value, "epoch": float(trainer.current_epoch)}
         for asset in ("", *_pooled_assets(trainer)):  # pooled metrics, then each asset's: val_GSPC_loss
-            for name in BEST_METRICS:
-                key = f"val/{asset}/{name}" if asset else f"val/{name}"
+            for name in NAMES:
+                key = logged(name, "val", asset)
                 if key in trainer.callback_metrics:
-                    self.best[f"val_{asset}_{name}" if asset else f"val_{name}"] = float(trainer.callback_metrics[key])
-        self.best_outputs = pl_module.epoch_outputs.get("val") if hasattr(pl_module, "epoch_outputs") else None
+                    self.best[record_key(name, asset)] = float(trainer.callback_metrics[key])
+        self.best_outputs = self.epoch_outputs("val")
         metrics = {f"best/{k}": v for k, v in self.best.items() if k != "monitor"}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
@@ -220,8 +223,6 @@ class RunRecordCallback(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if trainer.state.fn != "fit" or not self.record:
             return
-        from lightning_modules.forecaster import TrainingDiverged
-
         if isinstance(exception, SIGTERMException):  # Lightning's own handler, before StopFileCallback's took over
             self._ended(trainer, "stopped", "SIGTERM")
         else:

@@ -14,6 +14,8 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -41,6 +43,17 @@ class StopFileCallback(pl.Callback):
     def handle_signal(self, signum: int, frame) -> None:
         """A signal handler: remember the request (acted on at the next batch, or by whoever asks `requested`)."""
         self.reason = signal.Signals(signum).name
+
+    @contextmanager
+    def catching_signals(self) -> Iterator[None]:
+        """SIGTERM and SIGINT request a stop while the block runs (a study or a campaign, between its fits); the
+        previous handlers come back after it."""
+        previous = {s: signal.signal(s, self.handle_signal) for s in SIGNALS}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def requested(self) -> str | None:
         """Why this process wants to stop (a signal name or the stop file), or None."""

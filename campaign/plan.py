@@ -19,9 +19,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from common.errors import ConfigError
 from datamodules.assets import tickers_of
 from hpo.paths import check_name
-from training.run_setup import ConfigError
 
 KEYS = {"name", "version", "budgets", "horizons", "trials", "search_space", "overrides", "pools", "tiers",
         "train_starts"}  # fmt: skip

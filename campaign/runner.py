@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -22,10 +21,10 @@ from rich.console import Console
 from callbacks.stop_file import StopFileCallback
 from campaign.plan import Cell, Plan
 from campaign.status import CellStatus, StateFile, cell_status, results_frame, status_table
-from datamodules.errors import DataError
-from datamodules.manifest import atomic_write_bytes
+from common.errors import ConfigError, DataError
+from common.files import atomic_write_bytes
 from hpo.fit_config import stop_file_of
-from training.run_setup import ConfigError, size_from_config
+from training.run_setup import size_from_config
 
 log = logging.getLogger(__name__)
 CHECKPOINT_BYTES_PER_PARAM = 12  # fp32 weights + AdamW's two moments, as `last.ckpt` and `best-*.ckpt` hold them
@@ -44,8 +43,7 @@ class Campaign:
         for c in plan.cells:
             request = HpoRequest(c.config, plan.trials, plan.search_space, None, plan.study_name(c), None,
                                  plan.cell_overrides(c))  # fmt: skip
-            self.runners[c.key] = StudyRunner(request)
-            self.runners[c.key].stop = stop  # one stop for the campaign and every study: signals and the file
+            self.runners[c.key] = StudyRunner(request, stop)  # one stop for the campaign and every study
         self.sizes = {key: size_from_config(runner.config) for key, runner in self.runners.items()}
         plan.cells.sort(key=lambda c: (self.sizes[c.key][0].n_params, c.horizon))  # smallest budget first
         first = self.runners[plan.cells[0].key]
@@ -107,8 +105,8 @@ class Campaign:
 
     def preflight(self, cell: Cell, remaining: int) -> str:
         """Why the cell cannot run on this machine, or ""."""
-        from lightning_modules.budget import GRID_TOLERANCE
-        from lightning_modules.sizing import gb
+        from sizing.budget import GRID_TOLERANCE
+        from sizing.run_size import gb
 
         size, available, where = self.sizes[cell.key]
         need = size.memory.at(1)
@@ -182,9 +180,5 @@ def run_campaign(plan: Plan, status_only: bool) -> int:
     if status_only:
         Campaign(plan, stop).print_status()
         return 0
-    previous = {s: signal.signal(s, stop.handle_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with stop.catching_signals():
         return Campaign(plan, stop).run()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

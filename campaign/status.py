@@ -23,10 +23,11 @@ from rich.table import Table
 from rich.text import Text
 
 from campaign.plan import Cell, Plan
-from datamodules.manifest import atomic_write_bytes
-from hpo.records import compact_count, duration
+from common.errors import ConfigError
+from common.files import atomic_write_bytes
+from common.formatting import compact_count, duration
+from common.metric_names import METRICS, record_key, results_column
 from hpo.storage import alive, process_started
-from training.run_setup import ConfigError
 
 STATES = ("done", "running", "stopped", "skipped", "failed", "pending", "unknown")
 
@@ -154,7 +155,7 @@ def results_frame(plan: Plan, statuses: list[CellStatus]) -> pd.DataFrame:
         if s.state != "done" or not s.best:
             continue
         b = s.best
-        best = {f"best_val_{k}": b.get(f"val_{k}") for k in ("loss", "auroc", "ap")}
+        best = {results_column(m.name): b.get(record_key(m.name)) for m in METRICS if m.headline}
         rows.append({"budget": s.cell.budget, "horizon": s.cell.horizon, "study": s.study, "params": s.n_params,
                      "best_trial": b["number"], **best, "complete": s.complete, "pruned": s.pruned, "failed": s.failed,
                      "wall_s": s.wall_s, "tickers": "+".join(s.cell.tickers), "tier": s.cell.tier,

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from datamodules.errors import DataError
+from common.errors import DataError
 from datamodules.labels import make_labels
 from datamodules.manifest import PROCESSED, Entry, Manifest
 from datamodules.processed import dataset_name, load_dataset
-from datamodules.scaling import Standardizer, stationary
 from datamodules.sources import ticker_name
 from datamodules.splits import Splits, split_ends
+from datamodules.standardize import Standardizer, stationary
 
 SCALINGS = ("pooled", "per_asset")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from datamodules.errors import DataError
+from common.errors import DataError
 from datamodules.features import TIERS, needs_vix
 from datamodules.manifest import PROCESSED, RAW, Entry, Manifest
 from datamodules.processed import build_dataset, verify_all, warmup_rows

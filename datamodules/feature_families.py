@@ -2,7 +2,7 @@
 
 A column is named `<family>_<period>` (e.g. `ema_50`, `rsi_7`, `donchian_high_250`) or just `<family>` for
 families without a period (`sar`, `ultosc`, `bop`, `macd_signal`, `macd_hist`). Each family also says how its
-values are made stationary (its kind, see datamodules/scaling.py), so no column exists without a transform.
+values are made stationary (its kind, see datamodules/standardize.py), so no column exists without a transform.
 
 Every value at day t uses only days ≤ t: TA-Lib and pandas rolling windows run forward from the first day,
 and the weekly families see completed weeks only (`weekly`).
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import talib
 
-# stationary-transform kinds (datamodules/scaling.py applies them)
+# stationary-transform kinds (datamodules/standardize.py applies them)
 LEVEL = "level"  # a price level: log ratio to today's close
 UNIT = "unit"  # a difference of prices: divided by today's close
 FREE = "free"  # already scale-free (oscillators, percentages, ratios, VIX): as is

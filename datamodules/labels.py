@@ -1,4 +1,4 @@
-"""Labels from raw prices, before any scaling (LESSONS #1, #6).
+"""Labels from raw prices, before any scaling (docs/lessons.md #1, #6).
 
 y[t] = 1 when max(High[t+1..t+h]) ≥ Close[t]·(1+θ)   (price="high", the default)
 y[t] = 1 when max(Close[t+1..t+h]) ≥ Close[t]·(1+θ)  (price="close")
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from datamodules.errors import DataError
+from common.errors import DataError
 
 LABEL_PRICES = ("high", "close")
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -18,7 +16,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from datamodules.errors import DataError
+from common.errors import DataError
+from common.files import atomic_write_bytes
 
 RAW, PROCESSED = "raw", "processed"
 _FIELD_TYPES = {"version": int, "rows": int, "columns": list, "sources": list, "notes": dict}  # the others: str
@@ -136,30 +135,3 @@ class Manifest:
 
     def file(self, entry: Entry) -> Path:
         return self.data_dir / entry.path
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write data to path via a temporary file and rename: readers never see half a file. The file gets the mode
-    any new file gets (0666 less the umask), not mkstemp's 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _new_file(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _new_file(path: Path) -> tuple[int, Path]:
-    """A new, empty, uniquely named file beside path, opened for writing. Created with mode 0666 so that the
-    kernel applies the umask (reading the umask would mean changing it, which is not thread-safe)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary name beside {path}")

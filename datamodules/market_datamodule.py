@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from common.errors import DataError
 from datamodules.assets import (
     SCALINGS,
     AssetSeries,
@@ -28,7 +29,6 @@ from datamodules.assets import (
     tickers_of,
     version_of,
 )
-from datamodules.errors import DataError
 from datamodules.features import TIERS
 from datamodules.labels import LABEL_PRICES
 from datamodules.sources import DATA_DIR
@@ -36,7 +36,7 @@ from datamodules.splits import Splits
 
 log = logging.getLogger(__name__)
 
-MIN_VAL_SAMPLES = 100  # below this, validation ranks noise (LESSONS #2)
+MIN_VAL_SAMPLES = 100  # below this, validation ranks noise (docs/lessons.md #2)
 # Splits each Lightning stage prepares. Test metrics come only from the `test` stage.
 STAGES_FOR = {
     None: ["train", "val"],

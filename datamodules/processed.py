@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from datamodules.errors import DataError
+from common.errors import DataError
+from common.files import atomic_write_bytes
 from datamodules.features import TIERS, VIX_FEATURES, needs_vix, ohlcv_columns, ohlcv_features, vix_features
-from datamodules.manifest import PROCESSED, RAW, Entry, Manifest, atomic_write_bytes, file_sha256, frame_sha256
+from datamodules.manifest import PROCESSED, RAW, Entry, Manifest, file_sha256, frame_sha256
 from datamodules.sources import DATA_DIR, raw_name, read_ohlcv, ticker_name
 
 VIX_TICKER = "VIX"

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from datamodules.errors import DataError
-from datamodules.manifest import RAW, Entry, Manifest, atomic_write_bytes, file_sha256
+from common.errors import DataError
+from common.files import atomic_write_bytes
+from datamodules.manifest import RAW, Entry, Manifest, file_sha256
 from datamodules.plausibility import implausible
 
 PRICE_COLUMNS = ["Open", "High", "Low", "Close"]

@@ -1,4 +1,4 @@
-"""Chronological, purged splits of sample end-days (LESSONS #2, #3).
+"""Chronological, purged splits of sample end-days (docs/lessons.md #2, #3).
 
 A sample is identified by t, the last day of its input window; its label looks at t+1..t+h.
 train: label window ends on or before train_end, so no training label reaches a val/test day (and, with
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from datamodules.errors import DataError
+from common.errors import DataError
 
 STAGES = ("train", "val", "test")
 

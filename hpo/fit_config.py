@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from training.run_setup import ConfigError
+from common.errors import ConfigError
 
 
 def override_keys(overrides: list[str]) -> dict[str, str]:
@@ -54,7 +54,7 @@ def plain_config(config) -> dict:
 def default_study_name(config_path: Path, config, budget: int | None) -> str:
     """<config>[-<budget>]-h<h>-<data>, e.g. `2M-h1-GSPC.dataset.a25-v1` or `2M-h1-GSPC+IXIC.dataset.a25-v1`."""
     from datamodules.assets import data_label
-    from lightning_modules.budget import BUDGETS
+    from sizing.budget import BUDGETS
 
     name = Path(config_path).stem
     named = next((k for k, v in BUDGETS.items() if v == budget), None)

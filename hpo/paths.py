@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from training.run_setup import ConfigError
+from common.errors import ConfigError
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}")  # what study and campaign names may contain
 

@@ -9,7 +9,8 @@ import optuna
 from optuna_integration import PyTorchLightningPruningCallback
 
 from callbacks.stop_file import StopFileCallback
-from training.run_setup import ConfigError
+from common.errors import ConfigError
+from hpo.optuna_private import reseed
 
 
 class TrialPruning(PyTorchLightningPruningCallback):
@@ -66,9 +67,7 @@ class SeededTPESampler(optuna.samplers.TPESampler):
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         super().before_trial(study, trial)
-        for rng in (getattr(self, "_rng", None), getattr(getattr(self, "_random_sampler", None), "_rng", None)):
-            if rng is not None:  # Optuna internals (pinned below 6 in pyproject); without them: plain seeded TPE
-                rng.rng.seed([self._base_seed, trial.number])
+        reseed(self, [self._base_seed, trial.number])
 
 
 def make_sampler(spec: dict[str, Any], seed: int) -> optuna.samplers.BaseSampler:

@@ -19,7 +19,10 @@ from typing import Any
 import optuna
 import yaml
 
-from lightning_modules.budget import (
+from common.errors import ConfigError
+from lightning_modules.patchtst import PatchTSTConfig
+from sizing.accounting import parameter_count
+from sizing.budget import (
     BUDGETS,
     CONFIG_TOLERANCE,
     D_MODELS,
@@ -31,11 +34,8 @@ from lightning_modules.budget import (
     default_heads,
     grid,
     head_choices,
-    parameter_count,
 )
-from lightning_modules.budget import extremes as grid_extremes
-from lightning_modules.patchtst import PatchTSTConfig
-from training.run_setup import ConfigError
+from sizing.budget import extremes as grid_extremes
 
 ARCH = "arch"  # the categorical architecture parameter
 SAMPLERS = ("tpe", "random")
@@ -46,8 +46,9 @@ PRUNER_KEYS = ("type", "n_startup_trials", "n_warmup_steps", "interval_steps", "
 ARCH_KEYS = ("model.net.d_model", "model.net.n_layers", "model.net.d_ff", "model.net.n_heads")
 
 
-def arch_name(shape: Shape) -> str:
-    return f"d{shape.d_model}-l{shape.n_layers}-ff{shape.ff_ratio}"
+def arch_name(net: Shape | PatchTSTConfig) -> str:
+    """`d128-l10-ff4`: width, depth and d_ff ratio of a grid shape or a network config (a trial's `arch`)."""
+    return f"d{net.d_model}-l{net.n_layers}-ff{net.d_ff // net.d_model}"
 
 
 def heads_param(d_model: int) -> str:

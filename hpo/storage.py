@@ -1,4 +1,5 @@
-"""The study storage across processes: which worker is alive, queueing a trial again, SQLite locking."""
+"""The study storage across processes: which worker is alive, failing a dead one's trial and queueing it again,
+SQLite locking."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import sqlalchemy.exc
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from training.run_setup import ConfigError
+from common.errors import ConfigError
+from hpo.optuna_private import fail_orphan
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S, GRACE_S = 60, 300  # a RUNNING trial without heartbeat for GRACE_S seconds belongs to a dead worker
+MAX_RETRIES = 3  # an interrupted trial is queued again at most this often
 
 
 def open_storage(url: str, max_retry: int) -> optuna.storages.RDBStorage:
@@ -59,6 +62,23 @@ def alive(pid: int, started: str) -> bool:
     except PermissionError:
         return True
     return not started or process_started(pid) == started
+
+
+def fail_dead_local_trials(study: optuna.Study, host: str) -> None:
+    """RUNNING trials started by a process of this machine that no longer runs: fail them, queue them again."""
+    optuna.storages.fail_stale_trials(study)  # other machines: no heartbeat for GRACE_S
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker") or {}
+        if worker.get("trial") != trial.number or worker.get("host") != host:
+            continue  # not yet claimed (a retry still carries its parent's worker), or another machine's
+        if alive(int(worker["pid"]), worker.get("pid_started", "")):
+            continue
+        reason = f"interrupted: process {worker['pid']} on {host} ended while running it"
+        failed = fail_orphan(study, trial, reason)
+        if failed is None:
+            continue
+        log.warning("trial %d: %s; queued again with the same parameters", trial.number, reason)
+        requeue(study, failed, MAX_RETRIES)
 
 
 def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retry: int | None = None) -> None:

@@ -1,4 +1,9 @@
-"""Forecaster: the LightningModule around PatchTST. Owns loss, metrics, optimizer and logging only."""
+"""Forecaster: the LightningModule around PatchTST. Owns loss, metrics, optimizer and logging only.
+
+What others need from a fit lives in callbacks: FLOPs and throughput (`callbacks/throughput.py`, counted by
+`sizing.accounting`), divergence (`callbacks/divergence_guard.py`), the per-sample predictions of an epoch
+(`callbacks/prediction_collector.py`, from what `validation_step` / `test_step` return).
+"""
 
 from __future__ import annotations
 
@@ -9,18 +14,12 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.accounting import count_parameters, forward_flops_per_sample, training_flops_per_sample
 from lightning_modules.baseline_start import logistic_start
 from lightning_modules.metrics import PerAssetMetrics, StageMetrics
 from lightning_modules.patchtst import PatchTST, PatchTSTConfig
 
 STAGES = ("train", "val", "test")
-DIVERGENCE_FACTOR = 10.0  # an epoch's training BCE this many times the constant-prior BCE: diverged
 PROGRESS_BAR = ("val/loss", "val/auroc")  # the epoch metrics the progress bar shows (all: TensorBoard, fit's summary)
-
-
-class TrainingDiverged(FloatingPointError):
-    """The training loss became non-finite or exploded; the message says where (LESSONS #14)."""
 
 
 SCHEDULES = ("wsd", "cosine")
@@ -120,16 +119,11 @@ class Forecaster(pl.LightningModule):
         )  # fmt: skip
         self.cfg, self.optim_cfg = net, optim
         self.net = PatchTST(n_channels, context_length, net)
-        self.n_params = count_parameters(n_channels, context_length, net)
-        self.forward_flops = forward_flops_per_sample(n_channels, context_length, net)
-        self.train_flops = training_flops_per_sample(n_channels, context_length, net)
         self.register_buffer("train_prior", torch.tensor(0.5, dtype=torch.float64))  # training positive rate
         self.stage_metrics = torch.nn.ModuleDict({f"{s}_metrics": StageMetrics(s) for s in STAGES})
         self.decay_start: int | None = None  # optimizer step where the wsd decay began (None: not yet)
         self.per_asset: torch.nn.ModuleDict | None = None  # pooled assets: metrics per asset (set up from the data)
         self.asset_priors: dict[str, float] = {}  # each pooled asset's training positive rate
-        self.epoch_outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {s: [] for s in STAGES}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, C) → logits (B,)
         return self.net(x)
@@ -148,7 +142,8 @@ class Forecaster(pl.LightningModule):
             weight, bias = logistic_start(x, y, self.hparams.baseline_C, self.hparams.n_channels)
             self.net.start_as_linear(weight, bias)
 
-    def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
+    def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stage's loss and the batch's probabilities (B,); updates the stage's metrics."""
         x, y = batch[0], batch[1]  # (B, L, C), (B,); batch[2]: each window's asset index (B,)
         logits = self(x)  # (B,)
         bce = F.binary_cross_entropy_with_logits(logits, y)  # plain BCE: comparable across runs and with the prior
@@ -158,18 +153,11 @@ class Forecaster(pl.LightningModule):
             loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=weight)
         if stage == "train":
             loss = loss * self._accumulation_weight(len(y))
-        if stage == "train" and not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, step {self.global_step}, "
-                f"lr {self.optimizers().param_groups[0]['lr']:.3g}: lower model.optim.lr or raise warmup_steps"
-            )
-        probs = torch.sigmoid(logits.detach().float())  # the one sigmoid (LESSONS #7)
+        probs = torch.sigmoid(logits.detach().float())  # the one sigmoid (docs/lessons.md #7)
         self.stage_metrics[f"{stage}_metrics"].update(bce, probs, y)
         if stage != "train" and self.per_asset is not None:
             self.per_asset[stage].update(logits.detach(), probs, y, batch[2])
-        if stage != "train":
-            self._outputs[stage].append((probs.cpu(), y.detach().cpu()))
-        return loss
+        return loss, probs
 
     def on_fit_start(self) -> None:
         # callbacks ran first: a batch finder may have changed the micro-batch and accumulation
@@ -229,7 +217,8 @@ class Forecaster(pl.LightningModule):
         """Scale a micro-batch's mean loss so an accumulated step equals one step on all its samples.
 
         Lightning divides each micro-batch loss by A; this restores each sample's 1/window weight, also in
-        the last, partial window of an epoch (where a plain division by A would over-weight the samples)."""
+        the last, partial window of an epoch (where a plain division by A would over-weight the samples). Part of
+        the loss (each sample's weight in an optimizer step), so it stays here: a callback cannot change the loss."""
         a = self.trainer.accumulate_grad_batches if self._trainer else 1
         if a == 1 or not getattr(self, "_epoch_samples", 0):
             return 1.0
@@ -239,21 +228,23 @@ class Forecaster(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         self._batch_idx = batch_idx
-        loss = self._step(batch, "train")
+        loss, _ = self._step(batch, "train")
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val")
+    def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        _, probs = self._step(batch, "val")
+        return {"probs": probs, "targets": batch[1].detach()}  # for callbacks that write predictions
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
+    def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        _, probs = self._step(batch, "test")
+        return {"probs": probs, "targets": batch[1].detach()}
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         return torch.sigmoid(self(batch[0]).float())
 
-    def _epoch_end(self, stage: str) -> dict[str, torch.Tensor]:
+    def _epoch_end(self, stage: str) -> None:
         metrics = self.stage_metrics[f"{stage}_metrics"]
         values = metrics.compute(float(self.train_prior))
         shown = PROGRESS_BAR if stage == "val" else ()
@@ -265,20 +256,9 @@ class Forecaster(pl.LightningModule):
             seen = self.trainer.strategy.reduce(per_asset.seen.clone(), reduce_op="sum") if self._trainer else None
             self.log_dict(per_asset.compute(self.asset_priors, per_asset.seen if seen is None else seen))
             per_asset.reset()
-        if self._outputs[stage]:
-            probs, targets = zip(*self._outputs[stage], strict=True)
-            self.epoch_outputs[stage] = (torch.cat(probs), torch.cat(targets))
-            self._outputs[stage].clear()
-        return values
 
     def on_train_epoch_end(self) -> None:
-        values = self._epoch_end("train")
-        loss, prior = float(values["train/loss"]), float(values["train/prior_bce"])  # prior: constant base-rate BCE
-        if loss > DIVERGENCE_FACTOR * prior:
-            raise TrainingDiverged(
-                f"training loss {loss:.3g} at epoch {self.current_epoch} is over {DIVERGENCE_FACTOR:g}× the "
-                f"constant-prior BCE {prior:.3f}: diverged; lower model.optim.lr or raise warmup_steps"
-            )
+        self._epoch_end("train")  # DivergenceGuard reads train/loss and train/prior_bce next
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")

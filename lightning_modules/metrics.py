@@ -1,6 +1,6 @@
 """Per-stage metrics: torchmetrics for discrimination and calibration, plus collapse detectors.
 
-A collapsed model (LESSONS #8) predicts about the base rate for everyone: its probabilities have
+A collapsed model (docs/lessons.md #8) predicts about the base rate for everyone: its probabilities have
 almost no spread and its BCE is no better than a constant prediction of the training base rate.
 """
 

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from datamodules.manifest import atomic_write_bytes
-from report.collect import ReportError
+from common.errors import ReportError
+from common.files import atomic_write_bytes
 from report.stats import bce
 
 VERSION = 3  # bump when a baseline's procedure changes: old caches are then ignored

@@ -18,15 +18,12 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from lightning_modules.budget import BUDGETS, GRID_TOLERANCE
-from training.run_setup import ConfigError, current_data_keys
+from common.errors import ReportError
+from sizing.budget import BUDGETS, GRID_TOLERANCE
+from training.run_setup import current_data_keys
 
 FRAME_KEYS = ("tickers", "tier", "version", "threshold", "label_price", "features", "splits", "scaling")  # and horizon
 TRIAL_DIR = re.compile(r"trial-(\d+)")
-
-
-class ReportError(ConfigError):
-    """Logs the report cannot use as they are (a damaged record, predictions that contradict the data)."""
 
 
 def budget_label(budget: int) -> str:

@@ -13,16 +13,19 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from common.errors import ReportError
+from common.metric_names import logged, record_key
 from lightning_modules.metrics import constant_prior_bce, is_collapsed
 from report.baselines import NAMES as BASELINES
 from report.baselines import Predictions, baseline_predictions
-from report.collect import FRAME_KEYS, ReportError, Run, budget_label
+from report.collect import FRAME_KEYS, Run, budget_label
 from report.scaling import ScalingFit
 from report.stats import METRICS, Estimate, block_indices, estimate
 from report.truth import check_labels, read_predictions, split_truth
@@ -150,9 +153,10 @@ def _seed_samples(paths: list[Path], asset: str) -> pd.DataFrame:
     return samples
 
 
-def _recorded(values: dict, prefix: str, prior: float, split: dict) -> Scores:
-    """Scores from a run record's summary (no per-sample predictions: no interval, no paired comparison)."""
-    get = lambda k: float(values.get(f"{prefix}{k}", math.nan))  # noqa: E731
+def _recorded(values: dict, key: Callable[[str], str], prior: float, split: dict) -> Scores:
+    """Scores from a run record's summary (no per-sample predictions: no interval, no paired comparison); `key`:
+    a metric's name → its key in `values`."""
+    get = lambda name: float(values.get(key(name), math.nan))  # noqa: E731
     metrics = {m: Estimate(get("loss" if m == "bce" else m), math.nan, math.nan) for m in METRICS}
     pos_rate = split.get("positive_rate")
     prior_bce = get("prior_bce") if pos_rate is None else constant_prior_bce(pos_rate, prior)
@@ -218,9 +222,9 @@ def _model_scores(seeds: list[Run], split: str, options: Options, scope: str = "
         if split == "val":
             split_stats = run.record["splits"].get("val", {})
             split_stats = split_stats.get("assets", {}).get(scope, {}) if scope else split_stats
-            return _recorded(run.record["best"], f"val_{scope}_" if scope else "val_", prior, split_stats)
+            return _recorded(run.record["best"], lambda name: record_key(name, scope), prior, split_stats)
         test_split = run.test_split.get("assets", {}).get(scope, {}) if scope else run.test_split
-        return _recorded(run.test, f"test/{scope}/" if scope else "test/", prior, test_split)
+        return _recorded(run.test, lambda name: logged(name, "test", scope), prior, test_split)
     asset = runs[0].data["tickers"][0]
     return _score(_only(_seed_samples(paths, asset), scope), prior, options)
 

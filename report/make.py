@@ -13,9 +13,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from datamodules.manifest import atomic_write_bytes
+from common.errors import ReportError
+from common.files import atomic_write_bytes
 from report.baselines import save as save_baselines
-from report.collect import ReportError, collect
+from report.collect import collect
 from report.data_size import data_size_studies
 from report.evaluate import Options, evaluate
 from report.findings import add_findings

@@ -11,6 +11,7 @@ import pandas as pd
 from rich import box
 from rich.table import Table
 
+from common.formatting import compact_count
 from report.evaluate import SPLITS, Options, Row, Scores, Section
 from report.stats import METRICS, Estimate
 
@@ -77,16 +78,6 @@ HEADERS = ["h", "model", "params", "seeds", *(f"{s} {COLUMNS[m]}" for s in SPLIT
 CONSOLE_HEADERS = ["h", "model", "params", "split", "BCE", "AUROC", "vs best baseline (ΔBCE)", "collapsed"]
 
 
-def _short_count(n: int | None) -> str:
-    """30,331 → 30.3k, 2,012,345,678 → 2.01B: three significant digits."""
-    if not n:
-        return "—"
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return str(n)
-
-
 def _collapsed(row: Row, split: str) -> str:
     if row.model == "base rate":
         return "prior"
@@ -110,7 +101,7 @@ def rich_table(section: Section) -> Table:
         splits = [s for s in SPLITS if s in row.scores]
         for i, split in enumerate(splits):
             scores = row.scores[split]
-            first = [str(row.horizon), model, _short_count(row.n_params)] if i == 0 else ["", "", ""]
+            first = [str(row.horizon), model, compact_count(row.n_params)] if i == 0 else ["", "", ""]
             table.add_row(*first, split, _metric(scores, "bce"), _metric(scores, "auroc"), _versus_cell(row, split),
                           _collapsed(row, split), style="dim" if row.kind == "baseline" else None,
                           end_section=i == len(splits) - 1)  # fmt: skip

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from datamodules.errors import DataError
+from common.errors import DataError, ReportError
 from report.baselines import sample_keys
-from report.collect import ReportError, Run
+from report.collect import Run
 
 PREDICTION_SPLITS = ("val", "test")
 TRUTH_KEYS = ("tickers", "tier", "version", "horizon", "threshold", "label_price", "context_length", "features",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import shutil
 import subprocess
@@ -12,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one worker per core: one thread each (before torch is imported),
+    os.environ["OMP_NUM_THREADS"] = "1"  # and for the processes tests start; threads that fight slow runs 10×
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_DATA = ROOT / "data"
@@ -68,6 +74,15 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subproce
                           env={**os.environ, **(env or {})}, timeout=timeout)  # fmt: skip
 
 
+def cli_ok(*args: str) -> str:
+    """`cli.main(args)` in this process (no interpreter start-up, torch already imported): exit 0, or the test fails
+    with the command's stderr. Returns what it printed on stdout, log lines included, as `python cli.py` would.
+    Real subprocesses stay for signals, kills and several processes at once."""
+    code, out, err = cli_exit(*args)
+    assert code == 0, f"exit {code} for {args}: {err[-3000:]}"
+    return out
+
+
 def wait_for(predicate, process: subprocess.Popen, timeout: float = 600) -> None:
     """Poll predicate() until true; fail if the background process ended first or time ran out."""
     deadline = time.time() + timeout
@@ -113,3 +128,32 @@ def assert_refused(argv: list[str], fragment: str, capsys, *watched: Path) -> st
     changed = sorted(set(before) ^ set(after) | {p for p in before.keys() & after.keys() if before[p] != after[p]})
     assert not changed, f"{argv} changed {changed[:10]}"
     return lines[0]
+
+
+def cli_exit(*args: str) -> tuple[int, str, str]:
+    """`cli.main(args)` in this process whatever its exit code (e.g. 1 for a study that gives up): (exit code,
+    stdout with the log lines, as cli_ok, stderr)."""
+    import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    handler, root = logging.StreamHandler(out), logging.getLogger()
+    handler.setFormatter(logging.Formatter("%(message)s"))  # what cli.main's logging does outside pytest
+    level, root.level = root.level, logging.INFO
+    root.addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main([str(arg) for arg in args])
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    return code, out.getvalue(), err.getvalue()
+
+
+LONG_FIRST = ("test_campaign.py", "test_hpo_processes.py", "test_report.py", "test_hpo.py", "test_bad_input_fit.py",
+              "test_stop_resume.py", "test_fit.py", "test_memory.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """The longest files first: xdist hands out files in this order, so the workers finish together."""
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

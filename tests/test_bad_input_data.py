@@ -1,6 +1,7 @@
 """Bad input to `cli.py data …`: every case is refused with one `error: …` line, exit 2, no traceback, and nothing
-under the data folder (or beside it) created, changed or removed. In-process through `cli.main`, except the last
-two tests, which run real subprocesses. `download` cases are all refused before anything is fetched."""
+under the data folder (or beside it) created, changed or removed. In-process through `cli.main`, except one test
+(the issue's escaping ticker), which runs a real subprocess. `download` cases are all refused before anything is
+fetched."""
 
 from __future__ import annotations
 
@@ -246,13 +247,11 @@ def test_the_issues_escaping_ticker_in_a_real_process(data_dir, tmp_path):
     assert snapshot(tmp_path) == before
 
 
-def test_the_issues_hole_in_a_real_process_then_allowed_on_request(data_dir, tmp_path, capsys):
+def test_the_issues_hole_is_refused_then_allowed_on_request(data_dir, tmp_path, capsys):
     import cli
 
     csv = write_csv(_hole(synthetic_ohlcv(400)), tmp_path / "x.csv")
     argv = ["data", "import", "--csv", str(csv), "--ticker", "HOLE", "--data_dir", str(data_dir)]
-    before = snapshot(tmp_path)
-    assert_user_error(run_cli(*argv), "rule gap: 3653 calendar days")
-    assert snapshot(tmp_path) == before
+    assert_refused(argv, "rule gap: 3653 calendar days", capsys, tmp_path)
     assert cli.main([*argv, "--allow_implausible"]) == 0
     assert "allowed implausible gap: 3653 calendar days" in " ".join(capsys.readouterr().out.split())

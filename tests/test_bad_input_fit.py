@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, assert_refused, assert_user_error, run_cli
+from conftest import ROOT, assert_refused, assert_user_error, cli_ok, run_cli, tiny_config
 
 TINY = str(ROOT / "configs" / "tiny.yaml")
-SHORT = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+SHORT = {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1}
 
 
 @pytest.fixture
@@ -163,11 +163,10 @@ def test_no_or_an_unknown_command_is_one_line(argv, capsys, tmp_path):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A real tiny fit's last.ckpt (one short epoch)."""
-    logs = tmp_path_factory.mktemp("checkpoint") / "logs"
-    result = run_cli("fit", "--config", TINY, "--trainer.logger.init_args.save_dir", str(logs), *SHORT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return next(logs.glob("tiny/*/checkpoints/last.ckpt"))
+    """A real tiny fit's last.ckpt (one short epoch, in this process)."""
+    folder = tmp_path_factory.mktemp("checkpoint")
+    cli_ok("fit", "--config", tiny_config(folder, **SHORT))
+    return next((folder / "logs").glob("tiny/*/checkpoints/last.ckpt"))
 
 
 @pytest.mark.parametrize("command", ["fit", "validate", "test", "predict"])

@@ -14,8 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import SHIPPED_DATA, assert_refused, tiny_config
-from test_report import ok
+from conftest import SHIPPED_DATA, assert_refused, cli_ok, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +22,11 @@ def logs(tmp_path_factory) -> Path:
     """One tiny fit of one epoch, `cli.py test` of its best checkpoint, and a report (whose baselines are cached
     under logs/report/baselines)."""
     tmp = tmp_path_factory.mktemp("bad_report")
-    config = tiny_config(tmp, max_epochs=2)
-    ok("fit", "--config", str(config), "--trainer.max_epochs", "1")
+    config = tiny_config(tmp, max_epochs=2, limit_train_batches=10)
+    cli_ok("fit", "--config", str(config), "--trainer.max_epochs", "1")
     run = _run(tmp / "logs")
-    ok("test", "--config", str(run / "config.yaml"), "--ckpt_path", _record(run)["best_checkpoint"])
-    ok("report", "--logdir", str(tmp / "logs"), "--bootstrap", "100")
+    cli_ok("test", "--config", str(run / "config.yaml"), "--ckpt_path", _record(run)["best_checkpoint"])
+    cli_ok("report", "--logdir", str(tmp / "logs"), "--bootstrap", "100")
     return tmp / "logs"
 
 

@@ -1,4 +1,4 @@
-"""Batch finder, exact accumulation and finder state on a real tiny Trainer with max_steps (no mocks)."""
+"""Batch finder, exact accumulation, last.ckpt and the divergence guard on a real tiny Trainer (no mocks)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks.batch_finder import MemoryAwareBatchFinder
+from callbacks.divergence_guard import DivergenceGuard, TrainingDiverged
 from callbacks.last_checkpoint import LastCheckpoint
+from common.errors import ConfigError
 from datamodules.market_datamodule import MarketDataModule
 from lightning_modules.forecaster import Forecaster, OptimConfig
 from lightning_modules.patchtst import PatchTSTConfig
-from training.run_setup import ConfigError
 
 NET = PatchTSTConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64)
 
@@ -212,3 +213,35 @@ def test_last_checkpoint_is_the_only_writer_of_last_ckpt(tmp_path):
 def test_last_checkpoint_listed_before_the_model_checkpoint_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="list LastCheckpoint after the ModelCheckpoint"):
         _fit_a_tiny_model(tmp_path, [LastCheckpoint(), ModelCheckpoint(dirpath=tmp_path)])
+
+
+def _diverging_fit(tmp_path, bias: float, lr: float, callbacks: list) -> None:
+    """One epoch of two batches of positives on a model whose head bias is `bias` (all else as it starts)."""
+    net = PatchTSTConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, patch_length=8)
+    model = Forecaster(n_channels=3, context_length=16, net=net, optim=OptimConfig(lr=lr, warmup_steps=0))
+    with torch.no_grad():
+        model.net.head.bias.fill_(bias)
+    x, y = torch.randn(16, 16, 3), torch.ones(16)
+    trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", max_epochs=1, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         callbacks=callbacks)  # fmt: skip
+    trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=8))
+
+
+def test_an_exploding_finite_loss_stops_training_with_its_reason(tmp_path):
+    # confidently wrong on all-positive labels (BCE ≈ 200), and a learning rate too small to move
+    with pytest.raises(TrainingDiverged, match=r"training loss 200 at epoch 0 is over 10× the constant-prior BCE"):
+        _diverging_fit(tmp_path, -200.0, 1e-12, [DivergenceGuard()])
+
+
+def test_a_non_finite_loss_stops_training_with_its_reason(tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"non-finite training loss \(nan\) at epoch 0, step 0"):
+        _diverging_fit(tmp_path, float("nan"), 3e-4, [DivergenceGuard()])
+
+
+def test_a_diverged_epoch_never_reaches_last_ckpt(tmp_path):
+    # the guard sees the epoch's train/loss (logged by the module's own epoch-end hook) and raises before
+    # LastCheckpoint writes: a plain callback would run before the module's hook and miss the epoch
+    with pytest.raises(TrainingDiverged, match="at epoch 0"):
+        _diverging_fit(tmp_path, -200.0, 1e-12, [LastCheckpoint(), DivergenceGuard()])
+    assert not list(tmp_path.rglob("*.ckpt"))

@@ -1,4 +1,6 @@
-"""`cli.py campaign`: the smoke matrix through real subprocesses: run, stop, resume, skip, status, report."""
+"""`cli.py campaign`: the smoke matrix (trials of a few 2-batch epochs): run, stop, resume, skip, status, report.
+Real processes where it is about processes (a stop file or SIGTERM while it runs); the rest in this process
+(conftest.cli_ok, assert_refused)."""
 
 from __future__ import annotations
 
@@ -15,15 +17,19 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, assert_user_error, run_cli, wait_for
+from conftest import ROOT, assert_refused, cli_exit, cli_ok, wait_for
 from rich.console import Console
 
 from callbacks.stop_file import StopFileCallback
 from campaign.plan import Cell, load_plan, select_cells
 from campaign.status import CellStatus, status_table
-from training.run_setup import ConfigError
+from common.errors import ConfigError
 
 BIG = {"d_model": 48, "n_heads": 4, "n_layers": 2, "d_ff": 96}  # larger than tiny, within tiny's search widths
+# the smoke campaign's 2 epochs, shrunk: 4 epochs of 2 training batches (a trial in a few s; a stop after the first
+# epoch still finds it training); every validation batch (the report checks the predictions cover the split); a log
+# line per step (no Lightning warning about fewer batches than the interval among the status lines)
+SMALL = ["--trainer.max_epochs", "4", "--trainer.limit_train_batches", "2", "--trainer.log_every_n_steps", "1"]
 
 
 def write_campaign(tmp_path: Path) -> Path:
@@ -40,6 +46,7 @@ def write_campaign(tmp_path: Path) -> Path:
     (tmp_path / "big.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
     spec = yaml.safe_load((ROOT / "configs" / "campaign" / "smoke.yaml").read_text())
     spec["budgets"] = {"big": str(tmp_path / "big.yaml"), "tiny": str(tmp_path / "tiny.yaml")}  # runs smallest first
+    spec["overrides"] = SMALL
     path = tmp_path / "campaign.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -92,9 +99,7 @@ def test_the_smoke_campaign_stops_on_the_stop_file_resumes_and_skips_what_cannot
     config = write_campaign(tmp_path)
     logs = tmp_path / "logs"
     status = ["campaign", "--config", str(config), "--status"]
-    fresh = run_cli(*status)
-    assert fresh.returncode == 0, fresh.stderr[-2000:]
-    assert states(fresh.stdout) == {"tiny:1": "pending", "tiny:3": "pending", "big:1": "pending", "big:3": "pending"}
+    assert states(cli_ok(*status)) == {"tiny:1": "pending", "tiny:3": "pending", "big:1": "pending", "big:3": "pending"}
     assert not logs.exists()  # a status writes nothing
 
     process = start(["campaign", "--config", str(config)], tmp_path / "first.log")
@@ -105,14 +110,12 @@ def test_the_smoke_campaign_stops_on_the_stop_file_resumes_and_skips_what_cannot
     first = (tmp_path / "first.log").read_text()
     assert "campaign smoke (0/8 trials): cell 1/4 tiny:1: 0 of 2 trials finished" in first  # smallest first
     assert "campaign smoke stopped by" in first and states(first)["tiny:3"] == "pending"
-    partial = run_cli(*status)
-    assert states(partial.stdout)["tiny:1"] == "stopped" and finished_trials(logs, 1) < 2
-    assert row(partial.stdout, "tiny:1")[4] == "0"  # failed: the interrupted trial is queued again, not failed
+    partial = cli_ok(*status)
+    assert states(partial)["tiny:1"] == "stopped" and finished_trials(logs, 1) < 2
+    assert row(partial, "tiny:1")[4] == "0"  # failed: the interrupted trial is queued again, not failed
     assert not (logs / "campaign" / "smoke" / "results.csv").exists()  # no cell is done yet
 
-    again = run_cli("campaign", "--config", str(config), timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    final = states(again.stdout)
+    final = states(cli_ok("campaign", "--config", config))  # resumed in this process
     assert final["tiny:1"] == final["tiny:3"] == "done"
     assert final["big:1"].startswith("skipped: needs") and "of memory at micro-batch 1, has 48 MB" in final["big:1"]
     assert finished_trials(logs, 1) == finished_trials(logs, 3) == 2
@@ -124,21 +127,21 @@ def test_the_smoke_campaign_stops_on_the_stop_file_resumes_and_skips_what_cannot
     best = [optuna.load_study(study_name=s, storage=f"sqlite:///{logs / 'hpo' / s / 'study.db'}").best_trial.number
             for s in results["study"]]  # fmt: skip
     assert results["best_trial"].tolist() == best and (results["seed"] == 0).all()
-    done = run_cli(*status)
-    assert states(done.stdout) == final
-    assert run_cli(*status, "--cells", "tiny:3").returncode == 0  # a status of a subset rewrites nothing
+    assert states(cli_ok(*status)) == final
+    cli_ok(*status, "--cells", "tiny:3")  # a status of a subset rewrites nothing
     assert len(pd.read_csv(logs / "campaign" / "smoke" / "results.csv")) == 2
-    rerun = run_cli("campaign", "--config", str(config))  # everything done: nothing runs again
-    assert rerun.returncode == 0 and "done (2/2 trials)" in rerun.stdout and "running its study" not in rerun.stdout
-    report = run_cli("report", "--logdir", str(logs), "--bootstrap", "100", "--no-baselines")
-    assert report.returncode == 0, report.stderr[-2000:]
+    rerun = cli_ok("campaign", "--config", config)  # everything done: nothing runs again
+    assert "done (2/2 trials)" in rerun and "running its study" not in rerun
+    cli_ok("report", "--logdir", logs, "--bootstrap", "100", "--no-baselines")
     table = pd.read_csv(logs / "report" / "report.csv")
     assert sorted(table["horizon"]) == [1, 3] and (table["kind"] == "model").all()
 
 
+@pytest.mark.slow  # the signal path of hpo (test_hpo_processes.py, SIGTERM) with a campaign around it; 20 s
 def test_sigterm_stops_the_campaign_at_the_current_trial(tmp_path, background):
     config = write_campaign(tmp_path)
-    process = start(["campaign", "--config", str(config), "--cells", "tiny:1"], tmp_path / "out.log")
+    args = ["campaign", "--config", str(config), "--cells", "tiny:1", "--trainer.max_epochs", "12"]  # no rerun
+    process = start(args, tmp_path / "out.log")
     background.append(process)
     logs = tmp_path / "logs"
     wait_for(lambda: list(logs.glob("hpo/smoke-tiny-h1-*/trial-0000/checkpoints/last.ckpt")), process, timeout=300)
@@ -156,17 +159,18 @@ def test_sigterm_stops_the_campaign_at_the_current_trial(tmp_path, background):
         (["--model.net.n_heads", "5"], "is not divisible by n_heads 5"),
     ],
 )
-def test_impossible_requests_are_refused_and_write_nothing(tmp_path, args, fragment):
+def test_impossible_requests_are_refused_and_write_nothing(tmp_path, args, fragment, capsys):
     config = write_campaign(tmp_path)
-    assert_user_error(run_cli("campaign", "--config", str(config), *args), fragment)
+    assert_refused(["campaign", "--config", str(config), *args], fragment, capsys, tmp_path)
     assert not (tmp_path / "logs").exists()
 
 
-def test_broken_campaign_configs_are_refused(tmp_path):
-    assert_user_error(run_cli("campaign", "--config", str(tmp_path / "none.yaml")), "campaign config not found")
+def test_broken_campaign_configs_are_refused(tmp_path, capsys):
+    argv = ["campaign", "--config", str(tmp_path / "none.yaml")]
+    assert_refused(argv, "campaign config not found", capsys, tmp_path)
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nbudgets: {tiny: configs/tiny.yaml}\nhorizons: [1]\ncolour: blue\n")
-    assert_user_error(run_cli("campaign", "--config", str(bad)), "unknown keys ['colour']")
+    assert_refused(["campaign", "--config", str(bad)], "unknown keys ['colour']", capsys, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -194,7 +198,7 @@ def test_campaign_config_mistakes_are_named(tmp_path, change, fragment):
         load_plan(ROOT / "configs" / "campaign" / "smoke.yaml", only="")
 
 
-def test_a_tampered_dataset_stops_the_campaign_before_anything_runs(tmp_path, data_dir):
+def test_a_tampered_dataset_stops_the_campaign_before_anything_runs(tmp_path, data_dir, capsys):
     config = write_campaign(tmp_path)
     tiny = yaml.safe_load((tmp_path / "tiny.yaml").read_text())
     tiny["data"]["data_dir"] = str(data_dir)
@@ -203,7 +207,7 @@ def test_a_tampered_dataset_stops_the_campaign_before_anything_runs(tmp_path, da
     frame = pd.read_parquet(parquet)
     frame.iloc[100, frame.columns.get_loc("Close")] *= 1.01  # one close, one percent: a readable, edited file
     frame.to_parquet(parquet)
-    assert_user_error(run_cli("campaign", "--config", str(config), "--cells", "tiny:1"), "hash mismatch")
+    assert_refused(["campaign", "--config", str(config), "--cells", "tiny:1"], "hash mismatch", capsys, tmp_path)
     assert not (tmp_path / "logs").exists()
 
 
@@ -253,12 +257,12 @@ def test_data_axes_multiply_the_cells_and_name_them(tmp_path):
     assert [c.key for c in select_cells(plan.cells, "2M:1:GSPC+IXIC:all")] == ["2M:1:GSPC+IXIC:all"]
 
 
-def test_a_cell_without_its_dataset_stops_the_campaign_before_anything_runs(tmp_path):
+def test_a_cell_without_its_dataset_stops_the_campaign_before_anything_runs(tmp_path, capsys):
     config = write_campaign(tmp_path)
     spec = yaml.safe_load(config.read_text()) | {"tiers": ["a25", "a100"]}  # a100 is not shipped built
     config.write_text(yaml.safe_dump(spec, sort_keys=False))
-    result = run_cli("campaign", "--config", str(config))
-    assert_user_error(result, "no dataset GSPC.dataset.a100 v1; build it with `python cli.py data build")
+    fragment = "no dataset GSPC.dataset.a100 v1; build it with `python cli.py data build"
+    assert_refused(["campaign", "--config", str(config)], fragment, capsys, tmp_path)
     assert not (tmp_path / "logs" / "hpo").exists()
 
 
@@ -267,14 +271,13 @@ def test_a_pooled_cell_runs_its_study_on_the_pool(tmp_path):
     config = write_campaign(tmp_path)
     spec = yaml.safe_load(config.read_text())
     spec |= {"budgets": {"tiny": spec["budgets"]["tiny"]}, "pools": [["GSPC"], ["GSPC", "IXIC"]], "trials": 1}
-    spec["overrides"] = ["--trainer.max_epochs", "1"]
+    spec["overrides"] = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"]
     config.write_text(yaml.safe_dump(spec, sort_keys=False))
-    result = run_cli("campaign", "--config", str(config), "--cells", "tiny:1:GSPC+IXIC", timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    cli_ok("campaign", "--config", config, "--cells", "tiny:1:GSPC+IXIC")
     (record,) = (tmp_path / "logs").glob("hpo/smoke-tiny-h1-GSPC+IXIC.dataset.a25-v1/trial-*/run.json")
     assert [d["name"] for d in json.loads(record.read_text())["datasets"]] == ["GSPC.dataset.a25", "IXIC.dataset.a25"]
-    status = run_cli("campaign", "--config", str(config), "--status")
-    assert "pools: GSPC, GSPC+IXIC" in status.stdout and states(status.stdout)["tiny:1:GSPC+IXIC"] == "done"
+    status = cli_ok("campaign", "--config", config, "--status")
+    assert "pools: GSPC, GSPC+IXIC" in status and states(status)["tiny:1:GSPC+IXIC"] == "done"
 
 
 def test_a_cell_whose_study_gives_up_is_failed_with_its_reason_and_the_campaign_goes_on(tmp_path):
@@ -287,11 +290,11 @@ def test_a_cell_whose_study_gives_up_is_failed_with_its_reason_and_the_campaign_
     spec["overrides"] += ["--model.optim.lr", "1000", "--model.optim.warmup_steps", "0",
                           "--trainer.gradient_clip_val", "0", "--trainer.limit_train_batches", "4"]  # fmt: skip
     config.write_text(yaml.safe_dump(spec, sort_keys=False))
-    result = run_cli("campaign", "--config", str(config), "--cells", "tiny:1,tiny:3", timeout=600)
-    assert result.returncode == 1, result.stderr[-3000:]
-    final = states(result.stdout)
+    code, out, err = cli_exit("campaign", "--config", config, "--cells", "tiny:1,tiny:3")
+    assert code == 1, err[-3000:]
+    final = states(out)
     assert final["tiny:1"].startswith("failed: diverged") and final["tiny:3"].startswith("failed: diverged")
-    assert states(run_cli("campaign", "--config", str(config), "--cells", "tiny:1", "--status").stdout) == {
+    assert states(cli_ok("campaign", "--config", config, "--cells", "tiny:1", "--status")) == {
         "tiny:1": final["tiny:1"]}  # fmt: skip
 
 

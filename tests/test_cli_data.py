@@ -1,65 +1,76 @@
-"""`cli.py data …` through real subprocesses: exit codes, one-line errors, nothing written on bad input."""
+"""`cli.py data …`: exit codes, one-line errors, nothing written on bad input. In-process through `cli.main`
+(`cli_ok`, `assert_refused`), except `data verify` in a real subprocess (a refusal in a real subprocess:
+tests/test_bad_input_data.py)."""
 
 from __future__ import annotations
 
-import subprocess
+import sys
+import types
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, assert_user_error, run_cli, synthetic_ohlcv, write_csv
+from conftest import ROOT, assert_refused, cli_ok, run_cli, synthetic_ohlcv, write_csv
 
 
-def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return run_cli(*args, env=env)
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
+def contents(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_list_verify_and_a_no_op_build_on_the_shipped_data(data_dir):
-    listed = run("data", "list", "--data-dir", str(data_dir))
-    assert listed.returncode == 0
+def refused(args: list[str], fragment: str, capsys, data_dir: Path) -> None:
+    """`cli.py data ARGS --data-dir DATA_DIR` in this process: exit 2 with one error line, nothing under data_dir
+    created, changed (not a byte) or removed."""
+    before = contents(data_dir)
+    assert_refused(["data", *args, "--data-dir", str(data_dir)], fragment, capsys, data_dir)
+    assert contents(data_dir) == before
+
+
+def test_list_and_a_no_op_build_on_the_shipped_data(data_dir):
+    listed = cli_ok("data", "list", "--data-dir", data_dir)
     for name in ("GSPC.OHLCV.daily", "IXIC.OHLCV.daily", "VIX.OHLCV.daily", "GSPC.dataset.a25", "IXIC.dataset.a25"):
-        assert name in listed.stdout
+        assert name in listed
     import yaml
 
-    from lightning_modules.budget import parameter_count
     from lightning_modules.patchtst import PatchTSTConfig
+    from sizing.accounting import parameter_count
 
     two_billion = PatchTSTConfig(**yaml.safe_load((ROOT / "configs" / "2B.yaml").read_text())["model"]["net"])
-    row = next(line for line in listed.stdout.splitlines() if line.startswith("│ a200+c "))
+    row = next(line for line in listed.splitlines() if line.startswith("│ a200+c "))
     assert "208" in row and "yes" in row and f"{parameter_count(208, 80, two_billion):,}" in row  # a tier × budget
-    verified = run("data", "verify", "--data-dir", str(data_dir))
-    assert verified.returncode == 0 and "all 7 entries match" in verified.stdout
-    before = snapshot(data_dir)
-    built = run("data", "build", "--ticker", "GSPC", "--tier", "a25", "--version", "1", "--data-dir", str(data_dir))
-    assert built.returncode == 0 and "up to date" in built.stdout
-    assert snapshot(data_dir) == before
+    before = contents(data_dir)
+    built = cli_ok("data", "build", "--ticker", "GSPC", "--tier", "a25", "--version", "1", "--data-dir", data_dir)
+    assert "up to date" in built
+    assert contents(data_dir) == before
 
 
-def test_verify_names_each_mismatch_and_exits_1(data_dir):
+def test_verify_of_the_shipped_data_in_a_real_process(data_dir):
+    verified = run_cli("data", "verify", "--data-dir", str(data_dir))
+    assert verified.returncode == 0 and "all 7 entries match" in verified.stdout, verified.stderr[-2000:]
+
+
+def test_verify_names_each_mismatch_and_exits_1(data_dir, capsys):
+    import cli
+
     (data_dir / "raw" / "VIX.OHLCV.daily.csv.gz").write_bytes(b"tampered")
     path = data_dir / "processed" / "GSPC.dataset.c" / "v1" / "data.parquet"
     frame = pd.read_parquet(path)
     frame.iloc[0, 0] = 0.0
     frame.to_parquet(path)
-    result = run("data", "verify", "--data-dir", str(data_dir))
-    assert result.returncode == 1
-    mismatches = [line for line in result.stdout.splitlines() if line.startswith("MISMATCH")]
+    capsys.readouterr()
+    assert cli.main(["data", "verify", "--data-dir", str(data_dir)]) == 1
+    mismatches = [line for line in capsys.readouterr().out.splitlines() if line.startswith("MISMATCH")]
     assert len(mismatches) == 2
     assert "VIX.OHLCV.daily v1" in mismatches[0] and "GSPC.dataset.c v1" in mismatches[1]
 
 
 def test_build_writes_a_new_version_and_import_registers_a_csv(data_dir, tmp_path):
     csv = write_csv(synthetic_ohlcv(700, seed=4).rename(columns=str.lower), tmp_path / "spy.csv")
-    imported = run("data", "import", "--csv", str(csv), "--ticker", "SPY", "--data-dir", str(data_dir))
-    assert imported.returncode == 0 and "SPY.OHLCV.daily v1" in imported.stdout
-    built = run("data", "build", "--ticker", "SPY", "--tier", "a25", "--data-dir", str(data_dir))
-    assert built.returncode == 0 and "built SPY.dataset.a25 v1" in built.stdout and "199 warm-up rows" in built.stdout
+    imported = cli_ok("data", "import", "--csv", csv, "--ticker", "SPY", "--data-dir", data_dir)
+    assert "SPY.OHLCV.daily v1" in imported
+    built = cli_ok("data", "build", "--ticker", "SPY", "--tier", "a25", "--data-dir", data_dir)
+    assert "built SPY.dataset.a25 v1" in built and "199 warm-up rows" in built
     assert (data_dir / "processed" / "SPY.dataset.a25" / "v1" / "data.parquet").exists()
-    assert run("data", "verify", "--data-dir", str(data_dir)).returncode == 0
+    assert "all 9 entries match" in cli_ok("data", "verify", "--data-dir", data_dir)
 
 
 def _bad_csv(kind: str, tmp_path: Path) -> Path:
@@ -92,13 +103,8 @@ def _bad_csv(kind: str, tmp_path: Path) -> Path:
         ("missing", "missing column(s) Close"),
     ],
 )
-def test_bad_csv_import_is_one_line_exit_2_and_writes_nothing(data_dir, tmp_path, kind, fragment):
-    before = snapshot(data_dir)
-    result = run(
-        "data", "import", "--csv", str(_bad_csv(kind, tmp_path)), "--ticker", "SPY", "--data-dir", str(data_dir)
-    )
-    assert_user_error(result, fragment)
-    assert snapshot(data_dir) == before
+def test_bad_csv_import_is_one_line_exit_2_and_writes_nothing(data_dir, tmp_path, capsys, kind, fragment):
+    refused(["import", "--csv", str(_bad_csv(kind, tmp_path)), "--ticker", "SPY"], fragment, capsys, data_dir)
 
 
 @pytest.mark.parametrize(
@@ -110,31 +116,24 @@ def test_bad_csv_import_is_one_line_exit_2_and_writes_nothing(data_dir, tmp_path
         (["import", "--csv", "/no/such/file.csv", "--ticker", "X"], "file not found"),
     ],
 )
-def test_impossible_commands_are_one_line_exit_2(data_dir, args, fragment):
-    before = snapshot(data_dir)
-    assert_user_error(run("data", *args, "--data-dir", str(data_dir)), fragment)
-    assert snapshot(data_dir) == before
+def test_impossible_commands_are_one_line_exit_2(data_dir, capsys, args, fragment):
+    refused(args, fragment, capsys, data_dir)
 
 
-def test_unknown_commands_are_one_line_exit_2():
-    assert_user_error(run("data", "frobnicate"), "invalid choice: 'frobnicate'")
-    result = run("frobnicate")
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+def test_unknown_commands_are_one_line_exit_2(capsys):
+    assert_refused(["data", "frobnicate"], "invalid choice: 'frobnicate'", capsys)
+    assert_refused(["frobnicate"], "unknown command 'frobnicate'", capsys)
 
 
-def test_changed_content_under_an_existing_version_is_refused(data_dir, tmp_path):
-    run("data", "import", "--csv", str(write_csv(synthetic_ohlcv(500), tmp_path / "g.csv")), "--ticker", "GSPC",
-        "--data-dir", str(data_dir))  # fmt: skip
-    before = snapshot(data_dir)
-    result = run("data", "build", "--ticker", "GSPC", "--tier", "c", "--version", "1", "--data-dir", str(data_dir))
-    assert_user_error(result, "use --version 2")
-    assert snapshot(data_dir) == before
+def test_changed_content_under_an_existing_version_is_refused(data_dir, tmp_path, capsys):
+    cli_ok("data", "import", "--csv", write_csv(synthetic_ohlcv(500), tmp_path / "g.csv"), "--ticker", "GSPC",
+           "--data-dir", data_dir)  # fmt: skip
+    refused(["build", "--ticker", "GSPC", "--tier", "c", "--version", "1"], "use --version 2", capsys, data_dir)
 
 
-def test_tampered_dataset_is_refused_by_build_of_a_dependent_tier(data_dir):
+def test_tampered_dataset_is_refused_by_build_of_a_dependent_tier(data_dir, capsys):
     (data_dir / "raw" / "GSPC.OHLCV.daily.csv.gz").write_bytes(b"\x1f\x8b broken")
-    result = run("data", "build", "--tier", "c", "--version", "1", "--data-dir", str(data_dir))
-    assert_user_error(result, "hash mismatch for GSPC.OHLCV.daily v1")
+    refused(["build", "--tier", "c", "--version", "1"], "hash mismatch for GSPC.OHLCV.daily v1", capsys, data_dir)
 
 
 FAKE_YFINANCE = """
@@ -156,27 +155,34 @@ class Ticker:
 """
 
 
+@pytest.fixture
+def fake_yfinance(monkeypatch):
+    """Install a stand-in for the network only: `fake_yfinance(mode)` is what `import yfinance` finds."""
+
+    def install(mode: str) -> None:
+        module = types.ModuleType("yfinance")
+        exec(FAKE_YFINANCE.format(mode=mode), module.__dict__)
+        monkeypatch.setitem(sys.modules, "yfinance", module)
+
+    return install
+
+
 @pytest.mark.parametrize("mode", ["offline", "online"])
-def test_download_through_yfinance(data_dir, tmp_path, mode):
-    (tmp_path / "yfinance.py").write_text(FAKE_YFINANCE.format(mode=mode))  # stands in for the network only
-    before = snapshot(data_dir)
-    result = run("data", "download", "--ticker", "SPY", "--data-dir", str(data_dir), env={"PYTHONPATH": str(tmp_path)})
+def test_download_through_yfinance(data_dir, capsys, fake_yfinance, mode):
+    fake_yfinance(mode)
     if mode == "offline":
-        assert_user_error(result, "download of SPY failed (ConnectionError")
-        assert snapshot(data_dir) == before
+        refused(["download", "--ticker", "SPY"], "download of SPY failed (ConnectionError", capsys, data_dir)
     else:
-        assert result.returncode == 0, result.stderr
-        assert "SPY.OHLCV.daily v1: 5000 rows 1999-01-04" in result.stdout
+        out = cli_ok("data", "download", "--ticker", "SPY", "--data-dir", data_dir)
+        assert "SPY.OHLCV.daily v1: 5000 rows 1999-01-04" in out
 
 
-def test_several_downloads_are_registered_together_and_pool_with_the_shipped_data(data_dir, tmp_path):
-    (tmp_path / "yfinance.py").write_text(FAKE_YFINANCE.format(mode="online"))
-    env = {"PYTHONPATH": str(tmp_path)}
-    result = run("data", "download", "--tickers", "SPY,^DJI", "--data-dir", str(data_dir), env=env)
-    assert result.returncode == 0, result.stderr
-    assert "SPY.OHLCV.daily v1" in result.stdout and "DJI.OHLCV.daily v1" in result.stdout
+def test_several_downloads_are_registered_together_and_pool_with_the_shipped_data(data_dir, fake_yfinance):
+    fake_yfinance("online")
+    out = cli_ok("data", "download", "--tickers", "SPY,^DJI", "--data-dir", data_dir)
+    assert "SPY.OHLCV.daily v1" in out and "DJI.OHLCV.daily v1" in out
     for ticker in ("SPY", "DJI"):
-        assert run("data", "build", "--ticker", ticker, "--data-dir", str(data_dir)).returncode == 0
+        cli_ok("data", "build", "--ticker", ticker, "--data-dir", data_dir)
 
     from datamodules.market_datamodule import MarketDataModule
 
@@ -185,35 +191,23 @@ def test_several_downloads_are_registered_together_and_pool_with_the_shipped_dat
     assert set(dm.stats["val"]["assets"]) == {"GSPC", "SPY", "DJI"}
 
 
-def test_a_failed_download_among_several_writes_nothing(data_dir, tmp_path):
-    (tmp_path / "yfinance.py").write_text(FAKE_YFINANCE.format(mode="second-fails"))
-    before = snapshot(data_dir)
-    result = run("data", "download", "--tickers", "SPY,QQQ", "--data-dir", str(data_dir),
-                 env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
-    assert_user_error(result, "download of QQQ failed (ConnectionError")
-    assert snapshot(data_dir) == before
+def test_a_failed_download_among_several_writes_nothing(data_dir, capsys, fake_yfinance):
+    fake_yfinance("second-fails")
+    refused(["download", "--tickers", "SPY,QQQ"], "download of QQQ failed (ConnectionError", capsys, data_dir)
 
 
-def test_several_files_are_imported_together_or_not_at_all(data_dir, tmp_path):
+def test_several_files_are_imported_together_or_not_at_all(data_dir, tmp_path, capsys):
     good = [write_csv(synthetic_ohlcv(400, seed=s), tmp_path / f"{s}.csv") for s in (1, 2)]
-    result = run("data", "import", "--csv", *map(str, good), "--tickers", "AAA,BBB", "--data-dir", str(data_dir))
-    assert result.returncode == 0, result.stderr
-    assert "AAA.OHLCV.daily v1" in result.stdout and "BBB.OHLCV.daily v1" in result.stdout
-    before = snapshot(data_dir)
+    out = cli_ok("data", "import", "--csv", *good, "--tickers", "AAA,BBB", "--data-dir", data_dir)
+    assert "AAA.OHLCV.daily v1" in out and "BBB.OHLCV.daily v1" in out
     bad = tmp_path / "bad.csv"
     bad.write_text("Date,Open,High,Low,Close,Volume\n2020-01-02,abc,2,0.5,1.5,10\n")
     fresh = write_csv(synthetic_ohlcv(400, seed=3), tmp_path / "3.csv")
-    result = run("data", "import", "--csv", str(fresh), str(bad), "--tickers", "CCC,DDD", "--data-dir", str(data_dir))
-    assert_user_error(result, "non-numeric")
-    assert snapshot(data_dir) == before
-    result = run("data", "import", "--csv", str(fresh), "--tickers", "CCC,DDD", "--data-dir", str(data_dir))
-    assert_user_error(result, "1 file(s) but 2 ticker(s)")
-    assert snapshot(data_dir) == before
+    refused(["import", "--csv", str(fresh), str(bad), "--tickers", "CCC,DDD"], "non-numeric", capsys, data_dir)
+    refused(["import", "--csv", str(fresh), "--tickers", "CCC,DDD"], "1 file(s) but 2 ticker(s)", capsys, data_dir)
 
 
-def test_download_without_yfinance_is_one_line_exit_2(data_dir, tmp_path):
+def test_download_without_yfinance_is_one_line_exit_2(data_dir, capsys, monkeypatch):
     # make yfinance unimportable even where a developer has the optional extra installed
-    (tmp_path / "yfinance").mkdir()
-    (tmp_path / "yfinance" / "__init__.py").write_text("raise ImportError('No module named yfinance')\n")
-    result = run("data", "download", "--ticker", "SPY", "--data-dir", str(data_dir), env={"PYTHONPATH": str(tmp_path)})
-    assert_user_error(result, "needs yfinance")
+    monkeypatch.setitem(sys.modules, "yfinance", None)  # `import yfinance` raises ImportError
+    refused(["download", "--ticker", "SPY"], "needs yfinance", capsys, data_dir)

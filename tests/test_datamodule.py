@@ -8,14 +8,14 @@ import pytest
 import torch
 from conftest import synthetic_ohlcv, write_csv
 
-from datamodules.errors import DataError
+from common.errors import DataError
 from datamodules.features import TIERS, a20_features
 from datamodules.labels import make_labels
 from datamodules.market_datamodule import MarketDataModule
 from datamodules.processed import build_dataset, load_dataset
-from datamodules.scaling import stationary
 from datamodules.sources import import_csv
 from datamodules.splits import Splits
+from datamodules.standardize import stationary
 
 SYNTHETIC_SPLITS = Splits(train_end="2004-12-31", val_end="2005-12-31", test_end=None)
 

@@ -1,4 +1,5 @@
-"""Features: exact tier columns, hand-checked values, causality by truncation (LESSONS #4), scale-free inputs."""
+"""Features: exact tier columns, hand-checked values, causality by truncation (docs/lessons.md #4), scale-free
+inputs."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from datamodules.features import (
     vix_features,
     weekly,
 )
-from datamodules.scaling import stationary
 from datamodules.sources import read_ohlcv
+from datamodules.standardize import stationary
 
 NEW_COLUMNS = [c for c in TIERS["a200"] if c not in TIERS["a25"]]  # every column the a50…a200 tiers add
 

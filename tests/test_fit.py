@@ -1,28 +1,40 @@
-"""`cli.py fit/validate/test/predict` on configs/tiny.yaml through real subprocesses and a real Trainer."""
+"""`cli.py fit/validate/test/predict` on configs/tiny.yaml with a real Trainer: one fit end to end in a real
+subprocess (its stdout and stderr are checked), the rest in this process through `cli.main`."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, assert_user_error, run_cli
+from conftest import ROOT, assert_refused, cli_ok, run_cli, tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-TINY = ["--config", "configs/tiny.yaml", "--trainer.max_epochs", "2"]
+CONFIG = str(ROOT / "configs" / "tiny.yaml")
+SHORT = {"max_epochs": 2, "limit_train_batches": 8}  # two short epochs; validation whole (predictions are checked)
+TINY = ["--config", CONFIG, *(f"--trainer.{key}={value}" for key, value in SHORT.items())]
 
 
 def fit(logs: Path, *extra: str) -> Path:
-    """Run a tiny fit into `logs` (its stdout and stderr beside it); return its run directory."""
+    """Run a tiny fit in a real `cli.py` process into `logs` (its stdout and stderr beside it); return its run
+    directory."""
     result = run_cli("fit", *TINY, "--trainer.logger.init_args.save_dir", str(logs), *extra)
     assert result.returncode == 0, result.stderr[-3000:]
     (logs.parent / "stdout.txt").write_text(result.stdout)
     (logs.parent / "stderr.txt").write_text(result.stderr)
     (run_dir,) = (logs / "tiny").iterdir()
+    return run_dir
+
+
+def fit_here(tmp_path: Path, *extra: str) -> Path:
+    """The same fit in this process (`cli.main`), logs and stop file under tmp_path; return its run directory."""
+    cli_ok("fit", "--config", tiny_config(tmp_path, **SHORT), *extra)
+    (run_dir,) = (tmp_path / "logs" / "tiny").iterdir()
     return run_dir
 
 
@@ -126,8 +138,9 @@ def test_the_summary_scores_cached_baselines_on_the_runs_validation_days(tiny_ru
     from report.collect import FRAME_KEYS, _config
     from report.stats import auroc, bce, brier
 
-    monkeypatch.setattr(baselines, "GBT_LEAVES", (4,))  # a one-point grid: cached like any other, in seconds
+    monkeypatch.setattr(baselines, "GBT_LEAVES", (4,))  # one-point grids: cached like any other, in seconds
     monkeypatch.setattr(baselines, "GBT_ROUNDS", (25,))
+    monkeypatch.setattr(baselines, "LOGISTIC_C", (1.0,))
     record = json.loads((tiny_run / "run.json").read_text())
     cache = tmp_path / "baselines"
     assert baseline_scores(tiny_run, record, cache) == {}  # nothing cached: nothing computed
@@ -144,14 +157,14 @@ def test_the_summary_scores_cached_baselines_on_the_runs_validation_days(tiny_ru
 
 
 def test_same_seed_gives_identical_validation_metrics(tiny_run, tmp_path):
-    again = fit(tmp_path / "logs")
+    again = fit_here(tmp_path)  # in this process, after other tests: nothing global leaks into a run
     first, second = events(tiny_run), events(again)
     for tag in ("val/loss", "val/auroc", "val/brier"):
         assert [e.value for e in first.Scalars(tag)] == [e.value for e in second.Scalars(tag)], tag
 
 
 def test_overrides_reach_labels_splits_and_the_record(tiny_run, tmp_path):
-    other = fit(tmp_path / "logs", "--seed_everything", "1", "--data.horizon", "3")
+    other = fit_here(tmp_path, "--seed_everything", "1", "--data.horizon", "3")
     assert other.name.endswith("-h3-s1")
     record = json.loads((other / "run.json").read_text())
     assert record["seed"] == 1 and record["splits"]["train"]["last"] == "2014-12-26"  # purged 3 days before val
@@ -176,8 +189,7 @@ def test_validate_test_and_predict_from_the_best_checkpoint(tiny_run):
     best = json.loads((tiny_run / "run.json").read_text())["best_checkpoint"]
     best = str(best if Path(best).is_absolute() else ROOT / best)
     for command in ("validate", "test", "predict"):
-        result = run_cli(command, "--config", "configs/tiny.yaml", "--ckpt_path", best)
-        assert result.returncode == 0, result.stderr[-3000:]
+        cli_ok(command, "--config", CONFIG, "--ckpt_path", best)
     (validate_dir,) = tiny_run.glob("validate-*")
     best_loss = json.loads((tiny_run / "run.json").read_text())["best"]["val_loss"]
     assert events(validate_dir).Scalars("val/loss")[-1].value == pytest.approx(best_loss, rel=1e-5)  # best, not last
@@ -208,41 +220,47 @@ def test_validate_test_and_predict_from_the_best_checkpoint(tiny_run):
         (["--data.splits.train_start", "2016-01-01"], "train_start 2016-01-01 is not before train_end"),
     ],
 )
-def test_impossible_configs_stop_before_anything_is_created(tmp_path, override, fragment):
+def test_impossible_configs_stop_before_anything_is_created(tmp_path, override, fragment, capsys):
     logs = tmp_path / "logs"
-    result = run_cli(
-        "fit", "--config", "configs/tiny.yaml", "--trainer.logger.init_args.save_dir", str(logs), *override
-    )
-    assert_user_error(result, fragment)
+    assert_refused(["fit", "--config", CONFIG, "--trainer.logger.init_args.save_dir", str(logs), *override],
+                   fragment, capsys, tmp_path)  # fmt: skip
     assert not logs.exists()
 
 
-def test_a_diverging_run_ends_with_one_line_and_exit_1(tmp_path):
+def test_a_diverging_run_ends_with_one_line_and_exit_1(tmp_path, capsys, caplog):
+    import cli
+
     explode = ["--model.optim.lr", "1000", "--model.optim.warmup_steps", "0", "--trainer.gradient_clip_val", "0"]
-    result = run_cli(
-        "fit", "--config", "configs/tiny.yaml", *explode, "--trainer.logger.init_args.save_dir", str(tmp_path)
-    )
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("error: training diverged: ")
-    assert "\nfit diverged in epoch 0 (the error is on stderr)\n" in result.stdout
-    (record,) = tmp_path.glob("tiny/*/run.json")
+    caplog.set_level(logging.INFO)  # in this process the summary's log lines reach caplog (a real process: stdout)
+    code = cli.main(["fit", "--config", str(tiny_config(tmp_path)), *explode])
+    assert code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: training diverged: ")
+    summary = [line for record in caplog.records if record.levelno == logging.INFO
+               for line in record.getMessage().splitlines()]  # fmt: skip
+    assert "fit diverged in epoch 0 (the error is on stderr)" in summary
+    (record,) = tmp_path.glob("logs/tiny/*/run.json")
     assert json.loads(record.read_text())["status"] == "diverged" and "finished" not in json.loads(record.read_text())
 
 
-def test_a_checkpoint_is_only_evaluated_on_the_data_it_was_trained_for(tiny_run):
+def test_a_checkpoint_is_only_evaluated_on_the_data_it_was_trained_for(tiny_run, capsys):
     best = str(next((tiny_run / "checkpoints").glob("best-*.ckpt")))
-    result = run_cli("test", "--config", "configs/tiny.yaml", "--ckpt_path", best, "--data.horizon", "3")
-    assert_user_error(result, "was trained on other data settings (data.horizon: checkpoint 1, config 3)")
-    assert_user_error(run_cli("test", "--config", "configs/tiny.yaml", "--ckpt_path", "/no/such.ckpt"),
-                      "checkpoint not found: /no/such.ckpt")  # fmt: skip
+    assert_refused(["test", "--config", CONFIG, "--ckpt_path", best, "--data.horizon", "3"],
+                   "was trained on other data settings (data.horizon: checkpoint 1, config 3)", capsys,
+                   tiny_run)  # fmt: skip
+    assert_refused(["test", "--config", CONFIG, "--ckpt_path", "/no/such.ckpt"],
+                   "checkpoint not found: /no/such.ckpt", capsys, tiny_run)  # fmt: skip
 
 
-def test_test_needs_a_checkpoint():
-    assert_user_error(run_cli("test", "--config", "configs/tiny.yaml"), "test needs --ckpt_path")
+def test_test_needs_a_checkpoint(capsys, tmp_path):
+    assert_refused(["test", "--config", str(tiny_config(tmp_path))], "test needs --ckpt_path", capsys, tmp_path)
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
-def test_every_shipped_config_loads(config):
-    result = run_cli("fit", "--config", f"configs/{config}", "--print_config")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "class_path: lightning.pytorch.loggers.TensorBoardLogger" in result.stdout
+def test_every_shipped_config_loads(config, capsys):
+    import cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:  # jsonargparse prints the config and exits
+        cli.main(["fit", "--config", str(ROOT / "configs" / config), "--print_config"])
+    assert exit_.value.code in (0, None)
+    assert "class_path: lightning.pytorch.loggers.TensorBoardLogger" in capsys.readouterr().out

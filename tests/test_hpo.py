@@ -1,14 +1,15 @@
-"""`cli.py hpo` on configs/tiny.yaml through real subprocesses, a real SQLite storage and real TensorBoard files."""
+"""`cli.py hpo` on configs/tiny.yaml with a real SQLite storage and real TensorBoard files: one study end to end
+through a real process (shared by the tests that only read it), and everything else in this process
+(conftest.cli_ok, assert_refused) with trials of a few tiny epochs. Stops, kills and two workers, as real
+processes: test_hpo_processes.py."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import signal
+import shutil
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,25 +17,29 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, assert_user_error, run_cli, wait_for
+from conftest import ROOT, assert_refused, cli_exit, cli_ok, run_cli
 from rich.console import Console
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from common.errors import ConfigError
 from hpo import records
 from hpo import study as study_module
 from hpo.study import HpoRequest, StudyRunner
-from training.run_setup import ConfigError
 
 STUDY = "tiny-h1-GSPC.dataset.a25-v1"
 
 
-def study_config(tmp_path: Path, epochs: int = 3, batches: int | None = None, patience: int = 2) -> Path:
-    """tiny.yaml with logs and the stop file under tmp_path."""
+# ~2 of tiny's ~30 training batches (and half of its validation batches: see study_config)
+FEW = 0.07
+
+
+def study_config(tmp_path: Path, epochs: int = 3, batches: float | None = None, patience: int = 2) -> Path:
+    """tiny.yaml with logs and the stop file under tmp_path; `batches`: limit_train_batches (FEW: ~2 batches)."""
     config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     config["trainer"]["max_epochs"] = epochs
     if batches:
-        config["trainer"].update(limit_train_batches=batches, limit_val_batches=2)
+        config["trainer"].update(limit_train_batches=batches, limit_val_batches=2 if batches >= 1 else 0.5)
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
     for callback in config["trainer"]["callbacks"]:
         if callback["class_path"].endswith("EarlyStopping"):
@@ -48,25 +53,6 @@ def study_config(tmp_path: Path, epochs: int = 3, batches: int | None = None, pa
 
 def hpo_args(config: Path, trials: int, *extra: str) -> list[str]:
     return ["hpo", "--config", str(config), "--trials", str(trials), "--search-space", "configs/hpo/tiny.yaml", *extra]
-
-
-@pytest.fixture
-def start():
-    """Start `cli.py ARGS` in the background; whatever is still running when the test ends is killed."""
-    processes = []
-
-    def _start(args: list[str], log: Path) -> subprocess.Popen:
-        out = open(log, "w")  # noqa: SIM115 - closed with the process
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "cli.py", *args]
-        processes.append(subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env))
-        return processes[-1]
-
-    yield _start
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def load(tmp_path: Path) -> optuna.Study:
@@ -86,7 +72,7 @@ def events(run_dir: Path) -> EventAccumulator:
 @pytest.fixture(scope="module")
 def study_run(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
     tmp_path = tmp_path_factory.mktemp("hpo")
-    config = study_config(tmp_path)
+    config = study_config(tmp_path, epochs=3, batches=FEW)  # 3 epochs of ~2 batches: still some trials pruned
     result = run_cli(*hpo_args(config, 4))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return tmp_path, config, result
@@ -175,22 +161,30 @@ def test_each_trial_is_a_tensorboard_run_with_hparams_and_its_final_state(study_
         assert checkpoints[-1] == "last.ckpt" and all(n.startswith("best-") for n in checkpoints[:-1])
 
 
-def test_rerunning_resumes_and_the_exported_best_config_fits(study_run):
-    tmp_path, config, _ = study_run
+def copy_study(study_run, tmp_path: Path) -> Path:
+    """The shared study copied under tmp_path (to be resumed there) and its config with logs under tmp_path: the
+    same settings (where logs go is not one), so the copy resumes the same study."""
+    source, config, _ = study_run
+    shutil.copytree(source / "logs" / "hpo", tmp_path / "logs" / "hpo")
+    copied = yaml.safe_load(config.read_text())
+    copied["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(copied, sort_keys=False))
+    return path
+
+
+def test_rerunning_resumes_and_the_exported_best_config_fits(study_run, tmp_path):
+    config = copy_study(study_run, tmp_path)  # the shared study stays as the other tests read it
     before = {t.number: (t.state, t.value) for t in finished(load(tmp_path))}
     export = tmp_path / "best.yaml"
-    result = run_cli(*hpo_args(config, 5, "--export-best", str(export)))
-    assert result.returncode == 0, result.stderr[-3000:]
+    cli_ok(*hpo_args(config, 5, "--export-best", str(export)))
     study = load(tmp_path)
     assert len(finished(study)) == 5
     assert all((t.state, t.value) == before[t.number] for t in finished(study) if t.number in before)
     text = export.read_text()
     assert text.startswith("# Exported by `python cli.py hpo`") and f"trial {study.best_trial.number}" in text
     logs = tmp_path / "exported-logs"
-    fit = run_cli(
-        "fit", "--config", str(export), "--trainer.max_epochs", "1", "--trainer.logger.init_args.save_dir", str(logs)
-    )
-    assert fit.returncode == 0, fit.stderr[-3000:]
+    cli_ok("fit", "--config", export, "--trainer.max_epochs", "1", "--trainer.logger.init_args.save_dir", logs)
     (run_dir,) = (logs / "tiny").iterdir()
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     for key, value in study.best_trial.user_attrs["values"].items():
@@ -200,13 +194,10 @@ def test_rerunning_resumes_and_the_exported_best_config_fits(study_run):
         assert node == pytest.approx(value), key
 
 
-def test_a_rerun_with_other_settings_is_refused_and_writes_nothing(study_run):
+def test_a_rerun_with_other_settings_is_refused_and_writes_nothing(study_run, capsys):
     tmp_path, config, _ = study_run
-    csv = tmp_path / "logs" / "hpo" / STUDY / "trials.csv"
-    stamp = csv.stat().st_mtime_ns
-    result = run_cli(*hpo_args(config, 5, "--trainer.max_epochs", "2"))
-    assert_user_error(result, "was made with other settings (trainer.max_epochs)")
-    assert csv.stat().st_mtime_ns == stamp
+    argv = hpo_args(config, 5, "--trainer.max_epochs", "2")
+    assert_refused(argv, "was made with other settings (trainer.max_epochs)", capsys, tmp_path)  # study untouched
 
 
 @pytest.mark.parametrize(
@@ -219,91 +210,10 @@ def test_a_rerun_with_other_settings_is_refused_and_writes_nothing(study_run):
         (["--model.net.n_heads", "5"], "d_model 32 is not divisible by n_heads 5"),
     ],
 )
-def test_bad_hpo_input_is_one_line_and_nothing_is_written(tmp_path, extra, fragment):
+def test_bad_hpo_input_is_one_line_and_nothing_is_written(tmp_path, extra, fragment, capsys):
     config = study_config(tmp_path)
-    before = (ROOT / "configs" / "tiny.yaml").read_bytes()
-    assert_user_error(run_cli(*hpo_args(config, 2), *extra), fragment)
+    assert_refused([*hpo_args(config, 2), *extra], fragment, capsys, tmp_path, ROOT / "configs")
     assert not (tmp_path / "logs").exists()
-    assert (ROOT / "configs" / "tiny.yaml").read_bytes() == before
-
-
-@pytest.mark.parametrize("how", ["stop_file", "SIGTERM"])
-def test_a_stop_ends_the_study_after_the_current_trial_and_a_rerun_resumes(tmp_path, how, start):
-    config = study_config(tmp_path, epochs=200, batches=2, patience=1000)
-    args = hpo_args(config, 2)
-    process = start(args, tmp_path / "out.log")
-    first = tmp_path / "logs" / "hpo" / STUDY / "trial-0000"
-    wait_for(lambda: (first / "checkpoints" / "last.ckpt").exists(), process)  # training, past its first epoch
-    if how == "stop_file":
-        (tmp_path / "STOP").touch()
-    else:
-        process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=120) == 0, (tmp_path / "out.log").read_text()[-3000:]
-    output = (tmp_path / "out.log").read_text()
-    assert "stopped by" in output and "Resume with the same command" in output
-    study = load(tmp_path)
-    stopped = study.trials[0]
-    assert stopped.state == optuna.trial.TrialState.FAIL
-    source = str(tmp_path / "STOP") if how == "stop_file" else "SIGTERM"
-    assert stopped.user_attrs["reason"].startswith(f"interrupted: stopped by {source}")
-    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
-    assert len(retry) == 1 and retry[0].params == stopped.params  # queued again with the same values
-    assert not finished(study)  # the study stopped with the trial: no other trial ran
-    assert (tmp_path / "logs" / "hpo" / STUDY / "summary.md").exists()
-    if how == "SIGTERM":
-        return
-    # rerun: the old stop file predates it; the study goes on to its trials
-    rerun = run_cli(*args, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert len(finished(load(tmp_path))) == 2
-
-
-def test_kill_9_mid_trial_then_rerun_fails_and_retries_it_and_keeps_completed_trials(tmp_path, start):
-    config = study_config(tmp_path, epochs=40, batches=8, patience=1000)
-    args = hpo_args(config, 3)
-    process = start(args, tmp_path / "out.log")
-    second = tmp_path / "logs" / "hpo" / STUDY / "trial-0001"
-    wait_for(lambda: any(second.glob("events.out.tfevents.*")), process)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-    study = load(tmp_path)
-    done = {t.number: t.value for t in finished(study)}
-    assert 0 in done and study.trials[1].state == optuna.trial.TrialState.RUNNING
-    rerun = run_cli(*args, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    study = load(tmp_path)
-    killed = study.trials[1]
-    assert killed.state == optuna.trial.TrialState.FAIL
-    assert killed.user_attrs["reason"].startswith("interrupted: process ")
-    assert [t.params for t in study.trials if t.system_attrs.get("failed_trial") == 1] == [killed.params]
-    assert {t.number: t.value for t in finished(study) if t.number in done} == done  # nothing lost
-    assert len(finished(study)) == 3
-    # 40 noisy epochs per trial: the objective is the best epoch's value, not the last one's
-    series = {t.number: [e.value for e in events(Path(t.user_attrs["log_dir"])).Scalars("val/loss")]
-              for t in finished(study)}  # fmt: skip
-    for trial in finished(study):
-        assert trial.user_attrs["best_value"] == pytest.approx(min(series[trial.number]))
-        if trial.state == optuna.trial.TrialState.COMPLETE:
-            assert trial.value == pytest.approx(min(series[trial.number]))  # what TPE learns from
-    assert any(values[-1] > min(values) for values in series.values())
-
-
-def test_two_processes_share_one_study_without_duplicate_or_lost_trials(tmp_path, start):
-    config = study_config(tmp_path, epochs=3, batches=4)
-    args = hpo_args(config, 4)
-    workers = [start(args, tmp_path / f"worker{i}.log") for i in range(2)]
-    for i, worker in enumerate(workers):
-        assert worker.wait(timeout=600) == 0, (tmp_path / f"worker{i}.log").read_text()[-3000:]
-    study = load(tmp_path)
-    done = finished(study)
-    assert 4 <= len(done) <= 5  # a worker may start one trial while the other finishes the last
-    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
-    pids = {t.user_attrs["worker"]["pid"] for t in done}
-    assert pids == {w.pid for w in workers}  # both took part
-    dirs = [t.user_attrs["log_dir"] for t in study.trials if "log_dir" in t.user_attrs]
-    assert len(dirs) == len(set(dirs))
-    extremes = [t.user_attrs.get("enqueued") for t in study.trials if t.user_attrs.get("enqueued")]
-    assert len(extremes) == len(set(extremes))  # every enqueued trial ran once
 
 
 def _space(tmp_path: Path, params: str) -> Path:
@@ -315,7 +225,7 @@ def _space(tmp_path: Path, params: str) -> Path:
 def test_a_diverging_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_path):
     config = study_config(tmp_path, epochs=2, batches=4)
     space = _space(tmp_path, "  model.optim.lr: {type: categorical, choices: [1000.0, 0.001]}")
-    result = run_cli(
+    cli_ok(
         "hpo",
         "--config",
         str(config),
@@ -328,7 +238,6 @@ def test_a_diverging_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp
         "--trainer.gradient_clip_val",
         "0",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'logs/hpo' / STUDY / 'study.db'}")
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     assert failed and all(t.user_attrs["reason"].startswith("diverged: ") for t in failed)
@@ -339,12 +248,11 @@ def test_a_diverging_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp
 def test_trials_that_cannot_fit_in_memory_are_recorded_and_the_study_gives_up_with_exit_1(tmp_path):
     config = study_config(tmp_path, epochs=1, batches=2)
     space = _space(tmp_path, "  model.net.dropout: {type: float, low: 0.0, high: 0.3}")
-    result = run_cli(
-        "hpo", "--config", str(config), "--trials", "1", "--search-space", str(space), "--memory_limit", "1MB"
-    )
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: study ") and "3 trials failed" in lines[0], result.stderr
+    args = ["hpo", "--config", config, "--trials", "1", "--search-space", space, "--memory_limit", "1MB"]
+    code, _, err = cli_exit(*args)
+    assert code == 1, err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: study ") and "3 trials failed" in lines[0], err
     trials = pd.read_csv(tmp_path / "logs" / "hpo" / STUDY / "trials.csv")
     assert len(trials) == 3 and trials.reason.str.startswith("memory: ").all()
     assert trials.n_params.notna().all() and trials.train_flops_per_sample.notna().all()  # known before running
@@ -425,15 +333,14 @@ def test_the_top_trials_fit_an_80_column_terminal():
     assert "trial 0: 30 epochs (best 21), batch 64×2, 3.43 h; lr=0.000123 weight_decay=0.000123" in flowing
 
 
-def test_a_study_whose_first_trial_cannot_run_is_not_left_behind(tmp_path):
+def test_a_study_whose_first_trial_cannot_run_is_not_left_behind(tmp_path, capsys):
     config = study_config(tmp_path, epochs=1, batches=2)
     space = tmp_path / "space.yaml"  # every sample is impossible: known when the first trial builds its model
     space.write_text("params:\n  model.net.patch_length: {type: categorical, choices: [4]}\n"
                      "  model.net.patch_stride: {type: categorical, choices: [8]}\n")  # fmt: skip
     args = ["hpo", "--config", str(config), "--trials", "1", "--study_name", "same"]
-    assert_user_error(run_cli(*args, "--search_space", str(space)), "patch_stride 8 > patch_length 4")
+    assert_refused([*args, "--search_space", str(space)], "patch_stride 8 > patch_length 4", capsys, tmp_path)
     assert not (tmp_path / "logs").exists()
-    again = run_cli(*args, "--search_space", str(ROOT / "configs" / "hpo" / "tiny.yaml"))  # the same name, fixed
-    assert again.returncode == 0, again.stderr[-3000:]
+    cli_ok(*args, "--search_space", ROOT / "configs" / "hpo" / "tiny.yaml")  # the same name, fixed
     storage = f"sqlite:///{tmp_path / 'logs' / 'hpo' / 'same' / 'study.db'}"
     assert len(finished(optuna.load_study(study_name="same", storage=storage))) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import optuna
@@ -9,12 +10,12 @@ import pytest
 import torch
 from conftest import ROOT
 
+from common.errors import ConfigError
 from hpo.pruning import SeededTPESampler, TrialPruning
 from hpo.space import ARCH, heads_param, load_space
 from hpo.study import HpoRequest, StudyRunner
-from lightning_modules.budget import head_choices
+from sizing.budget import head_choices
 from training.lightning_cli import parse_fit_config, run_lightning
-from training.run_setup import ConfigError
 
 TINY, TINY_SPACE = ROOT / "configs" / "tiny.yaml", ROOT / "configs" / "hpo" / "tiny.yaml"
 
@@ -103,10 +104,15 @@ def test_a_search_space_that_is_a_directory_is_a_config_error(tmp_path):
         StudyRunner(HpoRequest(TINY, 2, tmp_path))
 
 
+@functools.cache
+def _tiny_runner() -> StudyRunner:
+    """One study runner for every run below (it only writes their command lines; reading its config costs 0.5 s)."""
+    return StudyRunner(HpoRequest(TINY, 1, TINY_SPACE, overrides=[]))
+
+
 def _run_two_steps(values: dict, logs: Path) -> dict[str, torch.Tensor]:
     """A real 2-step fit of tiny with the values as overrides, exactly as a trial passes them; its weights."""
-    runner = StudyRunner(HpoRequest(TINY, 1, TINY_SPACE, overrides=[]))
-    argv = runner.trial_argv(values, "run")
+    argv = _tiny_runner().trial_argv(values, "run")
     argv += [
         "--trainer.max_epochs",
         "1",
@@ -203,8 +209,7 @@ def test_every_sampled_value_changes_what_runs(tmp_path):
 def test_a_pruning_monitor_that_is_never_logged_is_an_error(tmp_path):
     trial = optuna.create_study().ask()
     pruning = TrialPruning(trial, "val/lossy")
-    runner = StudyRunner(HpoRequest(TINY, 1, TINY_SPACE, overrides=[]))
-    argv = runner.trial_argv({}, "run") + [
+    argv = _tiny_runner().trial_argv({}, "run") + [
         "--trainer.max_epochs",
         "1",
         "--trainer.limit_train_batches",

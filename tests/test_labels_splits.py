@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from conftest import SHIPPED_DATA
 
-from datamodules.errors import DataError
+from common.errors import DataError
 from datamodules.labels import make_labels
 from datamodules.manifest import PROCESSED, Manifest
 from datamodules.splits import Splits, split_ends

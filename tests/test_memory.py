@@ -1,4 +1,5 @@
-"""Memory: the estimate against measured peaks, sizes, `cli.py summary` and the pre-flight of `fit`."""
+"""Memory: the estimate against measured peaks (each in a fresh process), sizes, `cli.py summary` and the
+pre-flight of `fit` (in this process through `cli.main`)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ import sys
 
 import pytest
 import yaml
-from conftest import ROOT, assert_user_error, run_cli
+from conftest import ROOT, assert_refused, cli_ok, tiny_config
 
-from lightning_modules.memory import parse_bytes, precision_bytes
+from sizing.memory import PeakMemory, parse_bytes, precision_bytes
 
 MEASURE = """
 import json, sys, torch
-from lightning_modules.budget import parameter_count
-from lightning_modules.memory import PeakMemory, estimate_training_memory
+from sizing.accounting import parameter_count
+from sizing.memory import PeakMemory, estimate_training_memory
 from lightning_modules.patchtst import PatchTST, PatchTSTConfig
 torch.manual_seed(0)
 cfg = PatchTSTConfig(**json.loads(sys.argv[1]))
@@ -37,8 +38,9 @@ print(json.dumps({"measured": peak.peak, "estimate": estimate}))
     ("net", "batch"),
     [
         ({"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64}, 128),  # configs/tiny.yaml
-        ({"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64}, 1024),
-        ({"d_model": 128, "n_heads": 2, "n_layers": 10, "d_ff": 512}, 256),  # configs/2M.yaml
+        # the same check at two more points between the smallest and the largest: `pytest -m slow`
+        pytest.param({"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64}, 1024, marks=pytest.mark.slow),
+        pytest.param({"d_model": 128, "n_heads": 2, "n_layers": 10, "d_ff": 512}, 256, marks=pytest.mark.slow),  # 2M
         ({"d_model": 128, "n_heads": 2, "n_layers": 10, "d_ff": 512}, 1024),
     ],
 )
@@ -69,77 +71,64 @@ def test_precisions_cost_what_they_should():
         precision_bytes("fp8")
 
 
-SUMMARY_RSS = (
-    "import resource, sys; sys.path.insert(0, '.'); import cli; rc = cli.main(sys.argv[1:]); "
-    "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
-)
-
-
 @pytest.mark.parametrize(("config", "params"), [("2M", "2,035,611"), ("20M", "19,499,227"), ("200M", "201,962,523"),
                                                  ("2B", "1,914,460,187")])  # fmt: skip
 def test_summary_sizes_every_budget_without_allocating_it(config, params):
-    result = subprocess.run([sys.executable, "-c", SUMMARY_RSS, "summary", "--config", f"configs/{config}.yaml"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+    with PeakMemory() as peak:  # this process's resident-set peak above its level at entry
+        stdout = cli_ok("summary", "--config", ROOT / "configs" / f"{config}.yaml")
     for text in (params, "FLOPs per sample", "training estimate", "available"):
-        assert text in result.stdout
-    max_rss_kb = int(result.stdout.split("MAXRSS")[1])
-    assert max_rss_kb < 1.5 * 2**20  # under 1.5 GB: the 2B model's 7 GB of weights were never allocated
+        assert text in stdout
+    # under 1 GB more (a fresh process peaks near 0.5 GB in all): the 2B model's 7 GB of weights were never allocated
+    assert peak.peak < 2**30, peak.peak
 
 
 def test_summary_follows_overrides_and_sharding():
-    plain = run_cli("summary", "--config", "configs/2B.yaml", "--memory_limit", "80GB")
-    sharded = run_cli("summary", "--config", "configs/2B.yaml", "--memory_limit", "80GB", "--trainer.devices", "4",
-                      "--trainer.strategy", "fsdp", "--model.net.n_layers", "20")  # fmt: skip
-    assert plain.returncode == sharded.returncode == 0
-    assert "weights 7.1 GB" in plain.stdout and "80GB" not in plain.stdout and "fits" in plain.stdout
-    assert "sharded over 4 devices" in sharded.stdout and "d_model 2048, n_heads 32, n_layers 20" in sharded.stdout
+    plain = cli_ok("summary", "--config", ROOT / "configs" / "2B.yaml", "--memory_limit", "80GB")
+    sharded = cli_ok("summary", "--config", ROOT / "configs" / "2B.yaml", "--memory_limit", "80GB",
+                     "--trainer.devices", "4", "--trainer.strategy", "fsdp", "--model.net.n_layers", "20")  # fmt: skip
+    assert "weights 7.1 GB" in plain and "80GB" not in plain and "fits" in plain
+    assert "sharded over 4 devices" in sharded and "d_model 2048, n_heads 32, n_layers 20" in sharded
 
 
 def test_summary_shows_what_each_tier_s_channels_do_to_the_parameter_count():
     from datamodules.features import TIERS
-    from lightning_modules.budget import parameter_count
     from lightning_modules.patchtst import PatchTSTConfig
+    from sizing.accounting import parameter_count
 
     config = yaml.safe_load((ROOT / "configs" / "2M.yaml").read_text())
     cfg = PatchTSTConfig(**config["model"]["net"])
-    result = run_cli("summary", "--config", "configs/2M.yaml", "--data.tickers", "[GSPC, IXIC]",
-                     "--data.asset_channels", "true")  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    text = " ".join(result.stdout.replace("│", " ").split())
+    stdout = cli_ok("summary", "--config", ROOT / "configs" / "2M.yaml", "--data.tickers", "[GSPC, IXIC]",
+                    "--data.asset_channels", "true")  # fmt: skip
+    text = " ".join(stdout.replace("│", " ").split())
     for tier in ("a25", "a200", "a50+c"):
         channels = len(TIERS[tier]) + 2  # two asset channels
         assert f"{tier}: {channels} ch → {parameter_count(channels, 80, cfg):,}" in text
 
 
-def test_preflight_refuses_what_cannot_fit_before_creating_anything(tmp_path):
+def test_preflight_refuses_what_cannot_fit_before_creating_anything(tmp_path, capsys):
     logs = tmp_path / "logs"
-    result = run_cli("fit", "--config", "configs/2M.yaml", "--memory_limit", "100MB",
-                     "--trainer.logger.init_args.save_dir", str(logs))  # fmt: skip
-    assert_user_error(result, "needs 0.1 GB to train at micro-batch 1")
-    assert "MB" in result.stderr and not logs.exists()
+    line = assert_refused(["fit", "--config", str(ROOT / "configs" / "2M.yaml"), "--memory_limit", "100MB",
+                           "--trainer.logger.init_args.save_dir", str(logs)],
+                          "needs 0.1 GB to train at micro-batch 1", capsys, tmp_path)  # fmt: skip
+    assert "MB" in line and not logs.exists()
 
 
-def test_2b_on_a_24_gb_cpu_machine_is_refused_with_what_would_fit(tmp_path):
+def test_2b_on_a_24_gb_cpu_machine_is_refused_with_what_would_fit(tmp_path, capsys):
     logs = tmp_path / "logs"
-    result = run_cli("fit", "--config", "configs/2B.yaml", "--memory_limit", "24GB", "--trainer.accelerator", "cpu",
-                     "--trainer.logger.init_args.save_dir", str(logs))  # fmt: skip
-    assert_user_error(result, "1,914,460,187-parameter model needs 28.7 GB")
+    line = assert_refused(["fit", "--config", str(ROOT / "configs" / "2B.yaml"), "--memory_limit", "24GB",
+                           "--trainer.accelerator", "cpu", "--trainer.logger.init_args.save_dir", str(logs)],
+                          "1,914,460,187-parameter model needs 28.7 GB", capsys, tmp_path)  # fmt: skip
     for option in ("bf16-true", "--trainer.strategy fsdp", "the 200M budget"):
-        assert option in result.stderr
+        assert option in line
     assert not logs.exists()
 
 
 def test_preflight_lets_a_run_that_fits_through(tmp_path):
     limits = ["--memory_limit", "2GB", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"]
-    result = run_cli(
-        "fit", "--config", "configs/tiny.yaml", *limits, "--trainer.logger.init_args.save_dir", str(tmp_path)
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert list((tmp_path / "tiny").iterdir())
+    cli_ok("fit", "--config", tiny_config(tmp_path), *limits)
+    assert list((tmp_path / "logs" / "tiny").iterdir())
 
 
-def test_fsdp_on_cpu_is_a_clear_refusal(tmp_path):
-    result = run_cli("fit", "--config", "configs/tiny.yaml", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-                     "--trainer.strategy", "fsdp", "--trainer.logger.init_args.save_dir", str(tmp_path))  # fmt: skip
-    assert_user_error(result, "requires a GPU accelerator")
+def test_fsdp_on_cpu_is_a_clear_refusal(tmp_path, capsys):
+    assert_refused(["fit", "--config", str(tiny_config(tmp_path)), "--trainer.accelerator", "cpu", "--trainer.devices",
+                    "2", "--trainer.strategy", "fsdp"], "requires a GPU accelerator", capsys, tmp_path)  # fmt: skip

@@ -7,8 +7,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_modules.accounting import count_parameters, forward_flops_per_sample
 from lightning_modules.patchtst import PatchTST, PatchTSTConfig
+from sizing.accounting import forward_flops_per_sample, parameter_count
 
 SMALL = {"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64, "head": "flatten", "linear_skip": False}
 
@@ -76,9 +76,9 @@ def test_patch_longer_than_context_is_refused():
 
 
 @pytest.mark.parametrize("channel_mode", ["mixing", "independent"])
-def test_meta_parameter_count_is_exact(channel_mode):
+def test_closed_form_parameter_count_is_exact(channel_mode):
     cfg = small(channel_mode=channel_mode, revin=True)
-    assert count_parameters(25, 80, cfg) == sum(p.numel() for p in PatchTST(25, 80, cfg).parameters())
+    assert parameter_count(25, 80, cfg) == sum(p.numel() for p in PatchTST(25, 80, cfg).parameters())
 
 
 @pytest.mark.parametrize("channel_mode", ["mixing", "independent"])
@@ -144,7 +144,7 @@ def test_started_as_linear_the_network_is_that_linear_model_of_the_last_day():
 def test_counts_and_flops_follow_the_head_and_the_linear_path(head, linear_skip):
     cfg = small(head=head, linear_skip=linear_skip, patch_length=10, patch_stride=3)
     net = PatchTST(25, 80, cfg).eval()
-    assert count_parameters(25, 80, cfg) == sum(p.numel() for p in net.parameters())
+    assert parameter_count(25, 80, cfg) == sum(p.numel() for p in net.parameters())
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
         net(torch.randn(1, 80, 25))
     assert forward_flops_per_sample(25, 80, cfg) == counter.get_total_flops()

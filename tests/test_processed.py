@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 from conftest import SHIPPED_DATA, synthetic_ohlcv, write_csv
 
-from datamodules.errors import DataError
+from common.errors import DataError
 from datamodules.features import KIND, TIERS, VIX_FEATURES, ohlcv_columns
 from datamodules.manifest import PROCESSED, Manifest
 from datamodules.processed import build_dataset, compute_dataset, dataset_name, load_dataset, verify_all, warmup_rows
-from datamodules.scaling import VOLUME_WINDOW, stationary
 from datamodules.sources import import_csv
+from datamodules.standardize import VOLUME_WINDOW, stationary
 
-# rows a stationary channel needs before its own window is full (datamodules/scaling.py)
+# rows a stationary channel needs before its own window is full (datamodules/standardize.py)
 OWN_WINDOW = {"return": 1, "volume": VOLUME_WINDOW - 1, "adosc": VOLUME_WINDOW - 1, "obv": VOLUME_WINDOW}
 
 

@@ -9,7 +9,8 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from conftest import assert_user_error, run_cli
+import yaml
+from conftest import ROOT, assert_refused, cli_ok, tiny_config
 from sklearn.linear_model import LogisticRegression
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -104,10 +105,10 @@ def test_without_the_baseline_start_the_model_is_not_the_logistic_regression(dat
         (["--model.baseline_C", "0"], "baseline_C must be > 0"),
     ],
 )
-def test_impossible_recipes_are_one_line_and_write_nothing(tmp_path, args, message):
+def test_impossible_recipes_are_one_line_and_write_nothing(tmp_path, args, message, capsys):
     logs = tmp_path / "logs"
-    result = run_cli("fit", "--config", "configs/tiny.yaml", "--trainer.logger.init_args.save_dir", str(logs), *args)
-    assert_user_error(result, message)
+    argv = ["fit", "--config", str(ROOT / "configs" / "tiny.yaml"), "--trainer.logger.init_args.save_dir", str(logs)]
+    assert_refused([*argv, *args], message, capsys, tmp_path)
     assert not logs.exists()
 
 
@@ -118,21 +119,22 @@ def _lr_trace(logs: Path) -> tuple[list[float], dict]:
     return [e.value for e in events.Scalars("train/lr")], json.loads((run / "run.json").read_text())
 
 
-def _fit_until_plateau(logs: Path, schedule: str) -> tuple[list[float], dict]:
-    """A tiny fit whose validation loss never improves by min_delta: a plateau from the second epoch on."""
-    config = Path(logs.parent / "tiny.yaml")
-    text = Path("configs/tiny.yaml").read_text()
-    config.write_text(text.replace("patience: 2", "patience: 1").replace("min_delta: 0.001", "min_delta: 10.0"))
-    result = run_cli("fit", "--config", str(config), "--trainer.logger.init_args.save_dir", str(logs),
-                     "--trainer.max_epochs", "30", "--trainer.limit_train_batches", "4", "--trainer.log_every_n_steps",
-                     "1", "--model.optim.schedule", schedule, "--model.optim.decay_epochs", "2",
-                     "--model.optim.warmup_steps", "2", "--model.optim.min_lr_ratio", "0.05")  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return _lr_trace(logs)
+def _fit_until_plateau(tmp_path: Path, schedule: str) -> tuple[list[float], dict]:
+    """A tiny fit (in this process) whose validation loss never improves by min_delta: a plateau from the second
+    epoch on."""
+    config = tiny_config(tmp_path, max_epochs=30, limit_train_batches=4, log_every_n_steps=1)
+    settings = yaml.safe_load(config.read_text())
+    (stopping,) = (c for c in settings["trainer"]["callbacks"] if c["class_path"].endswith("DecayEarlyStopping"))
+    assert stopping["init_args"]["patience"] == 2 and stopping["init_args"]["min_delta"] == 0.001  # tiny.yaml's
+    stopping["init_args"].update(patience=1, min_delta=10.0)
+    config.write_text(yaml.safe_dump(settings, sort_keys=False))
+    cli_ok("fit", "--config", config, "--model.optim.schedule", schedule, "--model.optim.decay_epochs", "2",
+           "--model.optim.warmup_steps", "2", "--model.optim.min_lr_ratio", "0.05")  # fmt: skip
+    return _lr_trace(tmp_path / "logs")
 
 
 def test_wsd_decays_to_its_final_rate_before_early_stopping_ends_the_run(tmp_path):
-    lrs, record = _fit_until_plateau(tmp_path / "logs", "wsd")
+    lrs, record = _fit_until_plateau(tmp_path, "wsd")
     peak = 1e-3  # configs/tiny.yaml
     assert record["epochs_run"] < 30  # early stopping ended the run …
     assert lrs[-1] == pytest.approx(0.05 * peak, rel=1e-3)  # … at the schedule's final rate
@@ -144,7 +146,7 @@ def test_wsd_decays_to_its_final_rate_before_early_stopping_ends_the_run(tmp_pat
 
 def test_the_cosine_planned_for_max_epochs_is_cut_short_by_early_stopping(tmp_path):
     """What the wsd schedule fixes: with a cosine sized for 30 epochs, the run ends near its peak rate."""
-    lrs, record = _fit_until_plateau(tmp_path / "logs", "cosine")
+    lrs, record = _fit_until_plateau(tmp_path, "cosine")
     assert record["epochs_run"] < 30 and lrs[-1] > 0.9 * 1e-3
 
 
@@ -201,8 +203,8 @@ def test_other_reasons_to_stop_still_stop_under_wsd():
     ],
 )
 def test_seeds_refuse_what_would_mix_or_overwrite_runs(argv):
+    from common.errors import ConfigError
     from training.lightning_cli import seed_list
-    from training.run_setup import ConfigError
 
     with pytest.raises(ConfigError, match="--seeds"):
         seed_list(argv)

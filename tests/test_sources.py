@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from conftest import SHIPPED_DATA, write_csv
 
-from datamodules.errors import DataError
+from common.errors import DataError
 from datamodules.plausibility import MAX_DAY_RATIO, MAX_GAP_DAYS, MAX_RANGE_RATIO, MAX_SAME_CLOSE_ROWS, implausible
 from datamodules.sources import import_csv, raw_name, read_ohlcv, split_tickers, ticker_name
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import typing
 import warnings
 from pathlib import Path
 
@@ -12,10 +13,9 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 from omegaconf.errors import OmegaConfBaseException
 
-from datamodules.errors import DataError
-from lightning_modules.sizing import preflight
+from common.errors import ConfigError, DataError
+from sizing.run_size import preflight
 from training.run_setup import (
-    ConfigError,
     _one_line,
     _root_data_error,
     check_checkpoint,
@@ -32,12 +32,39 @@ CKPT_HELP = ("a checkpoint written by fit, or `last`: the newest last.ckpt of th
 USER_ERRORS = (ConfigError, DataError, MisconfigurationException)  # raised by Lightning or finscale for bad settings
 
 
+def _whole_numbers_stay_batch_counts() -> None:
+    """Trainer annotates limit_*_batches, val_check_interval and overfit_batches as Optional[Union[int, float]]
+    (int: batches, float: a fraction). typing caches unions by set equality, so when another library (rich) made
+    Optional[Union[float, int]] first, Lightning's annotation IS that object and jsonargparse, trying float first,
+    reads `limit_train_batches: 2` as 2.0 and `1` as 1.0 (all batches), depending on import order. `int | float |
+    None` is a new, uncached union in that order: int is tried first whatever was imported before."""
+    from lightning.pytorch import Trainer
+
+    hints = Trainer.__init__.__annotations__
+    for name, hint in hints.items():
+        if typing.get_origin(hint) is typing.Union and set(typing.get_args(hint)) == {int, float, type(None)}:
+            hints[name] = int | float | None
+
+
+_whole_numbers_stay_batch_counts()
+
+
 class FinscaleCLI(LightningCLI):
     """LightningCLI with data→model links, the memory pre-flight, run naming and one-line config errors.
 
     A run refused after its folder was created (Lightning rejects a setting late) leaves no folder behind."""
 
     run_dir: Path | None = None  # where this run writes (known once the config is parsed)
+
+    def __init__(self, *args, **kwargs) -> None:
+        argv = kwargs.get("args") or []
+        self._only = argv[0] if argv and argv[0] in LightningCLI.subcommands() else None
+        super().__init__(*args, **kwargs)
+
+    def subcommands(self) -> dict[str, set[str]]:
+        """The parser of the subcommand being run only: building all four costs ~1 s at every start (and trial)."""
+        every = LightningCLI.subcommands()
+        return {self._only: every[self._only]} if self._only else every
 
     def add_arguments_to_parser(self, parser) -> None:
         limit_help = "memory the pre-flight may plan for (e.g. 16GB); default: what the device has free"
@@ -103,6 +130,7 @@ class FinscaleCLI(LightningCLI):
 
 
 def _trainer_defaults(extra_callbacks: list | None = None, record=None) -> dict:
+    from callbacks.divergence_guard import DivergenceGuard
     from callbacks.fit_summary import FitSummaryCallback
     from callbacks.model_summary import ParameterSummary
     from callbacks.prediction_writer import PredictionWriter
@@ -110,8 +138,10 @@ def _trainer_defaults(extra_callbacks: list | None = None, record=None) -> dict:
     from callbacks.throughput import ThroughputCallback
 
     record = record or RunRecordCallback()
-    callbacks = [record, ParameterSummary(), ThroughputCallback(), PredictionWriter(), FitSummaryCallback()]
-    # ParameterSummary replaces Lightning's model summary (rounded counts, "Total FLOPs: 0")
+    callbacks = [record, ParameterSummary(), ThroughputCallback(), DivergenceGuard(), PredictionWriter(),
+                 FitSummaryCallback()]  # fmt: skip
+    # every run has these (configs list the ones a run may change or leave out); ParameterSummary replaces
+    # Lightning's model summary (rounded counts, "Total FLOPs: 0")
     return {"callbacks": [*callbacks, *(extra_callbacks or [])], "enable_model_summary": False}
 
 
@@ -198,7 +228,7 @@ def seed_list(argv: list[str]) -> tuple[list[str], list[int | None]]:
 def run_trainer(argv: list[str]) -> int:
     """`fit`, `validate`, `test`, `predict`: exit code 1 when training diverged. `fit --seeds 0,1,2` runs the
     configuration once per seed (each its own run; the report scores them as seeds of one configuration)."""
-    from lightning_modules.forecaster import TrainingDiverged
+    from callbacks.divergence_guard import TrainingDiverged
 
     argv, seeds = seed_list(snake_options(argv))
     for seed in seeds:
@@ -238,7 +268,7 @@ def run_summary(argv: list[str]) -> int:
     from datamodules.features import TIERS
     from datamodules.market_datamodule import MarketDataModule
     from lightning_modules.forecaster import Forecaster
-    from lightning_modules.sizing import summary_table
+    from sizing.run_size import summary_table
 
     argv = check_config_files(snake_options(argv))
     _quiet_lightning()

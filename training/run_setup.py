@@ -9,11 +9,7 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from datamodules.errors import DataError
-
-
-class ConfigError(ValueError):
-    """An impossible or unknown configuration value."""
+from common.errors import ConfigError, DataError
 
 
 def size_from_config(config):
@@ -21,9 +17,9 @@ def size_from_config(config):
     import torch
 
     from datamodules.market_datamodule import input_columns
-    from lightning_modules.memory import available_memory, parse_bytes
     from lightning_modules.patchtst import PatchTSTConfig
-    from lightning_modules.sizing import size_run
+    from sizing.memory import available_memory, parse_bytes
+    from sizing.run_size import size_run
 
     data, trainer = config.data, config.trainer
     n_channels = len(input_columns(data.tier, data.features, data.tickers, data.asset_channels))

@@ -1,4 +1,4 @@
-"""Stationary inputs (LESSONS #5): no raw price or volume level reaches the network.
+"""Stationary inputs (docs/lessons.md #5): no raw price or volume level reaches the network.
 
 Each channel gets a scale-free transform (multiplying every price, or every volume, by a constant
 leaves it unchanged), then a z-score with statistics from training rows only.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from datamodules.errors import DataError
+from common.errors import DataError
 from datamodules.feature_families import ADOSC, FREE, LEVEL, OBV, RETURN, UNIT, VOLUME
 from datamodules.features import KIND
 

@@ -1,7 +1,7 @@
 """Parameter budgets: closed-form counts, the architecture grid of a budget, its extremes, balanced shapes.
 
-The closed form equals `count_parameters` (meta device) for every config — the tests check both
-channel modes — and is fast enough to sweep every (d_model, n_layers, d_ff ratio) of the grid.
+Counts come from `sizing.accounting.parameter_count` (closed form, exact), fast enough to sweep every
+(d_model, n_layers, d_ff ratio) of the grid.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, replace
 
 from lightning_modules.patchtst import PatchTSTConfig
+from sizing.accounting import parameter_count
 
 BUDGETS = {"2M": 2 * 10**6, "20M": 2 * 10**7, "200M": 2 * 10**8, "2B": 2 * 10**9}
 D_MODELS = tuple(range(64, 2049, 64))  # widths of the grid
@@ -19,15 +20,6 @@ GRID_TOLERANCE = 0.25  # shapes within ±25% of the budget enter the grid
 CONFIG_TOLERANCE = 0.05  # a budget config's exact count lies within ±5%
 MIN_HEAD_DIM = 16  # n_heads choices: power-of-two divisors of d_model with head width ≥ 16
 BALANCED_ASPECT = 64  # d_model / n_layers of a balanced shape (GPT-3 family: 64–85)
-
-
-def parameter_count(n_channels: int, context_length: int, cfg: PatchTSTConfig) -> int:
-    """Exact number of parameters of PatchTST(n_channels, context_length, cfg), without building it."""
-    d, f, n = cfg.d_model, cfg.d_ff, cfg.n_patches(context_length)
-    patch_inputs = cfg.patch_length * (n_channels if cfg.channel_mode == "mixing" else 1)
-    layer = 2 * d + (3 * d * d + 3 * d) + (d * d + d) + 2 * d + (d * f + f) + (f * d + d)
-    total = (patch_inputs * d + d) + n * d + cfg.n_layers * layer + 2 * d + (cfg.head_inputs(context_length) + 1)
-    return total + (2 * n_channels if cfg.revin else 0) + (n_channels + 1 if cfg.linear_skip else 0)
 
 
 @dataclass(frozen=True)

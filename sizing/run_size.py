@@ -11,14 +11,11 @@ from dataclasses import dataclass
 
 from rich.table import Table
 
-from lightning_modules.accounting import forward_flops_per_sample, training_flops_per_sample
-from lightning_modules.budget import BUDGETS, balanced, parameter_count
-from lightning_modules.memory import GiB, MemoryEstimate, estimate_training_memory
+from common.errors import MemoryPreflightError
 from lightning_modules.patchtst import PatchTSTConfig
-
-
-class MemoryPreflightError(ValueError):
-    """The run cannot fit the device's memory: one line with what it needs, has, and what would fit."""
+from sizing.accounting import forward_flops_per_sample, parameter_count, training_flops_per_sample
+from sizing.budget import BUDGETS, balanced
+from sizing.memory import GiB, MemoryEstimate, estimate_training_memory
 
 
 @dataclass

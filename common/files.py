@@ -1,0 +1,41 @@
+"""Writing a file whole or not at all: readers never see half a file, a killed writer leaves the previous one."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write data to path via a temporary file and rename: readers never see half a file. The file gets the mode
+    any new file gets (0666 less the umask), not mkstemp's 0600. The temporary's name is unique per writer, so
+    several processes (hpo workers) may write one path at once."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _new_file(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """`atomic_write_bytes` of UTF-8 text."""
+    atomic_write_bytes(path, text.encode())
+
+
+def _new_file(path: Path) -> tuple[int, Path]:
+    """A new, empty, uniquely named file beside path, opened for writing. Created with mode 0666 so that the
+    kernel applies the umask (reading the umask would mean changing it, which is not thread-safe)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")

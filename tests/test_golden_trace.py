@@ -1,0 +1,73 @@
+"""Golden loss trace: the first training steps of configs/tiny.yaml, compared with stored values.
+
+A real fit in this process on CPU, through the one fit path (`run_lightning`): configs/tiny.yaml (seed 0) with
+the batch finder off, micro-batch 64 and accumulation 2 (the finder's effective 128), one epoch cut to 15
+micro-batches (the last accumulation window is partial) and 2 validation batches. It records the loss each
+training micro-batch returns (`outputs["loss"]`: data, model, loss weighting, optimizer and schedule all
+shape it) and the first validation epoch's `val/loss`, and compares them with `tests/golden/tiny_losses.json`
+within 1e-6 (absolute).
+
+A refactoring must leave the trace as it is. A change meant to alter training (the recipe, the data) updates
+the file on purpose:
+
+    FINSCALE_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_golden_trace.py -q
+
+and the diff of the file goes with the change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import yaml
+from conftest import ROOT, tiny_config
+
+GOLDEN = ROOT / "tests" / "golden" / "tiny_losses.json"
+TOLERANCE = 1e-6
+STEPS = 15  # micro-batches of the trace (8 optimizer steps; the 8th window holds one micro-batch)
+
+
+class LossTrace(pl.Callback):
+    """Every training micro-batch's returned loss, and the first validation epoch's val/loss."""
+
+    def __init__(self) -> None:
+        self.train: list[float] = []
+        self.val: float | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.train.append(float(outputs["loss"]))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and self.val is None:
+            self.val = float(trainer.callback_metrics["val/loss"])
+
+
+def _trace(tmp_path: Path) -> dict:
+    from training.lightning_cli import run_lightning
+
+    path = tiny_config(tmp_path, max_epochs=1, limit_train_batches=STEPS, limit_val_batches=2, accelerator="cpu")
+    config = yaml.safe_load(path.read_text())
+    config["data"]["batch_size"] = 64
+    for callback in config["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("MemoryAwareBatchFinder"):
+            callback["init_args"]["enabled"] = False  # the probe's pick depends on the machine's free memory
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    trace = LossTrace()
+    run_lightning(["fit", "--config", str(path), "--trainer.enable_progress_bar", "false"], [trace])
+    return {"train_step_losses": trace.train, "val_loss": trace.val}
+
+
+def test_tiny_fit_reproduces_the_golden_loss_trace(tmp_path):
+    trace = _trace(tmp_path)
+    assert len(trace["train_step_losses"]) == STEPS and trace["val_loss"] is not None
+    if os.environ.get("FINSCALE_UPDATE_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(trace, indent=2) + "\n")
+        pytest.skip(f"wrote {GOLDEN.relative_to(ROOT)}")
+    golden = json.loads(GOLDEN.read_text())
+    assert trace["train_step_losses"] == pytest.approx(golden["train_step_losses"], rel=0, abs=TOLERANCE)
+    assert trace["val_loss"] == pytest.approx(golden["val_loss"], rel=0, abs=TOLERANCE)

@@ -1,0 +1,115 @@
+"""`cli.py hpo` as real processes on a real SQLite storage: a stop file or SIGTERM ends the study after the current
+trial and a rerun resumes it; kill -9 mid-trial, then a rerun fails and retries that trial and keeps the completed
+ones; two processes share one study without a trial claimed twice or lost. Reruns run in this process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import ROOT, cli_ok, wait_for
+from test_hpo import FEW, STUDY, events, finished, hpo_args, load, study_config
+
+
+@pytest.fixture
+def start():
+    """Start `cli.py ARGS` in the background; whatever is still running when the test ends is killed."""
+    processes = []
+
+    def _start(args: list[str], log: Path) -> subprocess.Popen:
+        out = open(log, "w")  # noqa: SIM115 - closed with the process
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        command = [sys.executable, "cli.py", *args]
+        processes.append(subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env))
+        return processes[-1]
+
+    yield _start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.parametrize("how", ["stop_file", "SIGTERM"])
+def test_a_stop_ends_the_study_after_the_current_trial_and_a_rerun_resumes(tmp_path, how, start):
+    # 12 epochs: the stop comes after the first, long before the trial could end; 1 trial wanted: one more trial
+    # finished (the queued extreme or the retry) would show the study went on
+    config = study_config(tmp_path, epochs=12, batches=FEW, patience=1000)
+    args = hpo_args(config, 1)
+    process = start(args, tmp_path / "out.log")
+    first = tmp_path / "logs" / "hpo" / STUDY / "trial-0000"
+    wait_for(lambda: (first / "checkpoints" / "last.ckpt").exists(), process)  # training, past its first epoch
+    if how == "stop_file":
+        (tmp_path / "STOP").touch()
+    else:
+        process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0, (tmp_path / "out.log").read_text()[-3000:]
+    output = (tmp_path / "out.log").read_text()
+    assert "stopped by" in output and "Resume with the same command" in output
+    study = load(tmp_path)
+    stopped = study.trials[0]
+    assert stopped.state == optuna.trial.TrialState.FAIL
+    source = str(tmp_path / "STOP") if how == "stop_file" else "SIGTERM"
+    assert stopped.user_attrs["reason"].startswith(f"interrupted: stopped by {source}")
+    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retry) == 1 and retry[0].params == stopped.params  # queued again with the same values
+    assert not finished(study)  # the study stopped with the trial: no other trial ran
+    assert (tmp_path / "logs" / "hpo" / STUDY / "summary.md").exists()
+    if how == "SIGTERM":
+        return
+    # rerun (in this process): the old stop file predates it; the study goes on to its trials
+    cli_ok(*args)
+    study = load(tmp_path)
+    assert len(finished(study)) == 1
+
+
+def test_kill_9_mid_trial_then_rerun_fails_and_retries_it_and_keeps_completed_trials(tmp_path, start):
+    config = study_config(tmp_path, epochs=3, batches=FEW, patience=1000)
+    args = hpo_args(config, 3)
+    process = start(args, tmp_path / "out.log")
+    second = tmp_path / "logs" / "hpo" / STUDY / "trial-0001"
+    wait_for(lambda: any(second.glob("events.out.tfevents.*")), process)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    study = load(tmp_path)
+    done = {t.number: t.value for t in finished(study)}
+    assert 0 in done and study.trials[1].state == optuna.trial.TrialState.RUNNING
+    cli_ok(*args)  # the rerun, in this process: the killed process's trial is failed and queued again
+    study = load(tmp_path)
+    killed = study.trials[1]
+    assert killed.state == optuna.trial.TrialState.FAIL
+    assert killed.user_attrs["reason"].startswith("interrupted: process ")
+    assert [t.params for t in study.trials if t.system_attrs.get("failed_trial") == 1] == [killed.params]
+    assert {t.number: t.value for t in finished(study) if t.number in done} == done  # nothing lost
+    assert len(finished(study)) == 3
+    # noisy epochs (3 of 2 batches): the objective is the best epoch's value, not the last one's
+    series = {t.number: [e.value for e in events(Path(t.user_attrs["log_dir"])).Scalars("val/loss")]
+              for t in finished(study)}  # fmt: skip
+    for trial in finished(study):
+        assert trial.user_attrs["best_value"] == pytest.approx(min(series[trial.number]))
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert trial.value == pytest.approx(min(series[trial.number]))  # what TPE learns from
+    assert any(values[-1] > min(values) for values in series.values())
+
+
+def test_two_processes_share_one_study_without_duplicate_or_lost_trials(tmp_path, start):
+    config = study_config(tmp_path, epochs=3, batches=2)
+    args = hpo_args(config, 4)
+    workers = [start(args, tmp_path / f"worker{i}.log") for i in range(2)]
+    for i, worker in enumerate(workers):
+        assert worker.wait(timeout=600) == 0, (tmp_path / f"worker{i}.log").read_text()[-3000:]
+    study = load(tmp_path)
+    done = finished(study)
+    assert 4 <= len(done) <= 5  # a worker may start one trial while the other finishes the last
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    pids = {t.user_attrs["worker"]["pid"] for t in done}
+    assert pids == {w.pid for w in workers}  # both took part
+    dirs = [t.user_attrs["log_dir"] for t in study.trials if "log_dir" in t.user_attrs]
+    assert len(dirs) == len(set(dirs))
+    extremes = [t.user_attrs.get("enqueued") for t in study.trials if t.user_attrs.get("enqueued")]
+    assert len(extremes) == len(set(extremes))  # every enqueued trial ran once
