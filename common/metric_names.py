@@ -21,21 +21,20 @@ class Metric:
     """One metric of a validation epoch."""
 
     name: str  # as logged after the stage: `val/<name>`
-    direction: str | None  # "min" or "max" for a score; None for a diagnostic (no better or worse)
     in_trials: bool = True  # a column of a study's trials.csv
     headline: bool = False  # a column of a campaign's results.csv
     flag: bool = False  # 0/1 when logged; an hpo trial records it as a bool under its bare name
 
 
 METRICS = (
-    Metric("loss", "min", headline=True),  # binary cross-entropy
-    Metric("auroc", "max", headline=True),
-    Metric("ap", "max", headline=True),  # average precision
-    Metric("brier", "min"),
-    Metric("accuracy", "max", in_trials=False),
-    Metric("pred_std", None),  # spread of the predicted probabilities (a collapse shows as ~0)
-    Metric("prior_bce", None),  # the constant training prior's BCE on these days
-    Metric("collapsed", None, flag=True),
+    Metric("loss", headline=True),  # binary cross-entropy
+    Metric("auroc", headline=True),
+    Metric("ap", headline=True),  # average precision
+    Metric("brier"),
+    Metric("accuracy", in_trials=False),
+    Metric("pred_std"),  # spread of the predicted probabilities (a collapse shows as ~0)
+    Metric("prior_bce"),  # the constant training prior's BCE on these days
+    Metric("collapsed", flag=True),
 )
 NAMES = tuple(m.name for m in METRICS)
 
