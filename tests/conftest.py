@@ -7,8 +7,10 @@ import io
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -74,6 +76,93 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subproce
                           env={**os.environ, **(env or {})}, timeout=timeout)  # fmt: skip
 
 
+class Forked:
+    """A `cli.main(args)` child of this process (os.fork): a real process with its own pid, signals, kill -9 and
+    SQLite connections, without a new interpreter's ~10 s of imports (torch, Lightning). What only a fresh
+    `python cli.py` shows (start-up, warnings on stderr) is tested through run_cli. The Popen calls tests use."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.returncode: int | None = None
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: never returns into pytest
+            code = 1
+            try:
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - the child's own streams
+                sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+                for name in ("", "lightning.pytorch", "lightning.fabric"):  # logging as in a fresh `python cli.py`:
+                    logger = logging.getLogger(name)  # cli.main's handler on the root, Lightning's lines propagate
+                    for handler in list(logger.handlers):
+                        logger.removeHandler(handler)
+                    logger.propagate = True
+                logging.getLogger().setLevel(logging.WARNING)
+                import cli
+
+                code = cli.main([str(arg) for arg in args])
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 1
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        os.close(fd)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float = 600) -> int:
+        deadline = time.time() + timeout
+        while self.poll() is None:
+            if time.time() > deadline:
+                raise subprocess.TimeoutExpired(f"cli.main in process {self.pid}", timeout)
+            time.sleep(0.05)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+@pytest.fixture
+def cli_process():
+    """cli_process(args, log) → `cli.py ARGS` running as another process, its output in log: a Forked child where
+    this process has one torch thread (xdist workers: conftest sets it), else a new `python cli.py` (libgomp's
+    thread pool does not survive a fork: the child of a process that used two threads hangs). Whatever still runs
+    when the test ends is killed."""
+    children: list = []
+
+    def _start(args: list[str], log: Path):
+        import torch
+
+        if torch.get_num_threads() == 1:
+            children.append(Forked(list(args), log))
+        else:
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            with open(log, "w") as out:
+                command = [sys.executable, "cli.py", *map(str, args)]
+                children.append(subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env))
+        return children[-1]
+
+    yield _start
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=60)
+
+
 def cli_ok(*args: str) -> str:
     """`cli.main(args)` in this process (no interpreter start-up, torch already imported): exit 0, or the test fails
     with the command's stderr. Returns what it printed on stdout, log lines included, as `python cli.py` would.
@@ -90,6 +179,29 @@ def wait_for(predicate, process: subprocess.Popen, timeout: float = 600) -> None
         assert process.poll() is None, "the process ended before the test could act"
         assert time.time() < deadline, "timed out"
         time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def touch_when(predicate, path: Path, timeout: float = 600):
+    """Create the file `path` (a stop file) from a background thread, as another shell would, as soon as
+    predicate() holds while the body runs a command in this process: a stop file needs no second process, only
+    signals and kills do. After `timeout` s the file is made anyway: the run must end either way."""
+    done = threading.Event()
+
+    def watch() -> None:
+        deadline = time.time() + timeout
+        while not done.is_set() and not predicate() and time.time() < deadline:
+            time.sleep(0.1)
+        if not done.is_set():
+            path.touch()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def assert_user_error(result: subprocess.CompletedProcess, fragment: str) -> None:

@@ -22,8 +22,8 @@ def logs(tmp_path_factory) -> Path:
     """One tiny fit of one epoch, `cli.py test` of its best checkpoint, and a report (whose baselines are cached
     under logs/report/baselines)."""
     tmp = tmp_path_factory.mktemp("bad_report")
-    config = tiny_config(tmp, max_epochs=2, limit_train_batches=10)
-    cli_ok("fit", "--config", str(config), "--trainer.max_epochs", "1")
+    config = tiny_config(tmp, max_epochs=1, limit_train_batches=4)
+    cli_ok("fit", "--config", str(config))
     run = _run(tmp / "logs")
     cli_ok("test", "--config", str(run / "config.yaml"), "--ckpt_path", _record(run)["best_checkpoint"])
     cli_ok("report", "--logdir", str(tmp / "logs"), "--bootstrap", "100")

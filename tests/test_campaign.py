@@ -1,6 +1,6 @@
 """`cli.py campaign`: the smoke matrix (trials of a few 2-batch epochs): run, stop, resume, skip, status, report.
-Real processes where it is about processes (a stop file or SIGTERM while it runs); the rest in this process
-(conftest.cli_ok, assert_refused)."""
+A real process where it is about signals (SIGTERM while it runs); the rest in this process (conftest.cli_ok,
+assert_refused), a stop file made from a thread while the campaign trains."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, assert_refused, cli_exit, cli_ok, wait_for
+from conftest import ROOT, assert_refused, cli_exit, cli_ok, touch_when, wait_for
 from rich.console import Console
 
 from callbacks.stop_file import StopFileCallback
@@ -95,19 +95,15 @@ def finished_trials(logs: Path, horizon: int) -> int:
     return sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
 
 
-def test_the_smoke_campaign_stops_on_the_stop_file_resumes_and_skips_what_cannot_fit(tmp_path, background):
+def test_the_smoke_campaign_stops_on_the_stop_file_resumes_and_skips_what_cannot_fit(tmp_path):
     config = write_campaign(tmp_path)
     logs = tmp_path / "logs"
     status = ["campaign", "--config", str(config), "--status"]
     assert states(cli_ok(*status)) == {"tiny:1": "pending", "tiny:3": "pending", "big:1": "pending", "big:3": "pending"}
     assert not logs.exists()  # a status writes nothing
 
-    process = start(["campaign", "--config", str(config)], tmp_path / "first.log")
-    background.append(process)
-    wait_for(lambda: list(logs.glob("hpo/smoke-tiny-h1-*/trial-0000/checkpoints/last.ckpt")), process, timeout=300)
-    (tmp_path / "STOP").touch()
-    assert process.wait(timeout=120) == 0
-    first = (tmp_path / "first.log").read_text()
+    with touch_when(lambda: list(logs.glob("hpo/smoke-tiny-h1-*/trial-0000/checkpoints/last.ckpt")), tmp_path / "STOP"):
+        first = cli_ok("campaign", "--config", config)  # the stop file is made while it trains its first trial
     assert "campaign smoke (0/8 trials): cell 1/4 tiny:1: 0 of 2 trials finished" in first  # smallest first
     assert "campaign smoke stopped by" in first and states(first)["tiny:3"] == "pending"
     partial = cli_ok(*status)

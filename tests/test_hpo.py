@@ -1,7 +1,6 @@
-"""`cli.py hpo` on configs/tiny.yaml with a real SQLite storage and real TensorBoard files: one study end to end
-through a real process (shared by the tests that only read it), and everything else in this process
-(conftest.cli_ok, assert_refused) with trials of a few tiny epochs. Stops, kills and two workers, as real
-processes: test_hpo_processes.py."""
+"""`cli.py hpo` on configs/tiny.yaml with a real SQLite storage and real TensorBoard files, in this process
+(conftest.cli_ok, assert_refused) with trials of a few tiny epochs: one 4-trial study shared by the tests that only
+read it or copy it. Signals, kills and two workers, as real processes: test_hpo_processes.py."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import io
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, assert_refused, cli_exit, cli_ok, run_cli
+from conftest import ROOT, assert_refused, cli_exit, cli_ok
 from rich.console import Console
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -70,16 +68,15 @@ def events(run_dir: Path) -> EventAccumulator:
 
 
 @pytest.fixture(scope="module")
-def study_run(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+def study_run(tmp_path_factory) -> tuple[Path, Path, str]:
+    """A 4-trial study; its stdout, log lines included."""
     tmp_path = tmp_path_factory.mktemp("hpo")
     config = study_config(tmp_path, epochs=3, batches=FEW)  # 3 epochs of ~2 batches: still some trials pruned
-    result = run_cli(*hpo_args(config, 4))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return tmp_path, config, result
+    return tmp_path, config, cli_ok(*hpo_args(config, 4))
 
 
 def test_a_study_runs_prunes_and_writes_its_records(study_run):
-    tmp_path, _, result = study_run
+    tmp_path, _, stdout = study_run
     study, folder = load(tmp_path), tmp_path / "logs" / "hpo" / STUDY
     states = [t.state.name for t in finished(study)]
     assert len(states) == 4 and "COMPLETE" in states and "PRUNED" in states, states
@@ -121,7 +118,7 @@ def test_a_study_runs_prunes_and_writes_its_records(study_run):
         "constant-prior BCE",
     ):
         assert part in summary, part
-    assert "top 4 finished trials" in result.stdout and "best so far" in result.stdout
+    assert "top 4 finished trials" in stdout and "best so far" in stdout
 
 
 def test_the_grid_extremes_run_first_as_ordinary_parameters(study_run):

@@ -1,4 +1,5 @@
-"""`cli.py hpo` as real processes on a real SQLite storage: a stop file or SIGTERM ends the study after the current
+"""`cli.py hpo` as real processes on a real SQLite storage (conftest.cli_process: children forked from this process):
+SIGTERM (or a stop file, made from a thread while the study runs in this process) ends the study after the current
 trial and a rerun resumes it; kill -9 mid-trial, then a rerun fails and retries that trial and keeps the completed
 ones; two processes share one study without a trial claimed twice or lost. Reruns run in this process."""
 
@@ -6,50 +7,31 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import ROOT, cli_ok, wait_for
+from conftest import cli_ok, touch_when, wait_for
 from test_hpo import FEW, STUDY, events, finished, hpo_args, load, study_config
 
 
-@pytest.fixture
-def start():
-    """Start `cli.py ARGS` in the background; whatever is still running when the test ends is killed."""
-    processes = []
-
-    def _start(args: list[str], log: Path) -> subprocess.Popen:
-        out = open(log, "w")  # noqa: SIM115 - closed with the process
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "cli.py", *args]
-        processes.append(subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env))
-        return processes[-1]
-
-    yield _start
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
 @pytest.mark.parametrize("how", ["stop_file", "SIGTERM"])
-def test_a_stop_ends_the_study_after_the_current_trial_and_a_rerun_resumes(tmp_path, how, start):
+def test_a_stop_ends_the_study_after_the_current_trial_and_a_rerun_resumes(tmp_path, how, cli_process):
+    """SIGTERM to a real process; the stop file, created from a thread while the study runs in this process."""
     # 12 epochs: the stop comes after the first, long before the trial could end; 1 trial wanted: one more trial
     # finished (the queued extreme or the retry) would show the study went on
     config = study_config(tmp_path, epochs=12, batches=FEW, patience=1000)
     args = hpo_args(config, 1)
-    process = start(args, tmp_path / "out.log")
-    first = tmp_path / "logs" / "hpo" / STUDY / "trial-0000"
-    wait_for(lambda: (first / "checkpoints" / "last.ckpt").exists(), process)  # training, past its first epoch
+    last = tmp_path / "logs" / "hpo" / STUDY / "trial-0000" / "checkpoints" / "last.ckpt"  # past its first epoch
     if how == "stop_file":
-        (tmp_path / "STOP").touch()
+        with touch_when(last.exists, tmp_path / "STOP"):
+            output = cli_ok(*args)
     else:
+        process = cli_process(args, tmp_path / "out.log")
+        wait_for(last.exists, process)
         process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=120) == 0, (tmp_path / "out.log").read_text()[-3000:]
-    output = (tmp_path / "out.log").read_text()
+        assert process.wait(timeout=120) == 0, (tmp_path / "out.log").read_text()[-3000:]
+        output = (tmp_path / "out.log").read_text()
     assert "stopped by" in output and "Resume with the same command" in output
     study = load(tmp_path)
     stopped = study.trials[0]
@@ -62,16 +44,16 @@ def test_a_stop_ends_the_study_after_the_current_trial_and_a_rerun_resumes(tmp_p
     assert (tmp_path / "logs" / "hpo" / STUDY / "summary.md").exists()
     if how == "SIGTERM":
         return
-    # rerun (in this process): the old stop file predates it; the study goes on to its trials
+    # rerun: the old stop file predates it; the study goes on to its trials
     cli_ok(*args)
     study = load(tmp_path)
     assert len(finished(study)) == 1
 
 
-def test_kill_9_mid_trial_then_rerun_fails_and_retries_it_and_keeps_completed_trials(tmp_path, start):
+def test_kill_9_mid_trial_then_rerun_fails_and_retries_it_and_keeps_completed_trials(tmp_path, cli_process):
     config = study_config(tmp_path, epochs=3, batches=FEW, patience=1000)
     args = hpo_args(config, 3)
-    process = start(args, tmp_path / "out.log")
+    process = cli_process(args, tmp_path / "out.log")
     second = tmp_path / "logs" / "hpo" / STUDY / "trial-0001"
     wait_for(lambda: any(second.glob("events.out.tfevents.*")), process)
     os.kill(process.pid, signal.SIGKILL)
@@ -97,10 +79,10 @@ def test_kill_9_mid_trial_then_rerun_fails_and_retries_it_and_keeps_completed_tr
     assert any(values[-1] > min(values) for values in series.values())
 
 
-def test_two_processes_share_one_study_without_duplicate_or_lost_trials(tmp_path, start):
+def test_two_processes_share_one_study_without_duplicate_or_lost_trials(tmp_path, cli_process):
     config = study_config(tmp_path, epochs=3, batches=2)
     args = hpo_args(config, 4)
-    workers = [start(args, tmp_path / f"worker{i}.log") for i in range(2)]
+    workers = [cli_process(args, tmp_path / f"worker{i}.log") for i in range(2)]
     for i, worker in enumerate(workers):
         assert worker.wait(timeout=600) == 0, (tmp_path / f"worker{i}.log").read_text()[-3000:]
     study = load(tmp_path)

@@ -30,11 +30,11 @@ LARGER = ["--model.net.d_model", "64", "--model.net.d_ff", "256", "--model.net.n
 
 @pytest.fixture(scope="module")
 def logs(tmp_path_factory) -> Path:
-    """+1% labels, h = 1: two budgets, tiny (a 3-trial study and a plain fit) and a larger tiny (one fit,
+    """+1% labels, h = 1: two budgets, tiny (a 2-trial study and a plain fit) and a larger tiny (one fit,
     tested on its best checkpoint); h = 3: one tiny fit. +2% labels, h = 1: one tiny configuration, two seeds."""
     tmp = tmp_path_factory.mktemp("report")
-    config = tiny_config(tmp, max_epochs=2, limit_train_batches=10)
-    cli_ok("hpo", "--config", str(config), "--trials", "3", "--search-space", ROOT / "configs/hpo/tiny.yaml")
+    config = tiny_config(tmp, max_epochs=2, limit_train_batches=4)
+    cli_ok("hpo", "--config", str(config), "--trials", "2", "--search-space", ROOT / "configs/hpo/tiny.yaml")
     cli_ok("fit", "--config", str(config))
     cli_ok("fit", "--config", str(config), *LARGER)
     cli_ok("fit", "--config", str(config), "--data.horizon", "3")

@@ -16,10 +16,10 @@ from conftest import cli_ok, tiny_config
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> tuple[Path, str]:
     tmp = tmp_path_factory.mktemp("pooled")
-    config = str(tiny_config(tmp, max_epochs=2, limit_train_batches=10))
-    cli_ok("fit", "--config", config, "--trainer.max_epochs", "1", "--data.tickers", "[GSPC, IXIC]")
+    config = str(tiny_config(tmp, max_epochs=1, limit_train_batches=4))
+    cli_ok("fit", "--config", config, "--data.tickers", "[GSPC, IXIC]")
     for start in ("null", "2008-01-01"):
-        cli_ok("fit", "--config", config, "--trainer.max_epochs", "1", "--data.splits.train_start", start)
+        cli_ok("fit", "--config", config, "--data.splits.train_start", start)
     stdout = cli_ok("report", "--logdir", str(tmp / "logs"), "--bootstrap", "200")
     return tmp / "logs", stdout
 

@@ -1,5 +1,6 @@
-"""Stop file, SIGTERM/SIGINT and kill -9 + resume. Signals and kills go to real `cli.py fit` subprocesses; the
-stop file, the resume and the refusals run in this process through `cli.main`."""
+"""Stop file, SIGTERM/SIGINT and kill -9 + resume. Signals go to real `python cli.py fit` processes, kill -9 to a
+`cli.py fit` forked from this process (conftest.cli_process); the stop file, the resume and the refusals run in this
+process through `cli.main`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import ROOT, assert_refused, cli_ok, wait_for
+from conftest import ROOT, assert_refused, cli_ok, touch_when, wait_for
 
 from datamodules.market_datamodule import MarketDataModule
 
@@ -77,23 +77,9 @@ def fit_here(caplog, config: Path, *extra: str) -> str:
 
 
 def _stop_run_here(tmp_path: Path, caplog) -> str:
-    """A long fit in this process, stopped by touching the stop file once training is under way (from another
-    thread, as another shell would); returns what it logged."""
-    done = threading.Event()
-
-    def touch_when_under_way() -> None:
-        deadline = time.time() + 600
-        while last_checkpoint(tmp_path) is None and not done.is_set() and time.time() < deadline:
-            time.sleep(0.2)
-        (tmp_path / "STOP").touch()  # also after the deadline: the run must end either way
-
-    toucher = threading.Thread(target=touch_when_under_way, daemon=True)
-    toucher.start()
-    try:
+    """A long fit in this process, stopped by the stop file once training is under way; returns what it logged."""
+    with touch_when(lambda: last_checkpoint(tmp_path) is not None, tmp_path / "STOP"):
         return fit_here(caplog, long_config(tmp_path))
-    finally:
-        done.set()
-        toucher.join()
 
 
 # SIGINT takes SIGTERM's path (one handler for both): it runs with `make test-all`
@@ -124,11 +110,11 @@ def test_a_stop_file_older_than_the_run_is_ignored(tmp_path, caplog):
     assert json.loads((run_dir(tmp_path) / "run.json").read_text())["epochs_run"] == 2
 
 
-def test_kill_9_repeats_at_most_the_interrupted_epoch(tmp_path, caplog):
+def test_kill_9_repeats_at_most_the_interrupted_epoch(tmp_path, caplog, cli_process):
     # the best checkpoint's monitor is the validation positive rate: the same every epoch, so it never improves
     # after epoch 0 (Lightning's save_last then never rewrote last.ckpt after epoch 0)
     config = long_config(tmp_path, epochs=6, monitor="val/pos_rate")
-    process = start(config, tmp_path)
+    process = cli_process(["fit", "--config", config], tmp_path / "out.log")
     wait_for(lambda: "epoch 2:" in (tmp_path / "out.log").read_text(), process)  # epochs 0-1 have ended
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
