@@ -104,6 +104,10 @@ def _budget_counters() -> dict:
     return counters
 
 
+HEARTBEAT_HELP = ("seconds between a running trial's heartbeats (default 60); a trial silent for 5 of them (a "
+                  "dead or hung worker on any machine) is failed and queued again")  # fmt: skip
+
+
 def _hpo_parser() -> argparse.ArgumentParser:
     from hpo.study import DEFAULT_SPACE
 
@@ -113,7 +117,9 @@ def _hpo_parser() -> argparse.ArgumentParser:
                         help="the fit config of every trial (default: configs/2M.yaml of this repository)")  # fmt: skip
     parser.add_argument("--trials", type=int, required=True, help="finished (complete + pruned) trials wanted")
     parser.add_argument("--search_space", type=Path, default=DEFAULT_SPACE)
-    parser.add_argument("--storage", default=None, help="Optuna RDB URL; default sqlite under <logs>/hpo/<study>/")
+    parser.add_argument("--storage", default=None, help="Optuna RDB URL; default sqlite under <logs>/hpo/<study>/; "
+                        "postgresql://user@host/db for workers on several machines")  # fmt: skip
+    parser.add_argument("--heartbeat", type=float, default=60.0, help=HEARTBEAT_HELP)
     parser.add_argument("--study_name", default=None, help="default: <config>-h<h>-<tickers>.dataset.<tier>-v<version>")
     parser.add_argument("--export_best", type=Path, default=None, help="write the best trial as a fit config")
     return parser
@@ -126,7 +132,7 @@ def hpo_main(argv: list[str]) -> int:
     if not args.config.is_file():
         raise ConfigError(f"config not found: {args.config}")
     request = HpoRequest(args.config, args.trials, args.search_space, args.storage, args.study_name,
-                         args.export_best, overrides)  # fmt: skip
+                         args.export_best, overrides, args.heartbeat)  # fmt: skip
     return StudyRunner(request).run()
 
 
@@ -138,6 +144,9 @@ def _campaign_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trials", type=int, default=None, help="finished trials per cell (default: the config's)")
     parser.add_argument("--cells", default=None, help="a subset, e.g. 2M:1,20M:3 (budget:horizon)")
     parser.add_argument("--status", action="store_true", help="print where the campaign stands; run nothing")
+    parser.add_argument("--storage", default=None, help="one Optuna RDB URL for every cell's study (e.g. "
+                        "postgresql://user@host/db); default: each study's sqlite in <logs>/hpo/<study>/")  # fmt: skip
+    parser.add_argument("--heartbeat", type=float, default=60.0, help=HEARTBEAT_HELP)
     return parser
 
 
@@ -146,7 +155,8 @@ def campaign_main(argv: list[str]) -> int:
     from campaign.runner import run_campaign
 
     args, overrides = _campaign_parser().parse_known_args(argv)
-    return run_campaign(load_plan(args.config, args.trials, args.cells, overrides), args.status)
+    plan = load_plan(args.config, args.trials, args.cells, overrides, args.storage, args.heartbeat)
+    return run_campaign(plan, args.status)
 
 
 def _report_parser() -> argparse.ArgumentParser:

@@ -56,6 +56,8 @@ class Plan:
     search_space: Path
     overrides: list[str] = field(default_factory=list)  # fit overrides for every trial of every cell
     source: Path | None = None
+    storage: str | None = None  # one RDB for every cell's study; None: each study's own SQLite file
+    heartbeat: float = 60.0  # seconds between a running trial's heartbeats (hpo --heartbeat)
 
     def study_name(self, cell: Cell) -> str:
         from datamodules.assets import data_label
@@ -97,8 +99,16 @@ def _read(path: Path) -> dict[str, Any]:
     return spec
 
 
-def load_plan(path: Path, trials: int | None = None, only: str | None = None, extra: list[str] | None = None) -> Plan:
-    """The campaign of `path`, with --trials, --cells and fit overrides from the command line applied."""
+def load_plan(
+    path: Path,
+    trials: int | None = None,
+    only: str | None = None,
+    extra: list[str] | None = None,
+    storage: str | None = None,
+    heartbeat: float = 60.0,
+) -> Plan:
+    """The campaign of `path`, with --trials, --cells, --storage, --heartbeat and fit overrides from the command
+    line applied."""
     spec = _check(path, _read(path))
     budgets, horizons = spec["budgets"], spec["horizons"]
     trials = spec["trials"] if trials is None else trials
@@ -115,7 +125,8 @@ def load_plan(path: Path, trials: int | None = None, only: str | None = None, ex
     starts = [None if s is None else pd.Timestamp(str(s)).date().isoformat() for s in starts]
     cells = [Cell(str(b), int(h), Path(c), p, str(t), s, varies)
              for b, c in budgets.items() for p in pools for t in tiers for s in starts for h in horizons]  # fmt: skip
-    plan = Plan(str(spec["name"]), int(spec["version"]), cells, trials, Path(spec["search_space"]), overrides, path)
+    plan = Plan(str(spec["name"]), int(spec["version"]), cells, trials, Path(spec["search_space"]), overrides, path,
+                storage, heartbeat)  # fmt: skip
     check_name(plan.name, f"{path}: campaign name")  # logs/campaign/<name>/ and the start of its study names
     for budget in budgets:
         check_name(str(budget), f"{path}: budget name")  # part of cell keys and study names

@@ -41,8 +41,8 @@ class Campaign:
         self.plan, self.stop = plan, stop
         self.runners = {}
         for c in plan.cells:
-            request = HpoRequest(c.config, plan.trials, plan.search_space, None, plan.study_name(c), None,
-                                 plan.cell_overrides(c))  # fmt: skip
+            request = HpoRequest(c.config, plan.trials, plan.search_space, plan.storage, plan.study_name(c), None,
+                                 plan.cell_overrides(c), plan.heartbeat)  # fmt: skip
             self.runners[c.key] = StudyRunner(request, stop)  # one stop for the campaign and every study
         self.sizes = {key: size_from_config(runner.config) for key, runner in self.runners.items()}
         plan.cells.sort(key=lambda c: (self.sizes[c.key][0].n_params, c.horizon))  # smallest budget first

@@ -72,16 +72,26 @@ class StateFile:
         atomic_write_bytes(self.path, (json.dumps(self.cells, indent=2) + "\n").encode())
 
 
-def _load(study: str, path: Path) -> optuna.Study | None:
-    """The study, opened read-only (a status never writes to or blocks a storage that workers use)."""
-    if not path.is_file():
+def _load(study: str, path: Path, server: str | None = None) -> optuna.Study | None:
+    """The study, opened read-only from its SQLite file (a status never writes to or blocks a storage that workers
+    use) or, for a campaign on one database server, from there (reading takes no lock that workers wait for)."""
+    if server is None and not path.is_file() or server is not None and not _has_studies(server):
         return None
-    url = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
+    url = server or f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
     storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True, skip_table_creation=True)
     try:
         return optuna.load_study(study_name=study, storage=storage)
     except KeyError:
         return None
+
+
+def _has_studies(url: str) -> bool:
+    """Whether a database server holds Optuna's tables yet (a campaign's first worker creates them)."""
+    engine = sqlalchemy.create_engine(url)
+    try:
+        return sqlalchemy.inspect(engine).has_table("studies")
+    finally:
+        engine.dispose()
 
 
 def _running(trials: list[optuna.trial.FrozenTrial]) -> bool:
@@ -99,7 +109,7 @@ def cell_status(plan: Plan, cell: Cell, hpo_root: Path, state: StateFile) -> Cel
     saved = state.cells.get(cell.key, {})
     status.wall_s, status.reason = float(saved.get("wall_s", 0.0)), saved.get("reason", "")
     try:
-        study = _load(name, hpo_root / name / "study.db")
+        study = _load(name, hpo_root / name / "study.db", plan.storage)
         trials = study.get_trials(deepcopy=False) if study is not None else []
     except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as err:
         status.state, status.reason = "unknown", f"storage unreadable now ({type(err).__name__})"

@@ -41,7 +41,7 @@ class StudyLifecycle:
         try:
             if db:
                 db.parent.mkdir(parents=True, exist_ok=True)
-            storage = self.storage = open_storage(s.storage_url, MAX_RETRIES)
+            storage = self.storage = open_storage(s.storage_url, MAX_RETRIES, s.heartbeat)
             sampler, pruner = make_sampler(s.space.sampler, self.seed), make_pruner(s.space.pruner)
             try:
                 study = optuna.create_study(

@@ -27,6 +27,21 @@ def fail_orphan(study: optuna.Study, trial: FrozenTrial, reason: str) -> FrozenT
     return storage.get_trial(trial_id)
 
 
+def stale_trials(study: optuna.Study) -> tuple[int | None, list[FrozenTrial]]:
+    """The storage's grace period (s) and the RUNNING trials whose last heartbeat is older than it (none without
+    heartbeats).
+
+    Private: the public `optuna.storages.fail_stale_trials` fails them without a word of why (the trials table
+    would show an empty reason and the retry would copy the dead worker's records); the storage's
+    `_get_stale_trial_ids` names them, so that they are failed like a dead local worker's trial; the grace period
+    is an attribute of the RDB storage under `_CachedStorage`."""
+    storage = study._storage
+    if getattr(storage, "get_heartbeat_interval", lambda: None)() is None:
+        return None, []
+    grace = getattr(storage, "_backend", storage).grace_period  # the RDB storage under Optuna's cache
+    return grace, [storage.get_trial(i) for i in storage._get_stale_trial_ids(study._study_id)]
+
+
 def reseed(sampler: optuna.samplers.TPESampler, seed: list[int]) -> None:
     """Seed the random state of a TPE sampler and of its start-up random sampler.
 

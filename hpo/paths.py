@@ -78,6 +78,11 @@ def check_storage(url: str, option: str = "--storage") -> None:
             f"{option} {url!r}: not a database URL ({' '.join(str(err).split())[:150]}); {example}"
         ) from None
     if parsed.get_backend_name() != "sqlite":
+        try:
+            parsed.get_dialect().import_dbapi()
+        except ImportError as err:
+            extra = " (pip install -e '.[postgres]')" if parsed.get_backend_name() == "postgresql" else ""
+            raise ConfigError(f"{option} {url!r}: its database driver is not installed: {err}{extra}") from None
         return
     if not parsed.database or parsed.database == ":memory:":
         raise ConfigError(f"{option} {url!r}: a SQLite storage is a file (sqlite:///path/study.db); {example}")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpo.space import SearchSpace
+from hpo.storage import HEARTBEAT_S
 
 
 @dataclass(frozen=True)
@@ -23,3 +24,4 @@ class StudySettings:
     space: SearchSpace
     trials: int  # finished (complete + pruned) trials wanted
     fingerprint: str  # a hash of the search space and the fixed fit config: who may join the study
+    heartbeat: float = HEARTBEAT_S  # seconds between a running trial's heartbeats

@@ -14,16 +14,19 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from common.errors import ConfigError
-from hpo.optuna_private import fail_orphan
+from hpo.optuna_private import fail_orphan, stale_trials
 
 log = logging.getLogger(__name__)
-HEARTBEAT_S, GRACE_S = 60, 300  # a RUNNING trial without heartbeat for GRACE_S seconds belongs to a dead worker
+HEARTBEAT_S = 60.0  # how often a running trial's worker says it is alive (hpo --heartbeat)
+GRACE_MISSED = 5  # a RUNNING trial without a heartbeat for this many intervals belongs to a dead worker
 MAX_RETRIES = 3  # an interrupted trial is queued again at most this often
 
 
-def open_storage(url: str, max_retry: int) -> optuna.storages.RDBStorage:
-    """The RDB storage of `url` with heartbeats (a dead worker's trial is queued again, at most max_retry times);
-    SQLite with BEGIN IMMEDIATE. A URL or database that cannot be opened is a ConfigError."""
+def open_storage(url: str, max_retry: int, heartbeat: float = HEARTBEAT_S) -> optuna.storages.RDBStorage:
+    """The RDB storage of `url` with heartbeats every `heartbeat` s (a trial silent for GRACE_MISSED of them is
+    failed by the next worker to start a trial and queued again, at most max_retry times); SQLite with BEGIN
+    IMMEDIATE (its work-around only: a server database locks rows itself). A URL or database that cannot be
+    opened is a ConfigError."""
     sqlite = url.startswith("sqlite")
     engine = {"connect_args": {"timeout": 120}} if sqlite else {}
     for attempt in range(5):  # two workers creating one SQLite schema at once may collide: retry
@@ -31,15 +34,17 @@ def open_storage(url: str, max_retry: int) -> optuna.storages.RDBStorage:
             storage = optuna.storages.RDBStorage(
                 url,
                 engine_kwargs=engine,
-                heartbeat_interval=HEARTBEAT_S,
-                grace_period=GRACE_S,
+                heartbeat_interval=max(1, round(heartbeat)),
+                grace_period=max(2, round(GRACE_MISSED * heartbeat)),
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
             )
             if sqlite:
                 serialize_sqlite(storage.engine)
             return storage
         except Exception as err:  # a bad URL or database (at once), or workers racing to create one schema
-            racing = isinstance(err, sqlalchemy.exc.OperationalError | sqlalchemy.exc.IntegrityError)
+            racing = isinstance(err, sqlalchemy.exc.OperationalError | sqlalchemy.exc.IntegrityError) or (
+                isinstance(err, sqlalchemy.exc.ProgrammingError) and "already exists" in str(err)
+            )  # PostgreSQL: another worker created a table between the check and the CREATE
             if attempt == 4 or not racing:
                 raise ConfigError(f"storage {url}: {' '.join(str(err).split())[:300]}") from None
             time.sleep(0.5 + attempt)
@@ -64,19 +69,27 @@ def alive(pid: int, started: str) -> bool:
     return not started or process_started(pid) == started
 
 
-def fail_dead_local_trials(study: optuna.Study, host: str) -> None:
-    """RUNNING trials started by a process of this machine that no longer runs: fail them, queue them again."""
-    optuna.storages.fail_stale_trials(study)  # other machines: no heartbeat for GRACE_S
+def fail_dead_trials(study: optuna.Study, host: str) -> None:
+    """RUNNING trials whose worker is gone: fail them with the reason and queue them again. On any machine, a
+    trial without a heartbeat for the grace period (a dead, hung or cut-off worker); on this one, at once, a
+    trial whose process no longer runs."""
+    grace, stale = stale_trials(study)
+    for trial in stale:
+        worker = trial.user_attrs.get("worker") or {}
+        where = f"process {worker.get('pid', '?')} on {worker.get('host', '?')}"
+        _fail_and_requeue(study, trial, f"interrupted: no heartbeat for {grace} s from {where}")
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker") or {}
         if worker.get("trial") != trial.number or worker.get("host") != host:
             continue  # not yet claimed (a retry still carries its parent's worker), or another machine's
         if alive(int(worker["pid"]), worker.get("pid_started", "")):
             continue
-        reason = f"interrupted: process {worker['pid']} on {host} ended while running it"
-        failed = fail_orphan(study, trial, reason)
-        if failed is None:
-            continue
+        _fail_and_requeue(study, trial, f"interrupted: process {worker['pid']} on {host} ended while running it")
+
+
+def _fail_and_requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> None:
+    failed = fail_orphan(study, trial, reason)
+    if failed is not None:  # else another worker got there first
         log.warning("trial %d: %s; queued again with the same parameters", trial.number, reason)
         requeue(study, failed, MAX_RETRIES)
 

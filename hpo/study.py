@@ -1,11 +1,12 @@
 """`cli.py hpo`: an Optuna study whose every trial is one run of the fit path.
 
     python cli.py hpo --config configs/2M.yaml --trials 50 [--search-space configs/hpo/default.yaml]
-                      [--storage URL] [--study-name NAME] [--export-best FILE] [fit overrides …]
+                      [--storage URL] [--heartbeat S] [--study-name NAME] [--export-best FILE] [fit overrides …]
 
-- Storage: SQLite under <logs>/hpo/<study>/study.db unless --storage names any Optuna RDB URL.
+- Storage: SQLite under <logs>/hpo/<study>/study.db unless --storage names any Optuna RDB URL (PostgreSQL
+  for workers on several machines: `pip install -e '.[postgres]'`).
 - Resume: rerun the same command. RUNNING trials of dead processes are failed and retried (same params):
-  at once for processes of this machine, after the heartbeat's grace period for other machines.
+  at once for processes of this machine; on any machine, a trial without a heartbeat for 5 × --heartbeat s.
 - Done when the study holds N finished (complete + pruned) trials; failed trials (memory, divergence)
   are recorded with their reason and do not count.
 - Several processes (and machines, with an RDB URL) may run the same command: they share one study.
@@ -18,6 +19,7 @@ Here: the request checked, the study's loop and its end. Elsewhere: creating or 
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import time
@@ -41,7 +43,7 @@ from hpo.paths import check_folder, check_name, check_storage
 from hpo.progress import Progress
 from hpo.settings import StudySettings
 from hpo.space import SearchSpace, describe, fingerprint, load_space
-from hpo.storage import fail_dead_local_trials
+from hpo.storage import HEARTBEAT_S, fail_dead_trials
 from hpo.trial import TrialFailed, TrialInterrupted, TrialRunner, trial_size
 from training.lightning_cli import parse_fit_config
 
@@ -64,6 +66,7 @@ class HpoRequest:
     study_name: str | None = None
     export_best: Path | None = None
     overrides: list[str] = field(default_factory=list)
+    heartbeat: float = HEARTBEAT_S  # seconds; a trial silent for 5 of them is failed and queued again
 
 
 class StudyRunner:
@@ -106,7 +109,7 @@ class StudyRunner:
         self.seed = int(seed if seed is not None else self.config.seed_everything or 0)
         self.settings = StudySettings(self.name, self.storage_url, self.dir, self.monitor, self.direction,
                                       request.config, request.overrides, request.search_space, self.space,
-                                      request.trials, self.fingerprint)  # fmt: skip
+                                      request.trials, self.fingerprint, request.heartbeat)  # fmt: skip
         self.lifecycle = StudyLifecycle(self.settings, plain_config(self.config), self.seed, self.extremes)
         self.trials = TrialRunner(self.settings, self.config, self.n_channels, self.budget, self.stop)
 
@@ -136,6 +139,9 @@ class StudyRunner:
             log.info("  %s", line)
         failure = None
         with self.stop.catching_signals(), _quiet_loggers():
+            # what exists now (torch, Lightning, the config) lives as long as the study: frozen, the collection after
+            # each trial (gc_after_trial: a trial's tensors in reference cycles) scans only what trials made
+            gc.freeze()  # measured: 0.5 s → ~0 per trial in a process holding torch, Lightning and optuna
             try:
                 with Progress(self.request.trials) as progress:
                     self._loop(study, progress)
@@ -144,12 +150,14 @@ class StudyRunner:
             except ConfigError:  # no trial can run: a study this process made and ran alone is not left behind
                 self.lifecycle.discard_if_only_mine(study, self.trials.pid)
                 raise
+            finally:
+                gc.unfreeze()  # a campaign runs the next study in this process
         return self._finish(study, failure)
 
     def _loop(self, study: optuna.Study, progress: Progress) -> None:
         wanted = self.request.trials
         while not self.stop_requested():
-            fail_dead_local_trials(study, self.trials.host)
+            fail_dead_trials(study, self.trials.host)
             trials = study.get_trials(deepcopy=False)
             finished = sum(t.state in FINISHED for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
@@ -203,6 +211,9 @@ def _check_request(request: HpoRequest) -> None:
         check_name(request.study_name, "--study_name")
     if request.storage is not None:
         check_storage(request.storage)
+    heartbeat = request.heartbeat
+    if isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float) or not 1 <= heartbeat <= 3600:
+        raise ConfigError(f"--heartbeat must be 1 to 3600 seconds, got {heartbeat!r}")
     if request.export_best is not None:
         check_export_target(request.export_best)
 

@@ -41,6 +41,12 @@ def test_trial_counts(tiny, tmp_path, capsys, trials, fragment):
     refused(["hpo", "--config", str(tiny), "--trials", trials], fragment, capsys, tmp_path)
 
 
+@pytest.mark.parametrize("heartbeat", ["0", "0.5", "86400", "nan"])
+def test_heartbeats_out_of_range(tiny, tmp_path, capsys, heartbeat):
+    refused(["hpo", "--config", str(tiny), "--trials", "2", "--heartbeat", heartbeat], "--heartbeat must be 1 to 3600",
+            capsys, tmp_path)  # fmt: skip
+
+
 def test_trials_missing(tiny, tmp_path, capsys):
     refused(["hpo", "--config", str(tiny)], "the following arguments are required: --trials", capsys, tmp_path)
 
@@ -132,6 +138,7 @@ def test_search_space_not_a_file(tiny, tmp_path, capsys, what):
         ("sqlite://", "a SQLite storage is a file"),
         ("sqlite:///{tmp}/blocker/study.db", "is a file, not a folder"),
         ("sqlite:///{tmp}", "is not a file"),
+        ("mysql://user@127.0.0.1/study", "its database driver is not installed"),  # no pymysql here
     ],
 )
 def test_bad_storage_urls(tiny, tmp_path, capsys, url, fragment):

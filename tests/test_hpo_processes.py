@@ -18,9 +18,9 @@ from test_hpo import FEW, STUDY, events, finished, hpo_args, load, study_config
 @pytest.mark.parametrize("how", ["stop_file", "SIGTERM"])
 def test_a_stop_ends_the_study_after_the_current_trial_and_a_rerun_resumes(tmp_path, how, cli_process):
     """SIGTERM to a real process; the stop file, created from a thread while the study runs in this process."""
-    # 12 epochs: the stop comes after the first, long before the trial could end; 1 trial wanted: one more trial
+    # 6 epochs: the stop comes after the first, long before the trial could end; 1 trial wanted: one more trial
     # finished (the queued extreme or the retry) would show the study went on
-    config = study_config(tmp_path, epochs=12, batches=FEW, patience=1000)
+    config = study_config(tmp_path, epochs=6, batches=FEW, patience=1000)
     args = hpo_args(config, 1)
     last = tmp_path / "logs" / "hpo" / STUDY / "trial-0000" / "checkpoints" / "last.ckpt"  # past its first epoch
     if how == "stop_file":
