@@ -106,6 +106,16 @@ def _budget_counters() -> dict:
 
 HEARTBEAT_HELP = ("seconds between a running trial's heartbeats (default 60); a trial silent for 5 of them (a "
                   "dead or hung worker on any machine) is failed and queued again")  # fmt: skip
+KEEP_HELP = ("the best k complete trials of a study keep their checkpoints (default 3); the others' are deleted "
+             "after each trial (their records, predictions and TensorBoard files stay)")  # fmt: skip
+
+
+def _add_worker_options(parser: argparse.ArgumentParser) -> None:
+    from hpo.retention import KEEP_CHECKPOINTS
+    from hpo.storage import HEARTBEAT_S
+
+    parser.add_argument("--heartbeat", type=float, default=HEARTBEAT_S, help=HEARTBEAT_HELP)
+    parser.add_argument("--keep_checkpoints", type=int, default=KEEP_CHECKPOINTS, help=KEEP_HELP)
 
 
 def _hpo_parser() -> argparse.ArgumentParser:
@@ -119,7 +129,7 @@ def _hpo_parser() -> argparse.ArgumentParser:
     parser.add_argument("--search_space", type=Path, default=DEFAULT_SPACE)
     parser.add_argument("--storage", default=None, help="Optuna RDB URL; default sqlite under <logs>/hpo/<study>/; "
                         "postgresql://user@host/db for workers on several machines")  # fmt: skip
-    parser.add_argument("--heartbeat", type=float, default=60.0, help=HEARTBEAT_HELP)
+    _add_worker_options(parser)
     parser.add_argument("--study_name", default=None, help="default: <config>-h<h>-<tickers>.dataset.<tier>-v<version>")
     parser.add_argument("--export_best", type=Path, default=None, help="write the best trial as a fit config")
     return parser
@@ -132,7 +142,7 @@ def hpo_main(argv: list[str]) -> int:
     if not args.config.is_file():
         raise ConfigError(f"config not found: {args.config}")
     request = HpoRequest(args.config, args.trials, args.search_space, args.storage, args.study_name,
-                         args.export_best, overrides, args.heartbeat)  # fmt: skip
+                         args.export_best, overrides, args.heartbeat, args.keep_checkpoints)  # fmt: skip
     return StudyRunner(request).run()
 
 
@@ -146,7 +156,7 @@ def _campaign_parser() -> argparse.ArgumentParser:
     parser.add_argument("--status", action="store_true", help="print where the campaign stands; run nothing")
     parser.add_argument("--storage", default=None, help="one Optuna RDB URL for every cell's study (e.g. "
                         "postgresql://user@host/db); default: each study's sqlite in <logs>/hpo/<study>/")  # fmt: skip
-    parser.add_argument("--heartbeat", type=float, default=60.0, help=HEARTBEAT_HELP)
+    _add_worker_options(parser)
     return parser
 
 
@@ -155,7 +165,8 @@ def campaign_main(argv: list[str]) -> int:
     from campaign.runner import run_campaign
 
     args, overrides = _campaign_parser().parse_known_args(argv)
-    plan = load_plan(args.config, args.trials, args.cells, overrides, args.storage, args.heartbeat)
+    plan = load_plan(args.config, args.trials, args.cells, overrides, args.storage, args.heartbeat,
+                     args.keep_checkpoints)  # fmt: skip
     return run_campaign(plan, args.status)
 
 

@@ -22,6 +22,8 @@ import yaml
 from common.errors import ConfigError
 from datamodules.assets import tickers_of
 from hpo.paths import check_name
+from hpo.retention import KEEP_CHECKPOINTS
+from hpo.storage import HEARTBEAT_S
 
 KEYS = {"name", "version", "budgets", "horizons", "trials", "search_space", "overrides", "pools", "tiers",
         "train_starts"}  # fmt: skip
@@ -57,7 +59,8 @@ class Plan:
     overrides: list[str] = field(default_factory=list)  # fit overrides for every trial of every cell
     source: Path | None = None
     storage: str | None = None  # one RDB for every cell's study; None: each study's own SQLite file
-    heartbeat: float = 60.0  # seconds between a running trial's heartbeats (hpo --heartbeat)
+    heartbeat: float = HEARTBEAT_S  # seconds between a running trial's heartbeats (hpo --heartbeat)
+    keep_checkpoints: int = KEEP_CHECKPOINTS  # the best k complete trials of a study keep their checkpoints
 
     def study_name(self, cell: Cell) -> str:
         from datamodules.assets import data_label
@@ -105,10 +108,11 @@ def load_plan(
     only: str | None = None,
     extra: list[str] | None = None,
     storage: str | None = None,
-    heartbeat: float = 60.0,
+    heartbeat: float = HEARTBEAT_S,
+    keep_checkpoints: int = KEEP_CHECKPOINTS,
 ) -> Plan:
-    """The campaign of `path`, with --trials, --cells, --storage, --heartbeat and fit overrides from the command
-    line applied."""
+    """The campaign of `path`, with --trials, --cells, --storage, --heartbeat, --keep_checkpoints and fit overrides
+    from the command line applied."""
     spec = _check(path, _read(path))
     budgets, horizons = spec["budgets"], spec["horizons"]
     trials = spec["trials"] if trials is None else trials
@@ -126,7 +130,7 @@ def load_plan(
     cells = [Cell(str(b), int(h), Path(c), p, str(t), s, varies)
              for b, c in budgets.items() for p in pools for t in tiers for s in starts for h in horizons]  # fmt: skip
     plan = Plan(str(spec["name"]), int(spec["version"]), cells, trials, Path(spec["search_space"]), overrides, path,
-                storage, heartbeat)  # fmt: skip
+                storage, heartbeat, keep_checkpoints)  # fmt: skip
     check_name(plan.name, f"{path}: campaign name")  # logs/campaign/<name>/ and the start of its study names
     for budget in budgets:
         check_name(str(budget), f"{path}: budget name")  # part of cell keys and study names

@@ -42,7 +42,7 @@ class Campaign:
         self.runners = {}
         for c in plan.cells:
             request = HpoRequest(c.config, plan.trials, plan.search_space, plan.storage, plan.study_name(c), None,
-                                 plan.cell_overrides(c), plan.heartbeat)  # fmt: skip
+                                 plan.cell_overrides(c), plan.heartbeat, plan.keep_checkpoints)  # fmt: skip
             self.runners[c.key] = StudyRunner(request, stop)  # one stop for the campaign and every study
         self.sizes = {key: size_from_config(runner.config) for key, runner in self.runners.items()}
         plan.cells.sort(key=lambda c: (self.sizes[c.key][0].n_params, c.horizon))  # smallest budget first
@@ -113,12 +113,14 @@ class Campaign:
         if need > available:
             return f"needs {gb(need)} of memory at micro-batch 1, has {gb(available)} ({where})"
         largest = size.n_params * (1 + GRID_TOLERANCE)  # a searched architecture may be this much larger
-        disk = remaining * CHECKPOINTS_PER_TRIAL * CHECKPOINT_BYTES_PER_PARAM * largest * DISK_MARGIN
+        trials = min(remaining, self.plan.keep_checkpoints + 1)  # the best k keep theirs, plus the running one
+        disk = trials * CHECKPOINTS_PER_TRIAL * CHECKPOINT_BYTES_PER_PARAM * largest * DISK_MARGIN
         self.logs.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(self.logs).free
         if disk > free:
             return (
-                f"needs {gb(disk)} of disk for {remaining} trials' checkpoints, has {gb(free)} free under {self.logs}"
+                f"needs {gb(disk)} of disk for {trials} trials' checkpoints (the best "
+                f"{self.plan.keep_checkpoints} and the running one), has {gb(free)} free under {self.logs}"
             )
         return ""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpo.retention import KEEP_CHECKPOINTS
 from hpo.space import SearchSpace
 from hpo.storage import HEARTBEAT_S
 
@@ -25,3 +26,4 @@ class StudySettings:
     trials: int  # finished (complete + pruned) trials wanted
     fingerprint: str  # a hash of the search space and the fixed fit config: who may join the study
     heartbeat: float = HEARTBEAT_S  # seconds between a running trial's heartbeats
+    keep_checkpoints: int = KEEP_CHECKPOINTS  # the best k complete trials keep their checkpoints

@@ -41,6 +41,7 @@ from hpo.fit_config import checkpoint_monitor, default_study_name, override_keys
 from hpo.lifecycle import FINISHED, StudyLifecycle
 from hpo.paths import check_folder, check_name, check_storage
 from hpo.progress import Progress
+from hpo.retention import KEEP_CHECKPOINTS
 from hpo.settings import StudySettings
 from hpo.space import SearchSpace, describe, fingerprint, load_space
 from hpo.storage import HEARTBEAT_S, fail_dead_trials
@@ -67,6 +68,7 @@ class HpoRequest:
     export_best: Path | None = None
     overrides: list[str] = field(default_factory=list)
     heartbeat: float = HEARTBEAT_S  # seconds; a trial silent for 5 of them is failed and queued again
+    keep_checkpoints: int = KEEP_CHECKPOINTS  # the best k complete trials keep their checkpoints (hpo/retention.py)
 
 
 class StudyRunner:
@@ -109,7 +111,8 @@ class StudyRunner:
         self.seed = int(seed if seed is not None else self.config.seed_everything or 0)
         self.settings = StudySettings(self.name, self.storage_url, self.dir, self.monitor, self.direction,
                                       request.config, request.overrides, request.search_space, self.space,
-                                      request.trials, self.fingerprint, request.heartbeat)  # fmt: skip
+                                      request.trials, self.fingerprint, request.heartbeat,
+                                      request.keep_checkpoints)  # fmt: skip
         self.lifecycle = StudyLifecycle(self.settings, plain_config(self.config), self.seed, self.extremes)
         self.trials = TrialRunner(self.settings, self.config, self.n_channels, self.budget, self.stop)
 
@@ -214,6 +217,9 @@ def _check_request(request: HpoRequest) -> None:
     heartbeat = request.heartbeat
     if isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float) or not 1 <= heartbeat <= 3600:
         raise ConfigError(f"--heartbeat must be 1 to 3600 seconds, got {heartbeat!r}")
+    keep = request.keep_checkpoints
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ConfigError(f"--keep_checkpoints must be a whole number ≥ 1, got {keep!r}")
     if request.export_best is not None:
         check_export_target(request.export_best)
 

@@ -23,6 +23,7 @@ from hpo import records
 from hpo.fit_config import format_override
 from hpo.progress import log_trial
 from hpo.pruning import TrialPruning
+from hpo.retention import drop_checkpoints
 from hpo.settings import StudySettings
 from hpo.space import arch_name
 from hpo.storage import process_started, requeue
@@ -113,7 +114,9 @@ class TrialRunner:
         if trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs.get("interrupted"):
             requeue(study, trial)  # a stop never drops a trial
         log_trial(study, trial, self.settings.monitor)
-        records.write_trials_csv(study, self.settings.dir / "trials.csv")
+        s = self.settings
+        drop_checkpoints(study, s.dir, s.keep_checkpoints, s.direction)
+        records.write_trials_csv(study, s.dir / "trials.csv")
 
     # the steps of a trial -------------------------------------------------------------------------------------
 

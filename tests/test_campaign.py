@@ -216,6 +216,9 @@ def test_a_cell_whose_checkpoints_cannot_fit_the_disk_is_skipped(tmp_path, monke
     monkeypatch.setattr(runner.shutil, "disk_usage", lambda path: shutil_usage(free=1_000_000))
     assert campaign.preflight(plan.cells[0], 2).startswith("needs ") and "of disk for 2 trials' checkpoints" in (
         campaign.preflight(plan.cells[0], 2))  # fmt: skip
+    # retention (hpo/retention.py): 50 trials to go need the disk of the best k and the running one only
+    assert campaign.preflight(plan.cells[0], 50) == campaign.preflight(plan.cells[0], 4)
+    assert "for 4 trials' checkpoints (the best 3 and the running one)" in campaign.preflight(plan.cells[0], 50)
 
 
 def shutil_usage(free: int):

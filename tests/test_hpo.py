@@ -133,6 +133,8 @@ def test_the_grid_extremes_run_first_as_ordinary_parameters(study_run):
 def test_each_trial_is_a_tensorboard_run_with_hparams_and_its_final_state(study_run):
     tmp_path, _, _ = study_run
     study = load(tmp_path)
+    complete = [t for t in finished(study) if t.state == optuna.trial.TrialState.COMPLETE]
+    kept = {t.number for t in sorted(complete, key=lambda t: t.value)[:3]}  # --keep_checkpoints' default
     for trial in finished(study):
         run_dir = Path(trial.user_attrs["log_dir"])
         acc = events(run_dir)
@@ -155,7 +157,14 @@ def test_each_trial_is_a_tensorboard_run_with_hparams_and_its_final_state(study_
         record = json.loads((run_dir / "run.json").read_text())
         assert "finished" in record  # a pruned fit ends like an early stop, not through the exception path
         checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-        assert checkpoints[-1] == "last.ckpt" and all(n.startswith("best-") for n in checkpoints[:-1])
+        if trial.number in kept:
+            assert checkpoints[-1] == "last.ckpt" and all(n.startswith("best-") for n in checkpoints[:-1])
+        else:  # neither among the best 3 complete trials nor running: its checkpoints were deleted
+            assert checkpoints == [], trial.number
+        assert {"config.yaml", "run.json", "val_predictions.csv"} <= {p.name for p in run_dir.iterdir()}  # stay
+    assert len(finished(study)) > len(kept)  # some trial lost its checkpoints
+    best = json.loads((tmp_path / "logs" / "hpo" / STUDY / "best.json").read_text())["best_checkpoint"]
+    assert Path(best).is_file()  # the best trial's checkpoint is among those kept
 
 
 def copy_study(study_run, tmp_path: Path) -> Path:
