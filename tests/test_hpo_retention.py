@@ -43,3 +43,14 @@ def test_nothing_outside_the_study_folder_is_deleted(tmp_path):
         study.add_trial(create_trial(value=value, user_attrs={"log_dir": str(outside.parent)}))
     assert drop_checkpoints(study, tmp_path / "study", 1, "minimize") == []
     assert (outside / "last.ckpt").exists() and ROOT.exists()
+
+
+def test_a_folder_that_a_kept_trial_also_uses_keeps_its_checkpoints(tmp_path):
+    shared = tmp_path / "study" / "trial-0000"
+    (shared / "checkpoints").mkdir(parents=True)
+    (shared / "checkpoints" / "last.ckpt").write_bytes(b"continued by the retry")
+    study = optuna.create_study()
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"log_dir": str(shared), "interrupted": True}))
+    study.add_trial(create_trial(value=0.1, user_attrs={"log_dir": str(shared)}, system_attrs={"failed_trial": 0}))
+    assert drop_checkpoints(study, tmp_path / "study", 1, "minimize") == []
+    assert (shared / "checkpoints" / "last.ckpt").exists()
