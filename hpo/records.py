@@ -62,6 +62,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "enqueued": a.get("enqueued", ""),
             "worker": _worker(a.get("worker")),
             "retry_of": t.system_attrs.get("failed_trial"),
+            "continued_from": a.get("continued_from") or "",  # the checkpoint a retry resumed (same run folder)
             "started": t.datetime_start,
             "completed": t.datetime_complete,
             "log_dir": a.get("log_dir"),

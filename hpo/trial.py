@@ -6,6 +6,8 @@ divergence, an error: recorded, the study goes on) or interrupted (a stop: queue
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import socket
 import time
@@ -29,6 +31,8 @@ from hpo.space import arch_name
 from hpo.storage import process_started, requeue
 from lightning_modules.patchtst import PatchTSTConfig
 from sizing.accounting import forward_flops_per_sample, parameter_count, training_flops_per_sample
+
+log = logging.getLogger(__name__)
 
 RECORD_KEYS = ("arch", "n_heads", "n_params", "forward_flops_per_sample", "train_flops_per_sample", "epochs",
                "best_epoch", "micro_batch", "accumulate", "wall_s", "best_value", "dataset_hash", "git_commit",
@@ -73,8 +77,9 @@ class TrialRunner:
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.pid_started = process_started(self.pid)
 
-    def argv(self, values: dict[str, Any], version: str) -> list[str]:
-        """The fit command of one trial: the study's config and overrides, the sampled values, its run dir."""
+    def argv(self, values: dict[str, Any], version: str, resume: Path | None = None) -> list[str]:
+        """The fit command of one trial: the study's config and overrides, the sampled values, its run dir (and the
+        checkpoint it continues from: the fit then writes into that checkpoint's run)."""
         s = self.settings
         sampled = [item for key, value in values.items() for item in (f"--{key}", format_override(value))]
         place = [
@@ -86,7 +91,8 @@ class TrialRunner:
             version,
         ]
         quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-        return ["fit", "--config", str(s.config), *s.overrides, *sampled, *place, *quiet]
+        resumed = ["--ckpt_path", str(resume)] if resume else []
+        return ["fit", "--config", str(s.config), *s.overrides, *sampled, *place, *quiet, *resumed]
 
     def size(self, values: dict[str, Any]) -> dict[str, Any]:
         return trial_size(self.config, self.n_channels, values, self.settings.space.architecture is not None)
@@ -97,13 +103,13 @@ class TrialRunner:
         from callbacks.run_record import RunRecordCallback
 
         began = time.time()
-        values, version, run_dir = self._start(trial)
+        values, version, run_dir, resume = self._start(trial)
         pruning = TrialPruning(trial, self.settings.monitor, study_stop=self.stop.requested)
         record = RunRecordCallback(
             extra_hparams={"hpo.study": self.settings.name, "hpo.trial": trial.number, "hpo.budget": self.budget},
             extra_metrics=records.HPO_METRICS,
         )
-        cli = self._fit(trial, self.argv(values, version), pruning, record, began, run_dir)
+        cli = self._fit(trial, self.argv(values, version, resume), pruning, record, began, run_dir)
         self.errors_in_a_row = 0
         self._record_run(trial, cli, record, began)
         self._check_stopped(trial, cli, began, run_dir)
@@ -120,20 +126,24 @@ class TrialRunner:
 
     # the steps of a trial -------------------------------------------------------------------------------------
 
-    def _start(self, trial: optuna.Trial) -> tuple[dict[str, Any], str, Path]:
+    def _start(self, trial: optuna.Trial) -> tuple[dict[str, Any], str, Path, Path | None]:
         """Claim the trial for this process, sample it, start its record empty (a retried trial inherits its
-        parent's attributes), and refuse to start it once a stop was requested."""
+        parent's attributes), and refuse to start it once a stop was requested. An interrupted trial's retry
+        continues in its parent's run folder from its last.ckpt (`continuation`)."""
         worker = {"host": self.host, "pid": self.pid, "pid_started": self.pid_started, "trial": trial.number}
         trial.set_user_attr("worker", worker)
         values = self.settings.space.suggest(trial)
-        version, run_dir = self._trial_dir(trial.number)
+        resume = continuation(trial.study, trial.number, values, self.settings.dir)
+        run_dir = resume.parent.parent if resume else None  # the parent's run, continued in place
+        version, run_dir = (run_dir.name, run_dir) if run_dir else self._trial_dir(trial.number)
         attrs: dict[str, Any] = dict.fromkeys(RECORD_KEYS) | self.size(values)
-        attrs |= {"reason": "", "interrupted": False, "log_dir": str(run_dir), "values": values}
+        attrs |= {"reason": "", "interrupted": False, "log_dir": str(run_dir), "values": values,
+                  "continued_from": str(resume) if resume else None}  # fmt: skip
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         if self.stop.requested():
             self._fail(trial, f"not started: stop requested by {self.stop.requested()}", TrialInterrupted)
-        return values, version, run_dir
+        return values, version, run_dir, resume
 
     def _trial_dir(self, number: int) -> tuple[str, Path]:
         version = f"trial-{number:04d}"
@@ -234,3 +244,29 @@ class TrialRunner:
         if run_dir is not None and Path(run_dir).exists():
             records.write_trial_scalars(Path(run_dir), None, failed=True)
         raise kind(reason)
+
+
+def continuation(study: optuna.Study, number: int, values: dict[str, Any], study_dir: Path) -> Path | None:
+    """The checkpoint trial `number` continues from, or None (it starts afresh): it was queued again for an
+    interrupted trial (a stop file, a signal, a dead or silent worker) that ran with the same values and left a
+    readable last.ckpt in its run folder under this study's folder on this machine. The study's fixed settings
+    are the same by construction: a worker with other settings is refused (hpo/lifecycle.py)."""
+    import torch
+
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    parent = trials.get(trials[number].system_attrs.get("failed_trial", -1)) if number in trials else None
+    same = parent is not None and parent.user_attrs.get("values") == json.loads(json.dumps(values))  # as stored
+    if not same or not parent.user_attrs.get("interrupted"):
+        return None
+    last = Path(parent.user_attrs.get("log_dir") or "") / "checkpoints" / "last.ckpt"
+    if not parent.user_attrs.get("log_dir") or not last.is_file() or not last.resolve().is_relative_to(
+            study_dir.resolve()):  # fmt: skip
+        return None
+    try:
+        loaded = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        if not isinstance(loaded, dict) or "state_dict" not in loaded:
+            raise ValueError("no state_dict")
+    except Exception as err:  # a file cut short by the interruption: start afresh rather than fail
+        log.warning("trial %d starts afresh: %s is unreadable (%s)", number, last, type(err).__name__)
+        return None
+    return last

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -78,8 +79,10 @@ def test_three_workers_share_one_study_and_a_killed_workers_trial_is_retried(pos
     assert failed.state == TrialState.FAIL and failed.user_attrs["reason"].startswith("interrupted: ")
     (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
     assert retry.params == failed.params and retry in finished(study)
+    last = Path(failed.user_attrs["log_dir"]) / "checkpoints" / "last.ckpt"  # killed past its first epoch:
+    assert retry.user_attrs["continued_from"] == str(last)  # the retry continued from there, in the same run
     assert {n: study.trials[n].value for n in done} == done  # no finished trial lost
-    dirs = [t.user_attrs["log_dir"] for t in study.trials if "log_dir" in t.user_attrs]
+    dirs = [t.user_attrs["log_dir"] for t in study.trials if "log_dir" in t.user_attrs and t.number != retry.number]
     assert len(dirs) == len(set(dirs))  # no trial claimed twice
     extremes = [t.user_attrs["enqueued"] for t in study.trials
                 if t.user_attrs.get("enqueued") and "failed_trial" not in t.system_attrs]  # fmt: skip

@@ -73,6 +73,8 @@ def test_kill_9_mid_trial_then_rerun_fails_and_retries_it_and_keeps_completed_tr
     series = {t.number: [e.value for e in events(Path(t.user_attrs["log_dir"])).Scalars("val/loss")]
               for t in finished(study)}  # fmt: skip
     for trial in finished(study):
+        if trial.user_attrs.get("continued_from"):  # the killed trial's folder also holds its epochs after
+            continue  # its last checkpoint, which the continuation ran again (tests/test_hpo_retention.py)
         assert trial.user_attrs["best_value"] == pytest.approx(min(series[trial.number]))
         if trial.state == optuna.trial.TrialState.COMPLETE:
             assert trial.value == pytest.approx(min(series[trial.number]))  # what TPE learns from

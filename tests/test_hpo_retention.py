@@ -1,14 +1,23 @@
-"""Checkpoint retention (hpo/retention.py): a study keeps the checkpoints of its best k complete trials, of the
-trials still running or waiting and of an interrupted trial until its retry starts; the run folders stay. On a
-real study: tests/test_hpo.py (the shared study, default k) and tests/test_campaign.py (the disk pre-flight)."""
+"""A study's checkpoints. Retention (hpo/retention.py): the best k complete trials keep theirs, as do the trials
+still running or waiting and an interrupted trial until its retry starts; the run folders stay (on a real study:
+tests/test_hpo.py, the shared study; the disk pre-flight: tests/test_campaign.py). Continuation
+(hpo/trial.continuation): an interrupted trial's retry continues from its last.ckpt in its run folder."""
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+
 import optuna
-from conftest import ROOT
+import pandas as pd
+import torch
+from conftest import ROOT, cli_ok, touch_when
 from optuna.trial import TrialState, create_trial
+from test_hpo import FEW, STUDY, load, study_config
 
 from hpo.retention import drop_checkpoints, kept_trials
+from hpo.trial import continuation
 
 X = optuna.distributions.FloatDistribution(0, 1)
 
@@ -54,3 +63,54 @@ def test_a_folder_that_a_kept_trial_also_uses_keeps_its_checkpoints(tmp_path):
     study.add_trial(create_trial(value=0.1, user_attrs={"log_dir": str(shared)}, system_attrs={"failed_trial": 0}))
     assert drop_checkpoints(study, tmp_path / "study", 1, "minimize") == []
     assert (shared / "checkpoints" / "last.ckpt").exists()
+
+
+def test_an_interrupted_trial_continues_from_its_last_checkpoint_in_its_run_folder(tmp_path):
+    space = tmp_path / "space.yaml"  # no architecture grid: no queued extremes, so the retry is the next trial
+    space.write_text("params:\n  model.optim.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}\n")
+    args = ["hpo", "--config", study_config(tmp_path, epochs=4, batches=FEW, patience=1000), "--trials", "1",
+            "--search_space", space]  # fmt: skip
+    folder = tmp_path / "logs" / "hpo" / STUDY
+    last = folder / "trial-0000" / "checkpoints" / "last.ckpt"
+    with touch_when(last.exists, tmp_path / "STOP"):
+        cli_ok(*args)
+    stopped_at = json.loads((folder / "trial-0000" / "run.json").read_text())["epochs_run"]
+    assert stopped_at < 4
+    cli_ok(*args)  # the rerun: the stop file predates it
+    study = load(tmp_path)
+    stopped, retry = study.trials
+    assert stopped.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert retry.system_attrs["failed_trial"] == 0 and retry.params == stopped.params
+    assert retry.user_attrs["continued_from"] == str(last)
+    assert retry.user_attrs["log_dir"] == stopped.user_attrs["log_dir"] == str(folder / "trial-0000")
+    assert [p.name for p in folder.glob("trial-*")] == ["trial-0000"]  # no folder of its own, one TensorBoard run
+    record = json.loads((folder / "trial-0000" / "run.json").read_text())
+    assert record["status"] == "finished" and record["epochs_run"] == 4  # the epochs left, not 4 more
+    assert record["tags"]["hpo.trial"] == retry.number  # the report takes the run for the complete trial
+    assert last.exists()  # the best trial keeps its checkpoints
+    trials = pd.read_csv(folder / "trials.csv")
+    assert trials["continued_from"].fillna("").tolist() == ["", str(last)]
+
+
+def test_a_retry_starts_afresh_without_a_readable_checkpoint_or_with_other_values(tmp_path, caplog):
+    run = tmp_path / "study" / "trial-0000"
+    (run / "checkpoints").mkdir(parents=True)
+    last = run / "checkpoints" / "last.ckpt"
+    torch.save({"state_dict": {}, "epoch": 1}, last)
+    values = {"model.optim.lr": 0.001}
+
+    def retry_of(parent_attrs: dict) -> Path | None:
+        study = optuna.create_study()
+        study.add_trial(create_trial(state=TrialState.FAIL, user_attrs=parent_attrs))
+        study.add_trial(create_trial(state=TrialState.WAITING, system_attrs={"failed_trial": 0}))
+        return continuation(study, 1, values, tmp_path / "study")
+
+    parent = {"interrupted": True, "values": values, "log_dir": str(run)}
+    assert retry_of(parent) == last
+    assert retry_of(parent | {"values": {"model.optim.lr": 0.002}}) is None  # other settings
+    assert retry_of(parent | {"interrupted": False}) is None  # failed, not interrupted: no reason to continue it
+    assert retry_of(parent | {"log_dir": str(tmp_path / "elsewhere")}) is None
+    last.write_bytes(last.read_bytes()[:40])  # cut short by the interruption
+    with caplog.at_level(logging.WARNING):
+        assert retry_of(parent) is None
+    assert "starts afresh" in caplog.text
