@@ -7,6 +7,8 @@
   for workers on several machines: `pip install -e '.[postgres]'`).
 - Resume: rerun the same command. RUNNING trials of dead processes are failed and retried (same params):
   at once for processes of this machine; on any machine, a trial without a heartbeat for 5 × --heartbeat s.
+  A retry continues from its interrupted parent's last.ckpt, in the same run folder (hpo/trial.continuation).
+- Checkpoints: only the best --keep_checkpoints complete trials keep theirs (hpo/retention.py).
 - Done when the study holds N finished (complete + pruned) trials; failed trials (memory, divergence)
   are recorded with their reason and do not count.
 - Several processes (and machines, with an RDB URL) may run the same command: they share one study.
