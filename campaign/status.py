@@ -80,9 +80,13 @@ def _load(study: str, path: Path, server: str | None = None) -> optuna.Study | N
     url = server or f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
     storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True, skip_table_creation=True)
     try:
-        return optuna.load_study(study_name=study, storage=storage)
+        loaded = optuna.load_study(study_name=study, storage=storage)
+        loaded.get_trials(deepcopy=False)  # read now: the connections close below
+        return loaded
     except KeyError:
         return None
+    finally:
+        storage.engine.dispose()  # a status of many cells must not leave a server connection per cell
 
 
 def _has_studies(url: str) -> bool:

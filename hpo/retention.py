@@ -20,7 +20,10 @@ def kept_trials(trials: list[FrozenTrial], keep: int, direction: str) -> set[int
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     best = sorted(complete, key=lambda t: t.value, reverse=direction == "maximize")[:keep]
     kept = {t.number for t in best} | {t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)}
-    started = {t.system_attrs.get("failed_trial") for t in trials if t.state != TrialState.WAITING}
+    # a retry has started once it recorded its run folder: between its claim and that moment it may still be
+    # reading its parent's last.ckpt
+    started = {t.system_attrs.get("failed_trial") for t in trials
+               if t.state != TrialState.WAITING and t.user_attrs.get("log_dir")}  # fmt: skip
     kept |= {t.number for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("interrupted")
              and t.number not in started}  # fmt: skip
     return kept

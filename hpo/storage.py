@@ -10,7 +10,6 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy.exc
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from common.errors import ConfigError
@@ -36,7 +35,7 @@ def open_storage(url: str, max_retry: int, heartbeat: float = HEARTBEAT_S) -> op
                 engine_kwargs=engine,
                 heartbeat_interval=max(1, round(heartbeat)),
                 grace_period=max(2, round(GRACE_MISSED * heartbeat)),
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+                heartbeat_stale_trial_callback=lambda study, trial: _requeue_stale(study, trial, max_retry),
             )
             if sqlite:
                 serialize_sqlite(storage.engine)
@@ -49,6 +48,14 @@ def open_storage(url: str, max_retry: int, heartbeat: float = HEARTBEAT_S) -> op
                 raise ConfigError(f"storage {url}: {' '.join(str(err).split())[:300]}") from None
             time.sleep(0.5 + attempt)
     raise AssertionError("unreachable")
+
+
+def _requeue_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retry: int) -> None:
+    """Optuna's callback for a stale trial it failed itself (its check runs before each trial, and another
+    worker's may come first): queued again like the others (`requeue`: the immediate parent, no copied records),
+    not with Optuna's retry callback, which copies the dead worker's records."""
+    log.warning("trial %d: no heartbeat; queued again with the same parameters", trial.number)
+    requeue(study, trial, max_retry)
 
 
 def process_started(pid: int) -> str:

@@ -163,6 +163,8 @@ class TrialRunner:
             self.stop.reason = self.stop.reason or "SIGTERM"
             self._fail(trial, "interrupted: stopped by SIGTERM", TrialInterrupted, began, run_dir)
         except ConfigError as err:  # the config cannot run any trial (e.g. a monitor that is never logged)
+            if "--ckpt_path" in argv:  # the checkpoint a retry continues from, not the config: this trial fails
+                self._fail(trial, f"continuation: {err}", TrialFailed, began)
             trial.set_user_attr("reason", f"config: {err}")
             raise
         except MemoryPreflightError as err:
@@ -258,14 +260,16 @@ def continuation(study: optuna.Study, number: int, values: dict[str, Any], study
     same = parent is not None and parent.user_attrs.get("values") == json.loads(json.dumps(values))  # as stored
     if not same or not parent.user_attrs.get("interrupted"):
         return None
+    if str(parent.user_attrs.get("reason", "")).startswith("interrupted: no heartbeat"):
+        return None  # a silent worker may still be alive and write into that folder: start afresh in a new one
     last = Path(parent.user_attrs.get("log_dir") or "") / "checkpoints" / "last.ckpt"
     if not parent.user_attrs.get("log_dir") or not last.is_file() or not last.resolve().is_relative_to(
             study_dir.resolve()):  # fmt: skip
         return None
     try:
         loaded = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
-        if not isinstance(loaded, dict) or "state_dict" not in loaded:
-            raise ValueError("no state_dict")
+        if not isinstance(loaded, dict) or not {"state_dict", "pytorch-lightning_version"} <= set(loaded):
+            raise ValueError("not a Lightning checkpoint")  # what the fit's own check_checkpoint requires
     except Exception as err:  # a file cut short by the interruption: start afresh rather than fail
         log.warning("trial %d starts afresh: %s is unreadable (%s)", number, last, type(err).__name__)
         return None

@@ -102,15 +102,17 @@ class Forked:
 
                 code = cli.main([str(arg) for arg in args])
             except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else 1
+                code = 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 1
             except BaseException:
                 import traceback
 
                 traceback.print_exc()
             finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
         os.close(fd)
 
     def poll(self) -> int | None:
