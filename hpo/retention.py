@@ -36,8 +36,9 @@ def drop_checkpoints(study: optuna.Study, study_dir: Path, keep: int, direction:
     kept, root, deleted = kept_trials(trials, keep, direction), study_dir.resolve(), []
     in_use = {t.user_attrs.get("log_dir") for t in trials if t.number in kept}  # a folder two trials share stays
     for trial in trials:
-        folder = Path(trial.user_attrs.get("log_dir") or "") / "checkpoints"
-        if trial.number in kept or trial.user_attrs.get("log_dir") in in_use | {None, ""} or not folder.is_dir():
+        log_dir = trial.user_attrs.get("log_dir")
+        folder = Path(log_dir or "") / "checkpoints"
+        if not log_dir or log_dir in in_use or not folder.is_dir():
             continue
         if not folder.resolve().is_relative_to(root):
             continue  # a record pointing elsewhere: never delete outside the study's folder

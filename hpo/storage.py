@@ -33,8 +33,8 @@ def open_storage(url: str, max_retry: int, heartbeat: float = HEARTBEAT_S) -> op
             storage = optuna.storages.RDBStorage(
                 url,
                 engine_kwargs=engine,
-                heartbeat_interval=max(1, round(heartbeat)),
-                grace_period=max(2, round(GRACE_MISSED * heartbeat)),
+                heartbeat_interval=round(heartbeat),  # whole seconds; 1 to 3600 (hpo/study.py checks)
+                grace_period=round(GRACE_MISSED * heartbeat),
                 heartbeat_stale_trial_callback=lambda study, trial: _requeue_stale(study, trial, max_retry),
             )
             if sqlite:
