@@ -6,7 +6,9 @@ because torch's CPU allocator keeps no peak statistics and RSS is what the kerne
 fits peak ≈ fixed + per_sample · b, and picks the largest b whose predicted peak stays under the limit.
 It never probes a size its fit predicts will not fit (so it never relies on an out-of-memory error,
 which on CPU is the kernel killing the process), then restores model, optimizer, scheduler and RNG
-state exactly, in memory: nothing is written to disk. Under DDP every rank probes; all use the minimum.
+state exactly, in memory: nothing is written to disk. Under DDP every rank probes; all use the minimum, and
+the effective batch is global: W ranks take ⌈E / W⌉ samples each per optimizer step, so a run on several
+devices or nodes trains with the same batch (and learning-rate schedule) as on one.
 """
 
 from __future__ import annotations
@@ -31,15 +33,16 @@ HEADROOM = {"cpu": 0.25, "cuda": 0.1}
 
 
 class MemoryAwareBatchFinder(pl.Callback):
-    """Sets `datamodule.batch_size` (micro-batch M) and `trainer.accumulate_grad_batches` (A = ⌈E / M⌉)."""
+    """Sets `datamodule.batch_size` (micro-batch M) and `trainer.accumulate_grad_batches` (A = ⌈⌈E / W⌉ / M⌉ on W
+    ranks)."""
 
     def __init__(self, effective_batch_size: int = 256, limit: float | str = 0.8, enabled: bool = True,
                  max_micro_batch: int | None = None):  # fmt: skip
         """
         Args:
-            effective_batch_size: samples per optimizer step (E), kept whatever the micro-batch.
+            effective_batch_size: samples per optimizer step (E), over all ranks, kept whatever the micro-batch.
             limit: the most a training step may add to memory: a fraction of what the device has free at
-                start (0.8) or a size ("6GB", bytes).
+                start (0.8; on CPU shared by this machine's ranks) or a size per process ("6GB", bytes).
             enabled: False uses the datamodule's batch_size as the micro-batch (accumulation still set).
             max_micro_batch: upper bound on the micro-batch (default: E).
         """
@@ -50,26 +53,29 @@ class MemoryAwareBatchFinder(pl.Callback):
         self.effective, self.limit_spec, self.enabled = effective_batch_size, limit, enabled
         self.max_micro = max_micro_batch or effective_batch_size
         self.probes: list[tuple[int, int]] = []  # (micro-batch, measured peak increase in bytes)
-        self.micro_batch = self.accumulate = 0
+        self.micro_batch = self.accumulate = self.per_rank = 0
         self.predicted = self.limit = self.start_level = 0
         self.headroom = HEADROOM["cpu"]
 
-    def _limit_bytes(self, device: torch.device) -> int:
+    def _limit_bytes(self, device: torch.device, processes_here: int) -> int:
+        """A size is per process; a fraction is of the device's free memory, and on CPU the processes of this
+        machine share one memory: each may plan for its share."""
         if isinstance(self.limit_spec, str) or self.limit_spec > 1:
             return parse_bytes(self.limit_spec)
         free, _ = available_memory("cuda" if device.type == "cuda" else "cpu")
-        return int(self.limit_spec * free)
+        return int(self.limit_spec * free / (1 if device.type == "cuda" else processes_here))
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = trainer.datamodule
+        self.per_rank = math.ceil(self.effective / trainer.world_size)  # under DDP each rank's share of a step
         if self.enabled:
-            self.limit = self._limit_bytes(pl_module.device)
+            self.limit = self._limit_bytes(pl_module.device, trainer.num_devices)
             micro = self._search(trainer, pl_module)
             micro = int(trainer.strategy.reduce(torch.tensor(micro, device=pl_module.device), reduce_op="min"))
         else:
             micro = dm.batch_size
-        self.micro_batch = max(1, min(micro, self.effective))
-        self.accumulate = math.ceil(self.effective / self.micro_batch)
+        self.micro_batch = max(1, min(micro, self.per_rank))
+        self.accumulate = math.ceil(self.per_rank / self.micro_batch)
         dm.batch_size = self.micro_batch
         trainer.accumulate_grad_batches = self.accumulate
         # Lightning built the train loader before on_fit_start (to size the LR schedule): build it again with
@@ -80,8 +86,10 @@ class MemoryAwareBatchFinder(pl.Callback):
         _set_rng_state(rng)  # building a loader draws from the global generator
         mb = 2**20
         say = log.info if trainer.is_global_zero else log.debug
-        say("batch=%dx%d (effective %d); predicted step peak +%.0f MB of a %.0f MB limit", self.micro_batch,
-                 self.accumulate, self.micro_batch * self.accumulate, self.predicted / mb, self.limit / mb)  # fmt: skip
+        ranks = f" on {trainer.world_size} ranks" if trainer.world_size > 1 else ""
+        say("batch=%dx%d%s (effective %d); predicted step peak +%.0f MB of a %.0f MB limit", self.micro_batch,
+            self.accumulate, ranks, self.micro_batch * self.accumulate * trainer.world_size, self.predicted / mb,
+            self.limit / mb)  # fmt: skip
         predicted = self.start_level + self.predicted
         metrics = {"batch/micro_batch": self.micro_batch, "batch/accumulate": self.accumulate,
                    "memory/predicted_peak_bytes": predicted, "memory/limit_bytes": self.limit}  # fmt: skip
@@ -101,7 +109,7 @@ class MemoryAwareBatchFinder(pl.Callback):
         state = _snapshot(trainer, pl_module)
         self.start_level = state["level"]  # before any probe: weights, no optimizer state yet
         dataset = trainer.datamodule.train_dataloader().dataset
-        cap = min(self.max_micro, self.effective, len(dataset))
+        cap = min(self.max_micro, self.per_rank, len(dataset))
         self.probes, size = [], 1
         try:
             while size <= cap:

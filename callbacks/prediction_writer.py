@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from common.files import atomic_write_text
+from common.ranks import gather_in_order
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -19,11 +20,15 @@ class PredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="epoch")
 
     def write_on_epoch_end(self, trainer: pl.Trainer, pl_module, predictions, batch_indices) -> None:
-        probs = torch.cat(predictions).tolist()
+        # every rank calls: gathering and trainer.log_dir are collectives under DDP
+        local = torch.cat(predictions) if predictions else torch.empty(0)
+        probs, log_dir = gather_in_order(local, trainer).cpu().tolist(), trainer.log_dir
+        if not trainer.is_global_zero:
+            return
         dm = trainer.datamodule
         dates, assets = dm.sample_dates("predict"), dm.sample_assets("predict")
         labels = [float(item[1]) for item in (dm.predict_dataloader().dataset[i] for i in range(len(probs)))]
-        write_predictions(Path(trainer.log_dir or ".") / "predictions.csv", dates, assets, probs, labels)
+        write_predictions(Path(log_dir or ".") / "predictions.csv", dates, assets, probs, labels)
 
 
 def write_predictions(path: Path, dates: list[str], assets: list[str], probs: list[float], labels: list[float]) -> None:

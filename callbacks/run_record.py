@@ -40,6 +40,7 @@ from callbacks.prediction_collector import PredictionCollector
 from callbacks.prediction_writer import write_predictions
 from common.files import atomic_write_text
 from common.metric_names import NAMES, best_tag, logged, record_key
+from common.ranks import gather_in_order
 from sizing.accounting import hparams_cost
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,11 @@ def run_identity(trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, A
         "splits": {s: {k: v for k, v in st.items() if k != "drift"} for s, st in getattr(dm, "stats", {}).items()},
         "command": " ".join(sys.argv),
         "torch": torch.__version__,
+        "distributed": {
+            "world_size": trainer.world_size,
+            "num_nodes": trainer.num_nodes,
+            "strategy": type(trainer.strategy).__name__,
+        },
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
@@ -147,7 +153,7 @@ class RunRecordCallback(PredictionCollector):
         if outputs is None or not hasattr(dm, "sample_dates"):
             return
         dates, assets = dm.sample_dates(stage), dm.sample_assets(stage)
-        probs, targets = (gather_in_order(t, trainer, len(dates)) for t in outputs)
+        probs, targets = (gather_in_order(t, trainer).cpu() for t in outputs)
         n = len(probs)  # limit_val_batches / limit_test_batches: the first batches of the split
         if trainer.is_global_zero and log_dir:
             path = Path(log_dir) / f"{stage}_predictions.csv"
@@ -274,14 +280,3 @@ def _pooled_assets(trainer: pl.Trainer) -> list[str]:
     """The assets of a pooled run (they get per-asset best metrics); none for a single asset."""
     assets = list(getattr(trainer.datamodule, "tickers", None) or [])
     return assets if len(assets) > 1 else []
-
-
-def gather_in_order(values: torch.Tensor, trainer: pl.Trainer, n: int) -> torch.Tensor:
-    """A split's per-sample values in loader order; under DDP, gathered from every rank (a collective).
-
-    Lightning's DistributedSampler (no shuffle) gives rank r the samples r, r + W, r + 2W, … and pads every
-    rank to the same length by repeating the first samples: interleave the ranks back and drop the padding."""
-    if trainer.world_size == 1:
-        return values[:n]
-    gathered = trainer.strategy.all_gather(values.to(trainer.strategy.root_device))  # (W, n_per_rank)
-    return gathered.transpose(0, 1).reshape(-1)[:n].cpu()  # (n,)

@@ -16,7 +16,8 @@ import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 
 from common.errors import DataError
 from datamodules.assets import (
@@ -60,22 +61,44 @@ def asset_column(ticker: str) -> str:
     return f"asset_{ticker}"
 
 
-class EpochShuffle(Sampler[int]):
-    """A permutation drawn from (seed, epoch): epoch k has the same order whether or not the run was resumed
-    (Lightning calls set_epoch before each epoch; under DDP it wraps this sampler per rank)."""
+class EpochShuffle(DistributedSampler):
+    """A permutation drawn from (seed, epoch): epoch k has the same order whether or not the run was resumed.
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
+    Under DDP it is dealt out to the W ranks: rank r takes positions r, r + W, r + 2W, … of the one permutation,
+    so the ranks' micro-batches k together hold exactly positions [kWB, (k+1)WB), the samples one process with
+    batch WB sees at step k: training on W ranks follows the single-process run step for step. Lightning would
+    instead re-shuffle a custom sampler with its own permutation; a DistributedSampler is left alone (Lightning
+    still calls set_epoch). Ranks get equal lengths (steps are collectives): when W does not divide n, the last
+    ranks' lists wrap around to the first positions, as every DDP sampler pads."""
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, n: int, seed: int, num_replicas: int = 1, rank: int = 0):
+        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.n = n
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        order = torch.randperm(self.n, generator=generator).tolist()
+        order += order[: self.total_size - self.n]  # padding: at most W - 1 samples, only under DDP
+        return iter(order[self.rank : self.total_size : self.num_replicas])
 
     def __len__(self) -> int:
-        return self.n
+        return self.num_samples
+
+
+class RankShard(DistributedSampler):
+    """Evaluation under DDP: rank r of W scores samples r, r + W, r + 2W, … of the split in order, each sample
+    exactly once. Lightning's own distributed sampler pads every rank to the same length by repeating the first
+    samples, which the epoch's metrics would count twice (503 validation days scored as 504). Ranks may hold one
+    sample more than others: nothing in an evaluation step is a collective (metrics sync at the epoch's end)."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
 class WindowDataset(Dataset):
@@ -273,7 +296,14 @@ class MarketDataModule(pl.LightningDataModule):
         if stage not in self._datasets:
             raise RuntimeError(f"setup() did not prepare the {stage} split")
         dataset = self._datasets[stage]
-        sampler = EpochShuffle(len(dataset), self.seed) if shuffle else None
+        trainer = self.trainer  # None outside a Trainer (e.g. the report reading a split)
+        ranks, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if shuffle:
+            sampler = EpochShuffle(len(dataset), self.seed, ranks, rank)
+        elif ranks > 1:
+            sampler = RankShard(dataset, ranks, rank)
+        else:
+            sampler = None
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler)
 
     def train_dataloader(self) -> DataLoader:

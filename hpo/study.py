@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import sys
 import time
 import warnings
@@ -243,10 +244,16 @@ def _direction(space: SearchSpace, monitor: str, mode: str) -> str:
 def _check_trainer(config):
     """Trials run one device each and log to TensorBoard (one run per trial); the logger's settings."""
     trainer = config.trainer
-    if any(k in str(trainer.strategy).lower() for k in ("ddp", "fsdp")) or trainer.devices not in (1, "1", "auto"):
+    several = trainer.devices not in (1, "1", "auto") or trainer.num_nodes not in (1, None)
+    if any(k in str(trainer.strategy).lower() for k in ("ddp", "fsdp")) or several:
         raise ConfigError(
-            "hpo runs each trial in its own single-device process (a DDP launcher would re-run the "
-            "whole study per rank); run several hpo workers on one storage instead"
+            "hpo runs each trial in its own single-device process (a DDP launcher would re-run the whole study "
+            "per rank); run one hpo worker per device on one storage instead (README: GPUs and trials)"
+        )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(
+            "hpo was started by torchrun with several processes: each would run a study of its own; run one "
+            "hpo worker per device on one storage instead (README: GPUs and trials)"
         )
     logger = trainer.get("logger")
     if not hasattr(logger, "init_args") or not str(logger.class_path).endswith("TensorBoardLogger"):

@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
+from common.ranks import gather_in_order
 from lightning_modules.baseline_start import logistic_start
 from lightning_modules.metrics import PerAssetMetrics, StageMetrics
 from lightning_modules.patchtst import PatchTST, PatchTSTConfig
@@ -229,7 +230,7 @@ class Forecaster(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         self._batch_idx = batch_idx
         loss, _ = self._step(batch, "train")
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)  # all ranks
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
@@ -253,8 +254,7 @@ class Forecaster(pl.LightningModule):
         metrics.reset()
         if stage != "train" and self.per_asset is not None:
             per_asset = self.per_asset[stage]
-            seen = self.trainer.strategy.reduce(per_asset.seen.clone(), reduce_op="sum") if self._trainer else None
-            self.log_dict(per_asset.compute(self.asset_priors, per_asset.seen if seen is None else seen))
+            self.log_dict(per_asset.compute(self.asset_priors, lambda values: gather_in_order(values, self.trainer)))
             per_asset.reset()
 
     def on_train_epoch_end(self) -> None:

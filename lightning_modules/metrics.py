@@ -22,8 +22,8 @@ class ProbabilityStats(Metric):
 
     full_state_update = False
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
         for name in ("n", "sum_p", "sum_p2", "n_pred_pos", "n_pos"):
             self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
@@ -41,14 +41,14 @@ class ProbabilityStats(Metric):
         return {"pred_std": var.sqrt(), "pred_pos_share": self.n_pred_pos / self.n, "pos_rate": self.n_pos / self.n}
 
 
-def discrimination_metrics(prefix: str) -> MetricCollection:
-    """AUROC, average precision, accuracy at 0.5 and Brier score (MSE of probabilities)."""
+def discrimination_metrics(prefix: str, **kwargs) -> MetricCollection:
+    """AUROC, average precision, accuracy at 0.5 and Brier score (MSE of probabilities); kwargs go to each metric."""
     return MetricCollection(
         {
-            "auroc": BinaryAUROC(),
-            "ap": BinaryAveragePrecision(),
-            "accuracy": BinaryAccuracy(),
-            "brier": MeanSquaredError(),
+            "auroc": BinaryAUROC(**kwargs),
+            "ap": BinaryAveragePrecision(**kwargs),
+            "accuracy": BinaryAccuracy(**kwargs),
+            "brier": MeanSquaredError(**kwargs),
         },
         prefix=prefix,
     )
@@ -67,12 +67,13 @@ def is_collapsed(pred_std: float, bce: float, prior_bce: float) -> bool:
 class StageMetrics(torch.nn.Module):
     """Everything one stage reports: BCE, discrimination, calibration, collapse detectors."""
 
-    def __init__(self, stage: str):
+    def __init__(self, stage: str, sync: bool = True):
+        """sync=False: compute from this process's updates only (the caller gathered the samples itself)."""
         super().__init__()
         self.stage = stage
-        self.loss = MeanMetric()
-        self.scores = discrimination_metrics(f"{stage}/")
-        self.stats = ProbabilityStats()
+        self.loss = MeanMetric(sync_on_compute=sync)
+        self.scores = discrimination_metrics(f"{stage}/", sync_on_compute=sync)
+        self.stats = ProbabilityStats(sync_on_compute=sync)
 
     def update(self, bce: torch.Tensor, probs: torch.Tensor, target: torch.Tensor) -> None:
         self.loss.update(bce.detach(), weight=len(target))
@@ -97,32 +98,38 @@ class StageMetrics(torch.nn.Module):
 
 class PerAssetMetrics(torch.nn.Module):
     """A stage's metrics for each pooled asset (`<stage>/<asset>/<metric>`), each against that asset's own
-    training prior. `seen` counts each asset's samples on this process: under DDP the caller sums it over ranks
-    before `compute`, so every rank computes (and syncs) the same assets."""
+    training prior.
+
+    Keeps the epoch's samples and computes each asset's metrics at the end from every rank's samples (gathered:
+    under DDP `compute` is a collective, every rank calls it), with torchmetrics' own syncing off. The validation
+    sampler deals samples out to ranks in turn, so a rank may see none of an asset's samples; torchmetrics then
+    returns that rank's empty AUROC (0.0) instead of the synced one (measured with torchmetrics 1.9), and rank
+    zero's value is the one logged."""
 
     def __init__(self, stage: str, assets: list[str]):
         super().__init__()
         self.assets = list(assets)
-        self.metrics = torch.nn.ModuleList([StageMetrics(f"{stage}/{a}") for a in self.assets])
-        self.register_buffer("seen", torch.zeros(len(self.assets), dtype=torch.float64), persistent=False)
+        self.metrics = torch.nn.ModuleList([StageMetrics(f"{stage}/{a}", sync=False) for a in self.assets])
+        self._batches: list[tuple[torch.Tensor, ...]] = []  # (logits, probs, target, asset) per batch
 
     def update(self, logits: torch.Tensor, probs: torch.Tensor, target: torch.Tensor, asset: torch.Tensor) -> None:
-        for i, metrics in enumerate(self.metrics):
+        self._batches.append((logits.detach(), probs.detach(), target.detach(), asset.detach()))
+
+    def compute(self, priors: dict[str, float], gather=lambda values: values) -> dict[str, torch.Tensor]:
+        """The metrics of every asset with samples on any rank (limit_val_batches may leave one unseen);
+        `gather`: this rank's per-sample values → every rank's (`common.ranks.gather_in_order`)."""
+        columns = zip(*self._batches, strict=True) if self._batches else ([torch.empty(0)],) * 4
+        logits, probs, target, asset = (gather(torch.cat(list(c))) for c in columns)
+        values = {}
+        for i, (name, metrics) in enumerate(zip(self.assets, self.metrics, strict=True)):
             mask = asset == i
             if mask.any():
-                bce = F.binary_cross_entropy_with_logits(logits[mask], target[mask])
+                bce = F.binary_cross_entropy_with_logits(logits[mask].float(), target[mask].float())
                 metrics.update(bce, probs[mask], target[mask])
-                self.seen[i] += mask.sum()
-
-    def compute(self, priors: dict[str, float], seen: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The metrics of every asset seen on any rank (limit_val_batches may leave one unseen)."""
-        values = {}
-        for i, (asset, metrics) in enumerate(zip(self.assets, self.metrics, strict=True)):
-            if seen[i] > 0:
-                values |= metrics.compute(priors[asset])
+                values |= metrics.compute(priors[name])
         return values
 
     def reset(self) -> None:
         for metrics in self.metrics:
             metrics.reset()
-        self.seen.zero_()
+        self._batches = []

@@ -65,7 +65,9 @@ def what_would_fit(size: RunSize, available: int) -> list[str]:
     if room > 0:
         devices = math.ceil((unsharded.memory.fixed - unsharded.memory.overhead) / room)
         if devices > 1:
-            options.append(f"FSDP over ≥{devices} such devices (--trainer.devices {devices} --trainer.strategy fsdp)")
+            options.append(
+                f"FSDP over ≥{devices} such devices (--config configs/strategy/fsdp.yaml --trainer.devices {devices})"
+            )
     smaller = []
     for name, count in BUDGETS.items():
         shape = balanced(count, size.n_channels, size.context_length, size.cfg)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+from conftest import free_port
 
 
 def _bin(name: str) -> Path | None:
@@ -21,18 +22,12 @@ def _bin(name: str) -> Path | None:
     return versions[-1] if versions else None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class PostgresServer:
     """`start()` it, make databases with `database(name)` (a URL), `stop()` it (its folder is removed)."""
 
     def __init__(self) -> None:
         self.folder: Path | None = None
-        self.port, self.user = _free_port(), "finscale"
+        self.port, self.user = free_port(), "finscale"
         self.initdb, self.pg_ctl = _bin("initdb"), _bin("pg_ctl")
         self.as_user: list[str] = []
         if os.geteuid() == 0:

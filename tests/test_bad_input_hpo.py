@@ -84,6 +84,19 @@ def test_bad_fit_overrides(tiny, tmp_path, capsys, extra, fragment):
     refused(argv, fragment, capsys, tmp_path)
 
 
+@pytest.mark.parametrize("extra", [["--trainer.strategy", "ddp"], ["--trainer.devices", "2"],
+                                   ["--trainer.num_nodes", "2"], ["--trainer.strategy", "fsdp"]])  # fmt: skip
+def test_trials_on_several_devices(tiny, tmp_path, capsys, extra):
+    argv = ["hpo", "--config", str(tiny), "--trials", "2", "--search_space", str(TINY_SPACE), *extra]
+    refused(argv, "run one hpo worker per device on one storage instead", capsys, tmp_path)
+
+
+def test_a_study_started_by_torchrun_on_several_processes(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets in each process it starts
+    argv = ["hpo", "--config", str(tiny), "--trials", "2", "--search_space", str(TINY_SPACE)]
+    refused(argv, "hpo was started by torchrun with several processes", capsys, tmp_path)
+
+
 def test_logs_under_a_regular_file(tiny, tmp_path, capsys):
     blocker = _write(tmp_path, "blocker", "a file, not a folder\n")
     argv = ["hpo", "--config", str(tiny), "--trials", "2", "--search_space", str(TINY_SPACE),

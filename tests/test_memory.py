@@ -13,6 +13,7 @@ from conftest import ROOT, assert_refused, cli_ok, tiny_config
 
 from sizing.memory import PeakMemory, parse_bytes, precision_bytes
 
+FSDP = ROOT / "configs" / "strategy" / "fsdp.yaml"  # the FSDP layer on top of a budget's config
 MEASURE = """
 import json, sys, torch
 from sizing.accounting import parameter_count
@@ -84,8 +85,8 @@ def test_summary_sizes_every_budget_without_allocating_it(config, params):
 
 def test_summary_follows_overrides_and_sharding():
     plain = cli_ok("summary", "--config", ROOT / "configs" / "2B.yaml", "--memory_limit", "80GB")
-    sharded = cli_ok("summary", "--config", ROOT / "configs" / "2B.yaml", "--memory_limit", "80GB",
-                     "--trainer.devices", "4", "--trainer.strategy", "fsdp", "--model.net.n_layers", "20")  # fmt: skip
+    sharded = cli_ok("summary", "--config", ROOT / "configs" / "2B.yaml", "--config", FSDP, "--memory_limit", "80GB",
+                     "--trainer.devices", "4", "--model.net.n_layers", "20")  # fmt: skip
     assert "weights 7.1 GB" in plain and "80GB" not in plain and "fits" in plain
     assert "sharded over 4 devices" in sharded and "d_model 2048, n_heads 32, n_layers 20" in sharded
 
@@ -118,7 +119,7 @@ def test_2b_on_a_24_gb_cpu_machine_is_refused_with_what_would_fit(tmp_path, caps
     line = assert_refused(["fit", "--config", str(ROOT / "configs" / "2B.yaml"), "--memory_limit", "24GB",
                            "--trainer.accelerator", "cpu", "--trainer.logger.init_args.save_dir", str(logs)],
                           "1,914,460,187-parameter model needs 28.7 GB", capsys, tmp_path)  # fmt: skip
-    for option in ("bf16-true", "--trainer.strategy fsdp", "the 200M budget"):
+    for option in ("bf16-true", "--config configs/strategy/fsdp.yaml --trainer.devices", "the 200M budget"):
         assert option in line
     assert not logs.exists()
 
@@ -129,6 +130,25 @@ def test_preflight_lets_a_run_that_fits_through(tmp_path):
     assert list((tmp_path / "logs" / "tiny").iterdir())
 
 
-def test_fsdp_on_cpu_is_a_clear_refusal(tmp_path, capsys):
-    assert_refused(["fit", "--config", str(tiny_config(tmp_path)), "--trainer.accelerator", "cpu", "--trainer.devices",
-                    "2", "--trainer.strategy", "fsdp"], "requires a GPU accelerator", capsys, tmp_path)  # fmt: skip
+@pytest.mark.parametrize("fsdp", [["--trainer.strategy", "fsdp"], ["--config", str(FSDP)]])
+def test_fsdp_on_cpu_is_a_clear_refusal(tmp_path, capsys, fsdp):
+    assert_refused(["fit", "--config", str(tiny_config(tmp_path)), *fsdp, "--trainer.accelerator", "cpu",
+                    "--trainer.devices", "2"], "requires a GPU accelerator", capsys, tmp_path)  # fmt: skip
+
+
+def test_the_fsdp_config_shards_layer_by_layer_and_writes_one_checkpoint_file():
+    """configs/strategy/fsdp.yaml builds Lightning's FSDPStrategy with each EncoderLayer its own unit, for wrapping
+    and for activation checkpointing (a GPU-only path: here it is built, not run)."""
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.fsdp import ShardingStrategy
+
+    from lightning_modules.patchtst import EncoderLayer
+
+    parser = ArgumentParser()
+    parser.add_argument("--strategy", type=FSDPStrategy)
+    text = yaml.safe_dump(yaml.safe_load(FSDP.read_text())["trainer"]["strategy"])
+    strategy = parser.instantiate_classes(parser.parse_args(["--strategy", text])).strategy
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {EncoderLayer}
+    assert strategy._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == {EncoderLayer}
+    assert strategy.sharding_strategy == ShardingStrategy.FULL_SHARD and strategy._state_dict_type == "full"

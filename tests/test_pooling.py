@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, SHIPPED_DATA, assert_refused, cli_ok, run_cli, synthetic_ohlcv, tiny_config, write_csv
+from conftest import ROOT, SHIPPED_DATA, assert_refused, cli_ok, synthetic_ohlcv, tiny_config, write_csv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from common.errors import DataError
@@ -222,23 +222,3 @@ def test_pool_errors_are_one_line_and_write_nothing(tmp_path, capsys):
                     "--trainer.logger.init_args.save_dir", str(logs)], "no dataset NOPE.dataset.a25 v1", capsys,
                    tmp_path)  # fmt: skip
     assert not logs.exists()
-
-
-@pytest.mark.slow
-def test_per_asset_metrics_under_ddp_match_the_gathered_predictions(tmp_path):
-    """Two CPU ranks: the sampler deals GSPC to one rank and IXIC to the other; each asset's metric must still
-    come from all of its samples."""
-    logs = tmp_path / "logs"
-    result = run_cli("fit", "--config", "configs/tiny.yaml", "--data.tickers", "[GSPC, IXIC]",
-                     "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4", "--trainer.accelerator", "cpu",
-                     "--trainer.devices", "2", "--trainer.strategy", "ddp",
-                     "--trainer.logger.init_args.save_dir", str(logs), timeout=600)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    (record_path,) = logs.glob("*/*/run.json")
-    best = json.loads(record_path.read_text())["best"]
-    predictions = pd.read_csv(record_path.parent / "val_predictions.csv")
-    assert predictions["asset"].value_counts().to_dict() == {"GSPC": 503, "IXIC": 503}
-    for asset in ("GSPC", "IXIC"):
-        own = predictions[predictions["asset"] == asset]
-        assert best[f"val_{asset}_loss"] == pytest.approx(bce(own["probability"].to_numpy(), own["label"].to_numpy()),
-                                                         abs=1e-5)  # fmt: skip

@@ -148,12 +148,12 @@ def test_ddp_on_cpu_runs_the_batch_finder_and_stops_all_ranks_together(tmp_path)
     process.send_signal(signal.SIGTERM)  # to rank 0 only: the ranks must agree to stop
     assert process.wait(timeout=120) == 0
     output = (tmp_path / "out.log").read_text()
-    assert "batch=128x1" in output and "stopped by SIGTERM at epoch" in output
+    assert "batch=64x1 on 2 ranks (effective 128)" in output and "stopped by SIGTERM at epoch" in output
     assert json.loads((run_dir(tmp_path) / "run.json").read_text())["status"] == "stopped"
-    # each rank scored every second sample of one batch: the file holds the first 2 × 128 days, in order
+    # each rank scored every second sample of one batch: the file holds the first 2 × 64 days, in order
     predictions = pd.read_csv(run_dir(tmp_path) / "val_predictions.csv")
     dm = MarketDataModule()
     dm.setup("fit")
     _, labels, dates = dm.last_day_features("val")
-    assert predictions["date"].tolist() == dates[:256]
-    assert predictions["label"].tolist() == labels[:256].astype(int).tolist()
+    assert predictions["date"].tolist() == dates[:128]
+    assert predictions["label"].tolist() == labels[:128].astype(int).tolist()

@@ -181,6 +181,10 @@ def _quiet_lightning() -> None:
         rank_zero.addFilter(_without_noise)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own deprecation noise
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # we pass argv on purpose
+    # DDP: epoch metrics come from torchmetrics, which syncs its states across ranks itself, and throughput is
+    # already the global figure; Lightning suggests sync_dist for every value logged at epoch level regardless
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.* in distributed setting")
+    warnings.filterwarnings("ignore", message=".*all_gather is deprecated")  # Lightning's own call
 
 
 PARSER_KWARGS = {"parser_mode": "omegaconf", "exit_on_error": False}

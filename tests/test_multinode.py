@@ -1,0 +1,143 @@
+"""`cli.py fit` on several nodes: `torchrun --nnodes 2 --nproc-per-node 1`, two torchrun agents on this machine
+standing in for two nodes (static rendezvous on the loopback, gloo, CPU). Real processes throughout: the agents,
+the workers they start, real signals and a real stop file."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import ROOT, cli_ok, free_port, wait_for
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_stop_resume import long_config
+
+from report.stats import bce
+
+NO_DROPOUT = ["--model.net.dropout", "0", "--model.net.attn_dropout", "0", "--model.net.head_dropout", "0"]
+TOLERANCE = 1e-5  # float32 sums taken in another order (gradients all-reduced, metrics synced); measured: 3e-8
+
+
+class Nodes:
+    """Two torchrun agents, one per "node", running `cli.py fit ARGS`; each agent's output in node<r>.log."""
+
+    def __init__(self, tmp_path: Path, args: list[str]):
+        self.tmp_path, port = tmp_path, free_port()
+        self.agents = []
+        for rank in (0, 1):
+            command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                       "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
+                       "cli.py", "fit", *args, "--trainer.accelerator", "cpu", "--trainer.num_nodes", "2",
+                       "--trainer.strategy", "ddp"]  # fmt: skip
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+            with open(self.log_path(rank), "w") as out:
+                self.agents.append(subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                                    start_new_session=True))  # fmt: skip
+
+    def log_path(self, rank: int) -> Path:
+        return self.tmp_path / f"node{rank}.log"
+
+    def output(self, rank: int) -> str:
+        return self.log_path(rank).read_text()
+
+    def worker(self, rank: int) -> int:
+        """The pid of the `cli.py fit` process the node's agent started."""
+        agent = self.agents[rank].pid
+        (child,) = Path(f"/proc/{agent}/task/{agent}/children").read_text().split()
+        return int(child)
+
+    def wait(self, timeout: float = 300) -> list[int]:
+        """Both agents' exit codes (each waits for the other at the end: torchrun's exit barrier)."""
+        return [agent.wait(timeout=timeout) for agent in self.agents]
+
+    def kill(self) -> None:
+        for agent in self.agents:
+            if agent.poll() is None:
+                os.killpg(agent.pid, signal.SIGKILL)
+                agent.wait(timeout=60)
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    """nodes(args, folder) → two nodes running `cli.py fit ARGS`; whatever still runs at the end is killed."""
+    started: list[Nodes] = []
+
+    def _start(args: list[str], folder: Path = tmp_path) -> Nodes:
+        folder.mkdir(exist_ok=True)
+        started.append(Nodes(folder, [str(a) for a in args]))
+        return started[-1]
+
+    yield _start
+    for pair in started:
+        pair.kill()
+
+
+def only_run(logs: Path) -> Path:
+    (run,) = [p for p in logs.glob("*/*") if p.is_dir()]
+    return run
+
+
+def test_two_nodes_train_step_for_step_like_one_process_with_the_same_global_batch(tmp_path, nodes):
+    """Pooled GSPC + IXIC, global batch 128 (64 per rank) against one process at 128: same validation metrics and
+    predictions within float tolerance, one run folder, one run.json, predictions gathered from both ranks (the
+    validation sampler deals GSPC to one rank and IXIC to the other: each asset's metric needs both)."""
+    common = ["--config", "configs/tiny.yaml", "--data.tickers", "[GSPC, IXIC]", "--trainer.max_epochs", "2",
+              "--trainer.limit_train_batches", "4", *NO_DROPOUT]  # fmt: skip
+    pair = nodes([*common, "--trainer.logger.init_args.save_dir", tmp_path / "two"], tmp_path / "nodes")
+    cli_ok("fit", *common, "--trainer.accelerator", "cpu", "--trainer.logger.init_args.save_dir", tmp_path / "one")
+    assert pair.wait() == [0, 0], pair.output(0)[-3000:] + pair.output(1)[-3000:]
+    assert "batch=64x1 on 2 ranks (effective 128)" in pair.output(0)  # every rank probed; all use the minimum
+
+    two, one = only_run(tmp_path / "two"), only_run(tmp_path / "one")
+    assert len(list(two.glob("events.out.tfevents.*"))) == 1  # one TensorBoard run, written by rank 0
+    record, reference = (json.loads((run / "run.json").read_text()) for run in (two, one))
+    assert record["status"] == "finished" and record["epochs_run"] == 2
+    assert record["distributed"] == {"world_size": 2, "num_nodes": 2, "strategy": "DDPStrategy"}
+    assert record["best"].keys() == reference["best"].keys()
+    for key, value in reference["best"].items():
+        assert record["best"][key] == pytest.approx(value, abs=TOLERANCE), key
+    curves = [EventAccumulator(str(run)).Reload().Scalars("val/loss") for run in (two, one)]
+    assert [e.step for e in curves[0]] == [e.step for e in curves[1]] == [3, 7]
+    assert [e.value for e in curves[0]] == pytest.approx([e.value for e in curves[1]], abs=TOLERANCE)
+
+    predictions, expected = (pd.read_csv(run / "val_predictions.csv") for run in (two, one))
+    assert predictions[["date", "asset", "label"]].equals(expected[["date", "asset", "label"]])  # each sample once
+    assert predictions["asset"].value_counts().to_dict() == {"GSPC": 503, "IXIC": 503}
+    assert predictions["probability"].to_numpy() == pytest.approx(expected["probability"].to_numpy(), abs=TOLERANCE)
+    for asset in ("GSPC", "IXIC"):
+        own = predictions[predictions["asset"] == asset]
+        value = bce(own["probability"].to_numpy(), own["label"].to_numpy())
+        assert record["best"][f"val_{asset}_loss"] == pytest.approx(value, abs=TOLERANCE)
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_node_stops_both_and_both_resume_until_the_stop_file(tmp_path, nodes):
+    """SIGTERM to node 1's worker (as `scancel` or a pod eviction would send it): both nodes stop at the next
+    batch, exit 0, last.ckpt written. Both resume with `--ckpt_path last` into the same run, from the next epoch;
+    the stop file (seen by any node) stops them again."""
+    config = long_config(tmp_path)
+    first = nodes(["--config", config], tmp_path / "first")
+    wait_for(lambda: list((tmp_path / "logs").glob("*/*/checkpoints/last.ckpt")), first.agents[0], timeout=180)
+    os.kill(first.worker(1), signal.SIGTERM)
+    assert first.wait() == [0, 0], first.output(0)[-3000:]
+    run = only_run(tmp_path / "logs")
+    stopped_at = re.search(r"fit stopped by another rank at epoch (\d+)", " ".join(first.output(0).split()))
+    assert stopped_at, first.output(0)[-3000:]
+    assert json.loads((run / "run.json").read_text())["status"] == "stopped"
+
+    second = nodes(["--config", config, "--ckpt_path", "last"], tmp_path / "second")
+    wait_for(lambda: re.search(r"^epoch \d+:", second.output(0), re.MULTILINE), second.agents[0], timeout=180)
+    (tmp_path / "STOP").touch()
+    assert second.wait() == [0, 0], second.output(0)[-3000:]
+    output = " ".join(second.output(0).split())
+    assert "Restoring states from the checkpoint path" in output
+    assert int(re.search(r"epoch (\d+): \d+ samples/s", output)[1]) >= int(stopped_at[1])  # not from epoch 0
+    assert f"fit stopped by {tmp_path / 'STOP'} at epoch" in output
+    assert only_run(tmp_path / "logs") == run  # the same run folder: one TensorBoard run
+    assert json.loads((run / "run.json").read_text())["status"] == "stopped"
