@@ -93,9 +93,17 @@ def run_identity(trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, A
             "world_size": trainer.world_size,
             "num_nodes": trainer.num_nodes,
             "strategy": type(trainer.strategy).__name__,
+            "launcher": _launcher(trainer),
         },
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def _launcher(trainer: pl.Trainer) -> str | None:
+    """Who started the ranks, as Lightning saw it (SLURMEnvironment, TorchElasticEnvironment for torchrun,
+    LightningEnvironment for Lightning's own launcher); None for one process."""
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    return type(environment).__name__ if environment is not None else None
 
 
 class RunRecordCallback(PredictionCollector):

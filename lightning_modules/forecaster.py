@@ -69,6 +69,12 @@ class OptimConfig:
             raise ValueError(f"decay_epochs must be > 0, got {self.decay_epochs}")
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The random stream of DDP rank `rank` in a run seeded `seed` (rank 0: the run's own); far from other runs'
+    seeds, so seed 1's rank 0 never repeats seed 0's rank 1."""
+    return (seed + 1_000_003 * rank) % 2**63
+
+
 def lr_factor(step: int, warmup_steps: int, decay_start: int, decay_steps: int, min_lr_ratio: float) -> float:
     """Multiplier of the peak lr at an optimizer step: linear warmup, constant until decay_start, then a cosine
     over decay_steps whose last step (decay_start + decay_steps − 1) trains at min_lr_ratio (held after it).
@@ -206,6 +212,13 @@ class Forecaster(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.decay_start = checkpoint.get("decay_start")
+
+    def on_train_start(self) -> None:
+        """Under DDP every rank was seeded alike (so all build the same model) and would draw the same dropout masks
+        for its samples: from here each rank > 0 draws from a stream of its own (rank 0 keeps the run's stream, and
+        DDP has already copied rank 0's weights to every rank)."""
+        if self._trainer is not None and self.global_rank > 0:
+            torch.manual_seed(rank_seed(torch.initial_seed(), self.global_rank))
 
     def on_train_epoch_start(self) -> None:
         loader = self.trainer.train_dataloader

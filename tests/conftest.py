@@ -271,9 +271,9 @@ def cli_exit(*args: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-LONG_FIRST = ("test_report.py", "test_hpo_postgres.py", "test_campaign.py", "test_hpo.py", "test_bad_input_fit.py",
-              "test_hpo_processes.py", "test_stop_resume.py", "test_fit.py", "test_report_pooled.py",
-              "test_hpo_space.py", "test_memory.py")  # fmt: skip
+LONG_FIRST = ("test_report.py", "test_hpo_postgres.py", "test_campaign.py", "test_multinode.py", "test_hpo.py",
+              "test_bad_input_fit.py", "test_hpo_processes.py", "test_stop_resume.py", "test_fit.py",
+              "test_report_pooled.py", "test_hpo_space.py", "test_memory.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list) -> None:

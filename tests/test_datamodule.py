@@ -11,7 +11,7 @@ from conftest import synthetic_ohlcv, write_csv
 from common.errors import DataError
 from datamodules.features import TIERS, a20_features
 from datamodules.labels import make_labels
-from datamodules.market_datamodule import MarketDataModule
+from datamodules.market_datamodule import EpochShuffle, MarketDataModule, RankShard
 from datamodules.processed import build_dataset, load_dataset
 from datamodules.sources import import_csv
 from datamodules.splits import Splits
@@ -183,3 +183,30 @@ def test_tampered_dataset_stops_setup(data_dir):
     frame.to_parquet(path)
     with pytest.raises(DataError, match="hash mismatch"):
         dm.setup("fit")
+
+
+@pytest.mark.parametrize(("n", "ranks", "batch"), [(3726, 2, 64), (1000, 3, 32), (10, 4, 2)])
+def test_ranks_together_take_each_step_the_batch_one_process_takes(n, ranks, batch):
+    """Rank r deals positions r, r + W, … of one (seed, epoch) permutation: step k of the W ranks holds the one
+    process's batch k of W·B samples; ranks get equal lengths, the padding repeats the first positions."""
+    alone = EpochShuffle(n, seed=3)
+    shares = [EpochShuffle(n, seed=3, num_replicas=ranks, rank=r) for r in range(ranks)]
+    for sampler in (alone, *shares):
+        sampler.set_epoch(2)
+    order, dealt = list(alone), [list(share) for share in shares]
+    assert sorted(order) == list(range(n)) and order != sorted(order)
+    assert {len(d) for d in dealt} == {-(-n // ranks)} and len(shares[0]) == len(dealt[0])
+    padded = order + order[: ranks * len(dealt[0]) - n]
+    for k in range(len(dealt[0]) // batch):
+        step = sorted(i for d in dealt for i in d[k * batch : (k + 1) * batch])
+        assert step == sorted(padded[k * ranks * batch : (k + 1) * ranks * batch])
+    shares[0].set_epoch(3)
+    assert list(shares[0]) != dealt[0]  # another epoch, another order
+
+
+@pytest.mark.parametrize(("n", "ranks"), [(503, 2), (10, 4), (3, 4)])
+def test_evaluation_shards_score_every_sample_once(n, ranks):
+    shards = [list(RankShard(range(n), ranks, r)) for r in range(ranks)]
+    assert sorted(i for shard in shards for i in shard) == list(range(n))  # no padding: no sample twice
+    assert all(shard == list(range(r, n, ranks)) for r, shard in enumerate(shards))
+    assert [len(RankShard(range(n), ranks, r)) for r in range(ranks)] == [len(shard) for shard in shards]
