@@ -68,7 +68,11 @@ class MemoryAwareBatchFinder(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = trainer.datamodule
         self.per_rank = math.ceil(self.effective / trainer.world_size)  # under DDP each rank's share of a step
-        if self.enabled:
+        sharded = "fsdp" in type(trainer.strategy).__name__.lower()
+        if self.enabled and sharded and trainer.is_global_zero:
+            log.warning("batch finder: no probes under FSDP (a sharded layer's forward is a collective the probes "
+                        "would call outside Lightning); micro-batch = data.batch_size %d", dm.batch_size)  # fmt: skip
+        if self.enabled and not sharded:
             self.limit = self._limit_bytes(pl_module.device, trainer.num_devices)
             micro = self._search(trainer, pl_module)
             micro = int(trainer.strategy.reduce(torch.tensor(micro, device=pl_module.device), reduce_op="min"))

@@ -39,7 +39,9 @@ class DivergenceGuard(EarlyStopping):
         self.factor = factor
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
-        if torch.isfinite(loss):
+        # under DDP all ranks decide together: one rank raising alone would leave the others waiting in the
+        # gradient all-reduce
+        if trainer.strategy.reduce_boolean_decision(torch.isfinite(loss.detach()), all=True):
             return
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         raise TrainingDiverged(

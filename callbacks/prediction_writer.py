@@ -22,13 +22,18 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_epoch_end(self, trainer: pl.Trainer, pl_module, predictions, batch_indices) -> None:
         # every rank calls: gathering and trainer.log_dir are collectives under DDP
         local = torch.cat(predictions) if predictions else torch.empty(0)
-        probs, log_dir = gather_in_order(local, trainer).cpu().tolist(), trainer.log_dir
+        (probs, index), log_dir = gather_in_order(local, trainer), trainer.log_dir
         if not trainer.is_global_zero:
             return
         dm = trainer.datamodule
-        dates, assets = dm.sample_dates("predict"), dm.sample_assets("predict")
-        labels = [float(item[1]) for item in (dm.predict_dataloader().dataset[i] for i in range(len(probs)))]
-        write_predictions(Path(log_dir or ".") / "predictions.csv", dates, assets, probs, labels)
+        dates, assets, dataset = (
+            dm.sample_dates("predict"),
+            dm.sample_assets("predict"),
+            dm.predict_dataloader().dataset,
+        )
+        labels = [float(dataset[i][1]) for i in index]
+        write_predictions(Path(log_dir or ".") / "predictions.csv", [dates[i] for i in index],
+                          [assets[i] for i in index], probs.tolist(), labels)  # fmt: skip
 
 
 def write_predictions(path: Path, dates: list[str], assets: list[str], probs: list[float], labels: list[float]) -> None:

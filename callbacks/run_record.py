@@ -153,19 +153,24 @@ class RunRecordCallback(PredictionCollector):
             # a run killed mid-write leaves the previous record, never half of one
             atomic_write_text(Path(log_dir) / "run.json", json.dumps(self.record, indent=2) + "\n")
 
-    def _write_predictions(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """`<stage>_predictions.csv` of the epoch that just ended, in the split's date order (all ranks call)."""
+    def _write_predictions(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str):
+        """`<stage>_predictions.csv` of the epoch that just ended, in the split's date order (all ranks call: under
+        DDP every rank's share is gathered). Returns the gathered (probabilities, labels), or None."""
         outputs = self.epoch_outputs(stage)
         dm = trainer.datamodule
         log_dir = trainer.log_dir
-        if outputs is None or not hasattr(dm, "sample_dates"):
-            return
-        dates, assets = dm.sample_dates(stage), dm.sample_assets(stage)
-        probs, targets = (gather_in_order(t, trainer).cpu() for t in outputs)
-        n = len(probs)  # limit_val_batches / limit_test_batches: the first batches of the split
-        if trainer.is_global_zero and log_dir:
+        if not hasattr(dm, "sample_dates") or outputs is None and trainer.world_size == 1:
+            return None
+        outputs = outputs or (torch.empty(0), torch.empty(0))  # a rank without samples still joins the gather
+        (probs, index), (targets, _) = (gather_in_order(t, trainer) for t in outputs)
+        if not len(index):
+            return None
+        if trainer.is_global_zero and log_dir:  # limit_val_batches: only the samples scored
+            dates, assets = dm.sample_dates(stage), dm.sample_assets(stage)
             path = Path(log_dir) / f"{stage}_predictions.csv"
-            write_predictions(path, dates[:n], assets[:n], probs.tolist(), targets.tolist())
+            write_predictions(path, [dates[i] for i in index], [assets[i] for i in index], probs.tolist(),
+                              targets.tolist())  # fmt: skip
+        return probs, targets
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         checkpoint = trainer.checkpoint_callback
@@ -208,11 +213,10 @@ class RunRecordCallback(PredictionCollector):
                 key = logged(name, "val", asset)
                 if key in trainer.callback_metrics:
                     self.best[record_key(name, asset)] = float(trainer.callback_metrics[key])
-        self.best_outputs = self.epoch_outputs("val")
         metrics = {f"best/{k}": v for k, v in self.best.items() if k != "monitor"}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
-        self._write_predictions(trainer, pl_module, "val")
+        self.best_outputs = self._write_predictions(trainer, pl_module, "val")  # every rank's samples
 
     def _ended(self, trainer: pl.Trainer, status: str, ended_by: str) -> None:
         checkpoint = trainer.checkpoint_callback

@@ -1,8 +1,8 @@
 """Per-sample values across DDP ranks, in the split's order (torch: imported only by code that trains).
 
 Evaluation loaders shard a split without padding (`datamodules.market_datamodule.RankShard`): rank r of W holds
-samples r, r + W, r + 2W, …, and the first ranks may hold one more. Used by whoever needs every sample of an
-epoch on every rank: the prediction files and the per-asset metrics.
+samples r, r + W, r + 2W, … of the split. Used by whoever needs every sample of an epoch: the prediction files
+and the per-asset metrics.
 """
 
 from __future__ import annotations
@@ -11,15 +11,26 @@ import lightning.pytorch as pl
 import torch
 
 
-def gather_in_order(values: torch.Tensor, trainer: pl.Trainer) -> torch.Tensor:
-    """This rank's per-sample values (n_r,) → every rank's, in loader order (n,). Under DDP a collective: every
-    rank calls it. Pads each rank to the longest, gathers, interleaves the ranks back and keeps the samples that
-    exist (with limit_val_batches: the first batches of every rank, still a prefix of the split)."""
+def gather_in_order(values: torch.Tensor, trainer: pl.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's per-sample values (n_r,) → (every rank's values, their positions in the split), sorted by
+    position, on the CPU. Under DDP a collective: every rank calls it, with an empty tensor if it has no samples.
+
+    Ranks may hold any number of samples (a fractional limit_val_batches cuts each rank's loader on its own, so
+    the samples scored need not be a prefix of the split): each value travels with its position r + W·j, the
+    padding that evens out the gather is dropped by position, never by count."""
+    n = len(values)
     if trainer.world_size == 1:
-        return values
-    strategy = trainer.strategy
-    counts = strategy.all_gather(torch.tensor(len(values), device=strategy.root_device))  # (W,)
-    padded = torch.zeros(int(counts.max()), dtype=values.dtype, device=strategy.root_device)
-    padded[: len(values)] = values
-    gathered = strategy.all_gather(padded)  # (W, longest)
-    return gathered.transpose(0, 1).reshape(-1)[: int(counts.sum())]  # (n,)
+        return values.cpu(), torch.arange(n)
+    strategy, device = trainer.strategy, trainer.strategy.root_device
+    counts = strategy.all_gather(torch.tensor(n, device=device))  # (W,)
+    if int(counts.sum()) == 0:
+        return values.cpu(), torch.arange(0)
+    longest = int(counts.max())
+    padded = torch.zeros(longest, dtype=values.dtype, device=device)
+    padded[:n] = values
+    positions = torch.full((longest,), -1, dtype=torch.long, device=device)
+    positions[:n] = trainer.global_rank + trainer.world_size * torch.arange(n, device=device)
+    values, positions = strategy.all_gather(padded).reshape(-1), strategy.all_gather(positions).reshape(-1)
+    kept = positions >= 0
+    order = torch.argsort(positions[kept])
+    return values[kept][order].cpu(), positions[kept][order].cpu()

@@ -8,6 +8,7 @@ from one asset, with the asset's index beside its label.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -78,7 +79,8 @@ class EpochShuffle(DistributedSampler):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n, generator=generator).tolist()
-        order += order[: self.total_size - self.n]  # padding: at most W - 1 samples, only under DDP
+        padding = self.total_size - self.n  # at most W - 1 samples, only under DDP
+        order += (order * math.ceil(padding / max(self.n, 1)))[:padding]
         return iter(order[self.rank : self.total_size : self.num_replicas])
 
     def __len__(self) -> int:
@@ -89,7 +91,10 @@ class RankShard(DistributedSampler):
     """Evaluation under DDP: rank r of W scores samples r, r + W, r + 2W, … of the split in order, each sample
     exactly once. Lightning's own distributed sampler pads every rank to the same length by repeating the first
     samples, which the epoch's metrics would count twice (503 validation days scored as 504). Ranks may hold one
-    sample more than others: nothing in an evaluation step is a collective (metrics sync at the epoch's end)."""
+    sample more than others, so one rank may run one batch more. That is safe because metrics sync at the epoch's
+    end, not per step. The exception is the first validation forward of an epoch in `fit`, where DDP broadcasts the
+    module's buffers. Every rank gets that batch as long as the split has at least W samples, and validation needs
+    100."""
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)

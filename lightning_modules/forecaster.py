@@ -267,7 +267,8 @@ class Forecaster(pl.LightningModule):
         metrics.reset()
         if stage != "train" and self.per_asset is not None:
             per_asset = self.per_asset[stage]
-            self.log_dict(per_asset.compute(self.asset_priors, lambda values: gather_in_order(values, self.trainer)))
+            gather = lambda values: gather_in_order(values, self.trainer)[0].to(self.device)  # noqa: E731 - all ranks
+            self.log_dict(per_asset.compute(self.asset_priors, gather))
             per_asset.reset()
 
     def on_train_epoch_end(self) -> None:

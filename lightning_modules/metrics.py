@@ -117,8 +117,9 @@ class PerAssetMetrics(torch.nn.Module):
 
     def compute(self, priors: dict[str, float], gather=lambda values: values) -> dict[str, torch.Tensor]:
         """The metrics of every asset with samples on any rank (limit_val_batches may leave one unseen);
-        `gather`: this rank's per-sample values → every rank's (`common.ranks.gather_in_order`)."""
-        columns = zip(*self._batches, strict=True) if self._batches else ([torch.empty(0)],) * 4
+        `gather`: this rank's per-sample values → every rank's (e.g. `common.ranks.gather_in_order`'s values)."""
+        empty = ([torch.empty(0)], [torch.empty(0)], [torch.empty(0)], [torch.empty(0, dtype=torch.long)])
+        columns = zip(*self._batches, strict=True) if self._batches else empty  # a rank without samples joins too
         logits, probs, target, asset = (gather(torch.cat(list(c))) for c in columns)
         values = {}
         for i, (name, metrics) in enumerate(zip(self.assets, self.metrics, strict=True)):

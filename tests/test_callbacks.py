@@ -168,6 +168,15 @@ def test_finder_validates_its_settings():
         MemoryAwareBatchFinder(limit=1.5)
 
 
+def test_the_processes_of_one_machine_share_its_memory_but_not_a_gpu_s():
+    """A fraction is of the memory free now: on CPU the ranks on this machine each plan for their share; a size is
+    per process."""
+    finder = MemoryAwareBatchFinder(limit=0.8)
+    alone, shared = finder._limit_bytes(torch.device("cpu"), 1), finder._limit_bytes(torch.device("cpu"), 4)
+    assert shared == pytest.approx(alone / 4, rel=0.05)  # free memory moves a little between the two reads
+    assert MemoryAwareBatchFinder(limit="6GB")._limit_bytes(torch.device("cpu"), 4) == 6 * 10**9
+
+
 class TornWrites(TorchCheckpointIO):
     """Saves the first checkpoint; of every later one, writes half and fails, as a process killed mid-write."""
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +12,7 @@ import torch
 from conftest import synthetic_ohlcv, write_csv
 
 from common.errors import DataError
+from common.ranks import gather_in_order
 from datamodules.features import TIERS, a20_features
 from datamodules.labels import make_labels
 from datamodules.market_datamodule import EpochShuffle, MarketDataModule, RankShard
@@ -210,3 +214,50 @@ def test_evaluation_shards_score_every_sample_once(n, ranks):
     assert sorted(i for shard in shards for i in shard) == list(range(n))  # no padding: no sample twice
     assert all(shard == list(range(r, n, ranks)) for r, shard in enumerate(shards))
     assert [len(RankShard(range(n), ranks, r)) for r in range(ranks)] == [len(shard) for shard in shards]
+
+
+class ThreadRanks:
+    """W ranks as threads: all_gather waits for every rank's tensor and returns them stacked, like the collective."""
+
+    def __init__(self, world_size: int):
+        self.world_size, self.slots, self.barrier = world_size, [None] * world_size, threading.Barrier(world_size)
+
+    def trainer(self, rank: int) -> SimpleNamespace:
+        def all_gather(tensor):
+            self.slots[rank] = tensor
+            self.barrier.wait()
+            stacked = torch.stack(list(self.slots))
+            self.barrier.wait()  # everyone has read before anyone writes the next
+            return stacked
+
+        strategy = SimpleNamespace(all_gather=all_gather, root_device=torch.device("cpu"))
+        return SimpleNamespace(world_size=self.world_size, global_rank=rank, strategy=strategy)
+
+    def run(self, function, per_rank: list) -> list:
+        results = [None] * self.world_size
+
+        def one(rank: int) -> None:
+            results[rank] = function(per_rank[rank], self.trainer(rank))
+
+        threads = [threading.Thread(target=one, args=(r,)) for r in range(self.world_size)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        return results
+
+
+@pytest.mark.parametrize(
+    ("n", "ranks", "kept"),
+    [(503, 2, None), (257, 2, [128, 64]), (10, 4, [3, 0, 2, 0]), (3, 4, None)],  # kept: a fractional limit per rank
+)
+def test_gathering_puts_every_ranks_samples_back_in_split_order(n, ranks, kept):
+    """Each rank scores its RankShard (or the first `kept` of it: limit_val_batches cuts each rank's loader on its
+    own); the gathered values come back with their positions, in split order, padding dropped, on every rank."""
+    shards = [torch.tensor(list(RankShard(range(n), ranks, r)), dtype=torch.float64) for r in range(ranks)]
+    if kept:
+        shards = [shard[:k] for shard, k in zip(shards, kept, strict=True)]
+    results = ThreadRanks(ranks).run(gather_in_order, [shard * 10 for shard in shards])
+    expected = sorted(int(i) for shard in shards for i in shard)
+    for values, positions in results:
+        assert positions.tolist() == expected and values.tolist() == [10.0 * i for i in expected]

@@ -89,6 +89,9 @@ def test_summary_follows_overrides_and_sharding():
                      "--trainer.devices", "4", "--model.net.n_layers", "20")  # fmt: skip
     assert "weights 7.1 GB" in plain and "80GB" not in plain and "fits" in plain
     assert "sharded over 4 devices" in sharded and "d_model 2048, n_heads 32, n_layers 20" in sharded
+    nodes = cli_ok("summary", "--config", ROOT / "configs" / "2B.yaml", "--config", FSDP, "--trainer.devices", "4",
+                   "--trainer.num_nodes", "2")  # fmt: skip
+    assert "sharded over 8 devices" in nodes  # FSDP shards over every node's devices
 
 
 def test_summary_shows_what_each_tier_s_channels_do_to_the_parameter_count():

@@ -4,6 +4,7 @@ the workers they start, real signals and a real stop file."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -58,8 +59,11 @@ class Nodes:
         return [agent.wait(timeout=timeout) for agent in self.agents]
 
     def kill(self) -> None:
-        for agent in self.agents:
+        """The workers first: torchrun starts each in a session of its own, out of reach of the agent's group."""
+        for rank, agent in enumerate(self.agents):
             if agent.poll() is None:
+                with contextlib.suppress(OSError, ValueError):  # no worker (yet, or any more)
+                    os.killpg(self.worker(rank), signal.SIGKILL)
                 os.killpg(agent.pid, signal.SIGKILL)
                 agent.wait(timeout=60)
 

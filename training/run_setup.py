@@ -27,7 +27,7 @@ def size_from_config(config):
     devices = trainer.devices
     count = (torch.cuda.device_count() if gpu else 1) if devices in ("auto", -1, "-1") else devices
     count = len(count) if isinstance(count, list) else int(count)
-    shards = count if "fsdp" in str(trainer.strategy).lower() else 1
+    shards = count * int(trainer.get("num_nodes") or 1) if "fsdp" in str(trainer.strategy).lower() else 1
     precision = str(trainer.precision or "32-true")
     try:
         cfg = PatchTSTConfig(**dict(vars(config.model.net)))
