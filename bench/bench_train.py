@@ -1,10 +1,13 @@
 """Training throughput of PatchTST at the 2M and 20M geometries, against this machine's fp32 matmul peak.
 
 Both are measured in the same run: the peak from large square matmuls, the network from real AdamW
-training steps (forward, backward, optimizer) on random (B, 80, 25) windows. With --fit it also times
-`cli.py fit --config configs/2M.yaml` to early stopping.
+training steps (forward, backward, optimizer) on random (B, 80, 25) windows. Each geometry runs twice:
+"torch" is how finscale trained before issue 18 (torch's dropout, which draws one Bernoulli value per element,
+and the per-tensor AdamW), "finscale" is how it trains now (`patchtst.dropout`, fused AdamW). Channel-independent
+mode runs at batch 64 (its tokens are C times as many). --compile adds torch.compile of the network (minutes).
+With --fit it also times `cli.py fit --config configs/2M.yaml` to early stopping.
 
-    python bench/bench_train.py [--batch 256] [--steps 10] [--fit]
+    python bench/bench_train.py [--batch 256] [--steps 10] [--compile] [--fit]
 """
 
 from __future__ import annotations
@@ -14,14 +17,18 @@ import platform
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lightning_modules import patchtst  # noqa: E402
 from lightning_modules.patchtst import PatchTST, PatchTSTConfig  # noqa: E402
 from sizing.accounting import parameter_count, training_flops_per_sample  # noqa: E402
 
@@ -41,22 +48,39 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / best
 
 
-def train_throughput(cfg: PatchTSTConfig, batch: int, steps: int) -> float:
-    """Samples/s of full training steps (median of `steps` after 2 warm-up steps)."""
+def train_throughput(cfg: PatchTSTConfig, batch: int, steps: int, variant: str = "finscale") -> float:
+    """Samples/s of full training steps (median of `steps` after 2 warm-up steps; compiling happens in those).
+    variant: "finscale" (as trained), "torch" (torch's dropout and per-tensor AdamW), "compile" (finscale's,
+    with torch.compile of the network)."""
     torch.manual_seed(0)
     net = PatchTST(C, L, cfg)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    model = torch.compile(net) if variant == "compile" else net
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=variant != "torch")
     x, y = torch.randn(batch, L, C), torch.randint(0, 2, (batch,)).float()
     times = []
-    for step in range(steps + 2):
-        start = time.perf_counter()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x), y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step >= 2:
-            times.append(time.perf_counter() - start)
+    with torch_dropout(variant == "torch"):
+        for step in range(steps + 2):
+            start = time.perf_counter()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step >= 2:
+                times.append(time.perf_counter() - start)
     return batch / sorted(times)[len(times) // 2]
+
+
+@contextmanager
+def torch_dropout(on: bool):
+    """The network with torch's own dropout and attention (as before issue 18) while the block runs."""
+    saved = patchtst.dropout, patchtst.attention
+    if on:
+        patchtst.dropout = lambda x, p, training: F.dropout(x, p, training)
+        patchtst.attention = lambda q, k, v, p: F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+    try:
+        yield
+    finally:
+        patchtst.dropout, patchtst.attention = saved
 
 
 def time_fit() -> float:
@@ -70,17 +94,23 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--compile", action="store_true", help="also torch.compile of the network (minutes)")
     parser.add_argument("--fit", action="store_true", help="also time cli.py fit --config configs/2M.yaml")
     args = parser.parse_args()
     peak = matmul_peak()
-    print(f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
+    print(f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"fp32 matmul peak (2048³): {peak / 1e9:.1f} GFLOP/s")
-    print(f"{'geometry':<9} {'params':>12} {'train MFLOP/sample':>19} {'samples/s':>10} {'GFLOP/s':>9} {'of peak':>8}")
-    for name, cfg in GEOMETRIES.items():
+    print(f"{'geometry':<22} {'variant':<9} {'batch':>5} {'params':>11} {'MFLOP/sample':>12} {'samples/s':>9} "
+          f"{'GFLOP/s':>8} {'of peak':>7}")  # fmt: skip
+    runs = [(name, cfg, args.batch) for name, cfg in GEOMETRIES.items()]
+    runs.append(("2M channel-independent", replace(GEOMETRIES["2M"], channel_mode="independent"), 64))
+    variants = ["torch", "finscale", *(["compile"] if args.compile else [])]
+    for name, cfg, batch in runs:
         flops = training_flops_per_sample(C, L, cfg)
-        rate = train_throughput(cfg, args.batch, args.steps)
-        print(f"{name:<9} {parameter_count(C, L, cfg):>12,} {flops / 1e6:>19.1f} {rate:>10.0f} "
-              f"{rate * flops / 1e9:>9.1f} {rate * flops / peak:>8.0%}")  # fmt: skip
+        for variant in variants:
+            rate = train_throughput(cfg, batch, args.steps, variant)
+            print(f"{name:<22} {variant:<9} {batch:>5} {parameter_count(C, L, cfg):>11,} {flops / 1e6:>12.1f} "
+                  f"{rate:>9.1f} {rate * flops / 1e9:>8.1f} {rate * flops / peak:>7.1%}")  # fmt: skip
     if args.fit:
         print(f"cli.py fit --config configs/2M.yaml to early stopping: {time_fit():.0f} s")
 

@@ -27,8 +27,10 @@ PRECISION_BYTES = {
     "64-true": (8, 8, 16, 8),
 }
 # Activation elements alive at the backward peak, per token and layer: saved tensors plus the gradients
-# being formed. Measured on CPU fp32 (PeakMemory, 2 threads): ≈ 25.4 × d_model + 3.4 × d_ff; rounded up.
-PER_TOKEN_D, PER_TOKEN_F = 26, 4
+# being formed, as (× d_model, × d_ff). Measured on CPU fp32 (PeakMemory, 2 threads, batch 256 → 512, six
+# geometries): ≈ 18.4 × d_model + 2.6 × d_ff with finscale's CPU dropout (one-byte masks, no float mask in
+# between), rounded up; 25.4 × d_model + 3.4 × d_ff with torch's dropout, which other devices use.
+PER_TOKEN = {"cpu": (19, 3), "other": (26, 4)}
 CPU_RUNTIME_OVERHEAD = 96 * 1024**2  # thread pools, oneDNN scratch, first-touch buffers: measured 84–87 MB
 GiB = 1024**3
 
@@ -40,12 +42,14 @@ def precision_bytes(precision: str | int) -> tuple[int, int, int, int]:
     return PRECISION_BYTES[key]
 
 
-def activation_elements_per_sample(n_channels: int, context_length: int, cfg: PatchTSTConfig) -> int:
+def activation_elements_per_sample(n_channels: int, context_length: int, cfg: PatchTSTConfig,
+                                   device: str = "cpu") -> int:  # fmt: skip
     """Elements autograd keeps for one sample's backward pass (all layers, embedding and head)."""
     n = cfg.n_patches(context_length)
     sequences = 1 if cfg.channel_mode == "mixing" else n_channels
     tokens = sequences * n
-    per_layer = tokens * (PER_TOKEN_D * cfg.d_model + PER_TOKEN_F * cfg.d_ff) + sequences * cfg.n_heads * n * n
+    per_d, per_f = PER_TOKEN["cpu" if device == "cpu" else "other"]
+    per_layer = tokens * (per_d * cfg.d_model + per_f * cfg.d_ff) + sequences * cfg.n_heads * n * n
     embedding = sequences * n * cfg.patch_length * (n_channels if cfg.channel_mode == "mixing" else 1)
     return cfg.n_layers * per_layer + embedding + 4 * tokens * cfg.d_model + context_length * n_channels
 
@@ -78,7 +82,7 @@ def estimate_training_memory(n_params: int, n_channels: int, context_length: int
                              device: str = "cpu") -> MemoryEstimate:  # fmt: skip
     """Peak training memory per device; `shards` > 1 splits weights, gradients and state (FSDP)."""
     w, g, o, a = precision_bytes(precision)
-    per_sample = activation_elements_per_sample(n_channels, context_length, cfg) * a
+    per_sample = activation_elements_per_sample(n_channels, context_length, cfg, device) * a
     overhead = CPU_RUNTIME_OVERHEAD if device == "cpu" else 0
     return MemoryEstimate(-(-n_params * w // shards), -(-n_params * g // shards), -(-n_params * o // shards),
                           per_sample, micro_batch, overhead)  # fmt: skip

@@ -7,7 +7,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_modules.patchtst import PatchTST, PatchTSTConfig
+from lightning_modules.patchtst import PatchTST, PatchTSTConfig, attention, dropout
 from sizing.accounting import forward_flops_per_sample, parameter_count
 
 SMALL = {"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64, "head": "flatten", "linear_skip": False}
@@ -54,6 +54,43 @@ def test_dropout_is_active_only_in_training():
     assert not torch.equal(net(x), net(x))
     net.eval()
     assert torch.equal(net(x), net(x))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
+def test_the_fast_cpu_dropout_is_inverted_dropout_with_probability_p(p):
+    """One million values: the kept share is 1 − p within 4 standard errors, kept values are scaled by 1 / (1 − p),
+    the gradient flows through the kept ones only, and a seed gives the same mask."""
+    x = torch.rand(1000, 1000) + 1.0  # never 0: a zero marks a dropped value
+    x.requires_grad_(True)
+    torch.manual_seed(7)
+    y = dropout(x, p, training=True)
+    kept = y != 0
+    share = kept.double().mean().item()
+    assert abs(share - (1 - p)) < 4 * ((p * (1 - p) / x.numel()) ** 0.5)
+    assert torch.allclose(y[kept], x.detach()[kept] / (1 - p))
+    y.sum().backward()
+    assert torch.allclose(x.grad, kept.float() / (1 - p))  # p as realised: to 1/65536
+    torch.manual_seed(7)
+    assert torch.equal(dropout(x.detach(), p, training=True) != 0, kept)
+    assert dropout(x, p, training=False) is x and dropout(x, 0.0, training=True) is x
+
+
+def test_the_fast_cpu_dropout_draws_independent_masks_per_position():
+    """Neighbouring values (the four 16-bit parts of one random word) are dropped independently."""
+    torch.manual_seed(0)
+    kept = (dropout(torch.ones(400_000), 0.5, training=True) != 0).view(-1, 4).float()
+    together = (kept[:, :-1] * kept[:, 1:]).mean().item()  # both neighbours kept: 1/4 when independent
+    assert abs(together - 0.25) < 0.005 and abs(kept.mean().item() - 0.5) < 0.005
+
+
+def test_attention_with_dropout_is_the_same_maths_as_torch_s():
+    """On CPU with dropout the weights are computed here (so that `dropout` draws their mask); with a dropout
+    too small to drop anything it equals torch's fused attention."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(6, 2, 9, 16) for _ in range(3))
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert torch.allclose(attention(q, k, v, 1e-9), expected, atol=1e-6)  # 1e-9 of 65536 values: none dropped
+    assert torch.equal(attention(q, k, v, 0.0), expected)
 
 
 @pytest.mark.parametrize(
