@@ -26,11 +26,8 @@ class PredictionWriter(BasePredictionWriter):
         if not trainer.is_global_zero:
             return
         dm = trainer.datamodule
-        dates, assets, dataset = (
-            dm.sample_dates("predict"),
-            dm.sample_assets("predict"),
-            dm.predict_dataloader().dataset,
-        )
+        dates, assets = dm.sample_dates("predict"), dm.sample_assets("predict")
+        dataset = dm.predict_dataloader().dataset
         labels = [float(dataset[i][1]) for i in index]
         write_predictions(Path(log_dir or ".") / "predictions.csv", [dates[i] for i in index],
                           [assets[i] for i in index], probs.tolist(), labels)  # fmt: skip

@@ -74,13 +74,13 @@ class EpochShuffle(DistributedSampler):
 
     def __init__(self, n: int, seed: int, num_replicas: int = 1, rank: int = 0):
         super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.n = n
 
     def __iter__(self):
+        n = len(self.dataset)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.n, generator=generator).tolist()
-        padding = self.total_size - self.n  # at most W - 1 samples, only under DDP
-        order += (order * math.ceil(padding / max(self.n, 1)))[:padding]
+        order = torch.randperm(n, generator=generator).tolist()
+        padding = self.total_size - n  # at most W - 1 samples, only under DDP
+        order += (order * math.ceil(padding / max(n, 1)))[:padding]
         return iter(order[self.rank : self.total_size : self.num_replicas])
 
     def __len__(self) -> int:

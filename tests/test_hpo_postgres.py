@@ -26,7 +26,8 @@ def postgres():
     if why and os.environ.get("FINSCALE_REQUIRE_POSTGRES"):
         pytest.fail(f"FINSCALE_REQUIRE_POSTGRES is set and no PostgreSQL server can be started: {why}")
     if why:  # a developer machine without PostgreSQL; CI sets FINSCALE_REQUIRE_POSTGRES (above: a failure there)
-        pytest.skip(f"no PostgreSQL server can be started on this machine: {why}")
+        pytest.skip(f"needs PostgreSQL's server programs (Debian's postgresql package), missing here: {why}. "
+                    "CI installs them and sets FINSCALE_REQUIRE_POSTGRES, so there this is a failure")  # fmt: skip
     server.start()
     yield server
     server.stop()
