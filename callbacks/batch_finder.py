@@ -6,9 +6,12 @@ because torch's CPU allocator keeps no peak statistics and RSS is what the kerne
 fits peak ≈ fixed + per_sample · b, and picks the largest b whose predicted peak stays under the limit.
 It never probes a size its fit predicts will not fit (so it never relies on an out-of-memory error,
 which on CPU is the kernel killing the process), then restores model, optimizer, scheduler and RNG
-state exactly, in memory: nothing is written to disk. Under DDP every rank probes; all use the minimum, and
-the effective batch is global: W ranks take ⌈E / W⌉ samples each per optimizer step, so a run on several
-devices or nodes trains with the same batch (and learning-rate schedule) as on one.
+state exactly, in memory: nothing is written to disk. When the estimate of sizing/memory says that the whole
+per-rank batch takes under half the limit (every 2M trial on CPU), it takes that batch without probing: the probes
+were 2–4% of a 2M trial (bench/RESULTS.md, issue 18), and the estimate is never below a measured peak.
+Under DDP every rank probes; all use the minimum, and the effective batch is global: W ranks take ⌈E / W⌉
+samples each per optimizer step, so a run on several devices or nodes trains with the same batch (and
+learning-rate schedule) as on one.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from sizing.memory import available_memory, parse_bytes, read_peak, reset_peak
+from lightning_modules.patchtst import PatchTST
+from sizing.accounting import parameter_count
+from sizing.memory import available_memory, estimate_training_memory, parse_bytes, read_peak, reset_peak
 
 log = logging.getLogger(__name__)
 PROBE_STEPS = 2  # steps per probed size: the second runs with the optimizer state and reused buffers in place
@@ -37,7 +42,7 @@ class MemoryAwareBatchFinder(pl.Callback):
     ranks)."""
 
     def __init__(self, effective_batch_size: int = 256, limit: float | str = 0.8, enabled: bool = True,
-                 max_micro_batch: int | None = None):  # fmt: skip
+                 max_micro_batch: int | None = None, probe_above: float = 0.5):  # fmt: skip
         """
         Args:
             effective_batch_size: samples per optimizer step (E), over all ranks, kept whatever the micro-batch.
@@ -45,16 +50,23 @@ class MemoryAwareBatchFinder(pl.Callback):
                 start (0.8; on CPU shared by this machine's ranks) or a size per process ("6GB", bytes).
             enabled: False uses the datamodule's batch_size as the micro-batch (accumulation still set).
             max_micro_batch: upper bound on the micro-batch (default: E).
+            probe_above: probe only when the estimated peak of a step at the whole per-rank batch, with the
+                headroom, is above this fraction of the limit; below it that batch is taken unprobed. 0: always
+                probe.
         """
         if effective_batch_size < 1:
             raise ValueError(f"effective_batch_size must be ≥ 1, got {effective_batch_size}")
         if isinstance(limit, int | float) and not 0 < limit <= 1 and limit < 1024:
             raise ValueError(f"limit must be a fraction in (0, 1] or a size like '6GB', got {limit}")
+        if not 0 <= probe_above <= 1:
+            raise ValueError(f"probe_above must be in [0, 1], got {probe_above}")
         self.effective, self.limit_spec, self.enabled = effective_batch_size, limit, enabled
+        self.probe_above = probe_above
         self.max_micro = max_micro_batch or effective_batch_size
         self.probes: list[tuple[int, int]] = []  # (micro-batch, measured peak increase in bytes)
         self.micro_batch = self.accumulate = self.per_rank = 0
         self.predicted = self.limit = self.start_level = 0
+        self.estimated = False  # True: the micro-batch came from the estimate, without probes
         self.headroom = HEADROOM["cpu"]
 
     def _limit_bytes(self, device: torch.device, processes_here: int) -> int:
@@ -74,7 +86,7 @@ class MemoryAwareBatchFinder(pl.Callback):
                         "would call outside Lightning); micro-batch = data.batch_size %d", dm.batch_size)  # fmt: skip
         if self.enabled and not sharded:
             self.limit = self._limit_bytes(pl_module.device, trainer.num_devices)
-            micro = self._search(trainer, pl_module)
+            micro = self._unprobed(trainer, pl_module) or self._search(trainer, pl_module)
             micro = int(trainer.strategy.reduce(torch.tensor(micro, device=pl_module.device), reduce_op="min"))
         else:
             micro = dm.batch_size
@@ -91,9 +103,10 @@ class MemoryAwareBatchFinder(pl.Callback):
         mb = 2**20
         say = log.info if trainer.is_global_zero else log.debug
         ranks = f" on {trainer.world_size} ranks" if trainer.world_size > 1 else ""
-        say("batch=%dx%d%s (effective %d); predicted step peak +%.0f MB of a %.0f MB limit", self.micro_batch,
-            self.accumulate, ranks, self.micro_batch * self.accumulate * trainer.world_size, self.predicted / mb,
-            self.limit / mb)  # fmt: skip
+        how = f"estimated (under {self.probe_above:.0%}: not probed)" if self.estimated else "predicted"
+        say("batch=%dx%d%s (effective %d); %s step peak +%.0f MB of a %.0f MB limit", self.micro_batch,
+            self.accumulate, ranks, self.micro_batch * self.accumulate * trainer.world_size, how,
+            self.predicted / mb, self.limit / mb)  # fmt: skip
         predicted = self.start_level + self.predicted
         metrics = {"batch/micro_batch": self.micro_batch, "batch/accumulate": self.accumulate,
                    "memory/predicted_peak_bytes": predicted, "memory/limit_bytes": self.limit}  # fmt: skip
@@ -107,6 +120,23 @@ class MemoryAwareBatchFinder(pl.Callback):
         m = np.array([p[1] for p in points], dtype=float)
         per_sample, fixed = np.polyfit(b, m, 1) if len(points) > 1 else (m[0] / b[0], 0.0)
         return float(fixed), max(float(per_sample), 1.0)
+
+    def _unprobed(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> int | None:
+        """The whole per-rank batch when its estimated peak (weights, gradients, AdamW state, runtime and
+        activations: all of it, not only what the step adds) is under probe_above of the limit; else None."""
+        net = getattr(pl_module, "net", None)
+        if not isinstance(net, PatchTST) or self.probe_above == 0:
+            return None
+        device = "cpu" if pl_module.device.type == "cpu" else "other"
+        batch = min(self.max_micro, self.per_rank)
+        peak = estimate_training_memory(parameter_count(net.n_channels, net.context_length, net.cfg),
+                                        net.n_channels, net.context_length, net.cfg, trainer.precision, batch,
+                                        device=device).total  # fmt: skip
+        if peak * (1 + HEADROOM["cpu" if device == "cpu" else "cuda"]) > self.probe_above * self.limit:
+            return None
+        self.estimated, self.probes, self.predicted = True, [], peak
+        self.start_level = reset_peak(pl_module.device)
+        return batch
 
     def _search(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
         self.headroom = HEADROOM["cuda" if pl_module.device.type == "cuda" else "cpu"]

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_modules import cpu_kernels
+
 CHANNEL_MODES = ("mixing", "independent")
 HEADS = ("flatten", "last", "mean")  # how the head pools the N tokens: all N·D values, the last token, the mean
 
@@ -111,45 +113,34 @@ class RevIN(nn.Module):
         return (x - mean) / std * self.weight + self.bias
 
 
-MASK_BITS = 16  # a dropout mask draws 16 random bits per value: p is realised to 1/65536 (0.1 → 0.100006)
-
-
-class _KeepScaled(torch.autograd.Function):
-    """x · keep / (1 − p), the one-byte mask saved for backward (as torch's own dropout keeps it). The mask is
-    multiplied as uint8: 3× faster than a bool operand on CPU (measured, torch 2.13)."""
+class _CounterDropout(torch.autograd.Function):
+    """`cpu_kernels.apply_mask` with its keys kept for backward, which regenerates the mask: no mask is stored."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
-        keep = keep.view(torch.uint8)
-        ctx.save_for_backward(keep)
-        ctx.scale = scale
-        return x.mul(keep).mul_(scale)
+    def forward(ctx, x: torch.Tensor, dropped: int) -> torch.Tensor:
+        ctx.keys, ctx.dropped = cpu_kernels.keys(), dropped
+        return cpu_kernels.apply_mask(x, ctx.keys, dropped)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (keep,) = ctx.saved_tensors
-        return grad.mul(keep).mul_(ctx.scale), None, None
+        return cpu_kernels.apply_mask(grad, ctx.keys, ctx.dropped), None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout: each value is zeroed with probability p, the rest are scaled by 1 / (1 − p).
 
-    On CPU it draws one 64-bit word per four values rather than one Bernoulli draw per value. torch's dropout
+    On CPU it is one fused pass with counter-based random bits (lightning_modules/cpu_kernels.py): torch's dropout
     spent 30% of a 2M training step drawing masks (bench/RESULTS.md, issue 18). Elsewhere it is torch's own.
     p is realised to the nearest 1/65536 and the kept values are scaled by its inverse complement, so the
     expectation is exact. Seeded like torch's: the same seed gives the same masks."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or p == 1.0:
+    if x.device.type != "cpu" or p == 1.0 or x.dtype != torch.float32:
         return F.dropout(x, p, True)
-    dropped = round(p * 2**MASK_BITS)  # of the 65536 values of 16 bits, this many drop: p as realised
+    dropped = round(p * 2**cpu_kernels.MASK_BITS)  # of the 65536 values of 16 bits, this many drop: p as realised
     if dropped == 0:
         return x
-    n = x.numel()
-    words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)  # 4 × 16 bits each
-    bits = words.view(torch.int16)[:n].view(x.shape)  # uniform over [−32768, 32767]
-    keep = bits >= dropped - 2 ** (MASK_BITS - 1)  # (…): True with probability 1 − dropped / 65536
-    return _KeepScaled.apply(x, keep, 2**MASK_BITS / (2**MASK_BITS - dropped))
+    return _CounterDropout.apply(x, dropped)
 
 
 class Dropout(nn.Module):

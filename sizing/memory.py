@@ -27,10 +27,11 @@ PRECISION_BYTES = {
     "64-true": (8, 8, 16, 8),
 }
 # Activation elements alive at the backward peak, per token and layer: saved tensors plus the gradients
-# being formed, as (× d_model, × d_ff). Measured on CPU fp32 (PeakMemory, 2 threads, batch 256 → 512, six
-# geometries): ≈ 18.4 × d_model + 2.6 × d_ff with finscale's CPU dropout (one-byte masks, no float mask in
-# between), rounded up; 25.4 × d_model + 3.4 × d_ff with torch's dropout, which other devices use.
-PER_TOKEN = {"cpu": (19, 3), "other": (26, 4)}
+# being formed, as (× d_model, × d_ff). Measured on CPU fp32 (PeakMemory, 2 threads, batch 256 and 512, six
+# geometries; bench/RESULTS.md): with finscale's CPU dropout, which keeps no mask (backward regenerates it),
+# 15 × d_model + 3 × d_ff puts the estimate 7–18% above every measured peak; 25.4 × d_model + 3.4 × d_ff with
+# torch's dropout, which other devices use, rounded up.
+PER_TOKEN = {"cpu": (15, 3), "other": (26, 4)}
 CPU_RUNTIME_OVERHEAD = 96 * 1024**2  # thread pools, oneDNN scratch, first-touch buffers: measured 84–87 MB
 GiB = 1024**3
 

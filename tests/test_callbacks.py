@@ -84,8 +84,26 @@ def test_finder_restores_every_state_and_writes_nothing(tmp_path):
     assert (
         np.array_equal(before.state["numpy"], after.state["numpy"]) and before.state["python"] == after.state["python"]
     )
-    assert len(finder.probes) >= 3
+    assert len(finder.probes) >= 3 and not finder.estimated  # 300 MB: the estimate is above half of it
     assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("*"))  # nothing on disk
+
+
+def test_a_batch_estimated_under_half_the_limit_is_taken_without_probes(tmp_path, caplog):
+    """4 GB for the tiny network's 256 samples (~0.1 GB estimated): the whole batch, no probe; probe_above=0 probes."""
+    with caplog.at_level("INFO", logger="callbacks.batch_finder"):
+        trainer, before, after = _fit_with_finder(
+            tmp_path, MemoryAwareBatchFinder(effective_batch_size=256, limit="4GB")
+        )
+    finder = next(c for c in trainer.callbacks if isinstance(c, MemoryAwareBatchFinder))
+    assert finder.estimated and finder.probes == [] and finder.micro_batch == 256 and finder.accumulate == 1
+    assert 0 < finder.predicted * (1 + finder.headroom) <= 0.5 * finder.limit
+    assert "batch=256x1 (effective 256); estimated (under 50%: not probed)" in caplog.text
+    for key in before.state["model"]:
+        assert torch.equal(before.state["model"][key], after.state["model"][key]), key
+    probed = MemoryAwareBatchFinder(effective_batch_size=256, limit="4GB", probe_above=0)
+    _fit_with_finder(tmp_path / "probed", probed)
+    assert not probed.estimated and [size for size, _ in probed.probes] == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert probed.micro_batch == 256 and probed.predicted < finder.predicted  # the estimate is the larger
 
 
 def test_finder_switched_off_keeps_the_configured_micro_batch(tmp_path):
@@ -164,6 +182,8 @@ def test_the_found_micro_batch_reaches_the_loader_and_the_schedule(tmp_path):
 def test_finder_validates_its_settings():
     with pytest.raises(ValueError, match="effective_batch_size"):
         MemoryAwareBatchFinder(effective_batch_size=0)
+    with pytest.raises(ValueError, match="probe_above"):
+        MemoryAwareBatchFinder(probe_above=1.5)
     with pytest.raises(ValueError, match="limit"):
         MemoryAwareBatchFinder(limit=1.5)
 

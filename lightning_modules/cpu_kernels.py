@@ -1,0 +1,118 @@
+"""Dropout on CPU as one fused C loop (kernels/dropout.c), compiled at first use, with a torch fallback that
+computes the same values bit for bit.
+
+Why: torch's CPU dropout draws one Bernoulli value per element, and then a mask, a multiply and a scale are
+separate passes over memory; on the small tensors of a 2M model that was 30% of a training step, and the deep
+narrow shapes a search favours have many of them (bench/RESULTS.md, issue 18). The kernel draws counter-based
+random bits (a hash of the position and two keys), so backward regenerates the mask from the keys instead of
+keeping it, and the mask does not depend on the number of threads. The keys come from torch's generator:
+seeding, checkpointed RNG state and per-rank seeds apply as for any torch op.
+
+The library is built with the C compiler (`$CC`, else `cc`) into ~/.cache/finscale (`$XDG_CACHE_HOME`), once per
+source and compiler. Without a compiler, or with FINSCALE_CPU_KERNELS=0, the torch fallback runs: the same
+masks, slower (it is the old cost). Which one runs is logged once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernels") / "dropout.c"
+FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared")
+MASK_BITS = 16  # 16 random bits per value: p is realised to the nearest 1/65536 (0.1 → 0.100006)
+MAX_NUMEL = 2**33  # the kernel's 32-bit word counter covers 2^32 words of two values
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "finscale" / "kernels"
+
+
+@cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel, or None (no compiler, a failed build, FINSCALE_CPU_KERNELS=0): use the fallback."""
+    if os.environ.get("FINSCALE_CPU_KERNELS", "1") == "0":
+        log.info("CPU dropout: torch fallback (FINSCALE_CPU_KERNELS=0)")
+        return None
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        log.warning("CPU dropout: no C compiler (cc or $CC) found; the slower torch fallback draws the same masks")
+        return None
+    try:
+        path = _build(compiler)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, subprocess.CalledProcessError) as err:
+        detail = err.stderr.strip().splitlines()[0] if getattr(err, "stderr", None) else str(err)
+        log.warning(f"CPU dropout: building {SOURCE.name} failed ({detail}); the slower torch fallback runs")
+        return None
+    lib.finscale_dropout.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint32,
+                                     ctypes.c_uint32, ctypes.c_uint32, ctypes.c_float]  # fmt: skip
+    lib.finscale_dropout.restype = None
+    return lib
+
+
+def _build(compiler: str) -> Path:
+    """Compile once per (source, compiler, flags) into the cache; concurrent builders each rename a whole file."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, version, *FLAGS]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"dropout-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        built = Path(scratch) / target.name
+        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], check=True, capture_output=True, text=True)
+        os.replace(built, target)
+    log.info(f"CPU dropout: built {target}")
+    return target
+
+
+def keys() -> tuple[int, int]:
+    """Two 32-bit keys for one mask, from torch's default generator."""
+    k0, k1 = torch.randint(0, 2**32, (2,), dtype=torch.int64).tolist()
+    return k0, k1
+
+
+def apply_mask(x: torch.Tensor, keys: tuple[int, int], dropped: int, use_kernel: bool = True) -> torch.Tensor:
+    """x · keep · 65536 / (65536 − dropped), keep drawn from `keys` (see kernels/dropout.c); a new tensor."""
+    x = x.contiguous()
+    scale = 2**MASK_BITS / (2**MASK_BITS - dropped)
+    lib = library() if use_kernel else None
+    if lib is None or x.numel() >= MAX_NUMEL:
+        return x.mul(kept(x.numel(), keys, dropped).view(x.shape)).mul_(scale)
+    out = torch.empty_like(x)
+    lib.finscale_dropout(x.data_ptr(), out.data_ptr(), x.numel(), *keys, dropped, scale)
+    return out
+
+
+def kept(n: int, keys: tuple[int, int], dropped: int) -> torch.Tensor:
+    """The kernel's keep mask in torch operations: (n,) uint8 of 0/1."""
+    k0, k1 = (_int32(k) for k in keys)
+    words = _lowbias32(_lowbias32(torch.arange((n + 1) // 2, dtype=torch.int32) ^ k0) ^ k1)  # (⌈n/2⌉,)
+    halves = words.view(torch.int16)[:n].to(torch.int32) & 0xFFFF  # (n,): low 16 bits, then high, per word
+    return (halves >= dropped).to(torch.uint8)
+
+
+def _lowbias32(x: torch.Tensor) -> torch.Tensor:
+    """Wellons' lowbias32 on int32 (wrapping multiplies; `>>` made logical by masking the sign's copies)."""
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * _int32(0x7FEB352D)
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * _int32(0x846CA68B)
+    return x ^ ((x >> 16) & 0xFFFF)
+
+
+def _int32(value: int) -> int:
+    """An unsigned 32-bit value as the int32 with the same bits."""
+    return value - 2**32 if value >= 2**31 else value
