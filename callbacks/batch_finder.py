@@ -7,11 +7,11 @@ fits peak ≈ fixed + per_sample · b, and picks the largest b whose predicted p
 It never probes a size its fit predicts will not fit (so it never relies on an out-of-memory error,
 which on CPU is the kernel killing the process), then restores model, optimizer, scheduler and RNG
 state exactly, in memory: nothing is written to disk. When the estimate of sizing/memory says that the whole
-per-rank batch takes under half the limit (every 2M trial on CPU), it takes that batch without probing: the probes
-were 2–4% of a 2M trial (bench/RESULTS.md, issue 18), and the estimate is never below a measured peak.
-Under DDP every rank probes; all use the minimum, and the effective batch is global: W ranks take ⌈E / W⌉
-samples each per optimizer step, so a run on several devices or nodes trains with the same batch (and
-learning-rate schedule) as on one.
+per-rank batch takes under half the limit (every 2M trial on CPU; only on CPU in float32, where the estimate was
+measured), it takes that batch without probing: the probes were 2–4% of a 2M trial (bench/RESULTS.md, issue 18),
+and the estimate is never below a measured peak. Under DDP every rank probes unless all may skip; all use the
+minimum, and the effective batch is global: W ranks take ⌈E / W⌉ samples each per optimizer step, so a run on
+several devices or nodes trains with the same batch (and learning-rate schedule) as on one.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ class MemoryAwareBatchFinder(pl.Callback):
         dm = trainer.datamodule
         self.per_rank = math.ceil(self.effective / trainer.world_size)  # under DDP each rank's share of a step
         sharded = "fsdp" in type(trainer.strategy).__name__.lower()
+        self.estimated = False
         if self.enabled and sharded and trainer.is_global_zero:
             log.warning("batch finder: no probes under FSDP (a sharded layer's forward is a collective the probes "
                         "would call outside Lightning); micro-batch = data.batch_size %d", dm.batch_size)  # fmt: skip
@@ -123,18 +124,21 @@ class MemoryAwareBatchFinder(pl.Callback):
 
     def _unprobed(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> int | None:
         """The whole per-rank batch when its estimated peak (weights, gradients, AdamW state, runtime and
-        activations: all of it, not only what the step adds) is under probe_above of the limit; else None."""
+        activations: all of it, not only what the step adds), with the headroom, is under probe_above of the limit
+        on every rank; else None. Only on CPU in float32, where the estimate's constants were measured (with
+        finscale's dropout, which keeps no mask); elsewhere the finder always probes."""
         net = getattr(pl_module, "net", None)
-        if not isinstance(net, PatchTST) or self.probe_above == 0:
+        dataset = trainer.datamodule.train_dataloader().dataset
+        batch = min(self.max_micro, self.per_rank, len(dataset))
+        fits, fp32 = False, str(trainer.precision) in ("32-true", "32")
+        if isinstance(net, PatchTST) and pl_module.device.type == "cpu" and fp32:
+            n_params = parameter_count(net.n_channels, net.context_length, net.cfg)
+            estimate = estimate_training_memory(n_params, net.n_channels, net.context_length, net.cfg, "32-true", batch)
+            fits = estimate.total * (1 + HEADROOM["cpu"]) <= self.probe_above * self.limit
+        if not trainer.strategy.reduce_boolean_decision(fits, all=True):  # one rank that must probe: all probe
             return None
-        device = "cpu" if pl_module.device.type == "cpu" else "other"
-        batch = min(self.max_micro, self.per_rank)
-        peak = estimate_training_memory(parameter_count(net.n_channels, net.context_length, net.cfg),
-                                        net.n_channels, net.context_length, net.cfg, trainer.precision, batch,
-                                        device=device).total  # fmt: skip
-        if peak * (1 + HEADROOM["cpu" if device == "cpu" else "cuda"]) > self.probe_above * self.limit:
-            return None
-        self.estimated, self.probes, self.predicted = True, [], peak
+        self.estimated, self.probes, self.headroom = True, [], HEADROOM["cpu"]
+        self.predicted = estimate.total - estimate.weights  # what a step adds to the start level (weights are in it)
         self.start_level = reset_peak(pl_module.device)
         return batch
 

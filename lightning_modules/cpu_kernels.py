@@ -9,8 +9,8 @@ keeping it, and the mask does not depend on the number of threads. The keys come
 seeding, checkpointed RNG state and per-rank seeds apply as for any torch op.
 
 The library is built with the C compiler (`$CC`, else `cc`) into ~/.cache/finscale (`$XDG_CACHE_HOME`), once per
-source and compiler. Without a compiler, or with FINSCALE_CPU_KERNELS=0, the torch fallback runs: the same
-masks, slower (it is the old cost). Which one runs is logged once.
+source, compiler and machine. Without a compiler, or with FINSCALE_CPU_KERNELS=0, the torch fallback runs: the
+same masks, slower. A build, and a fallback with its reason, are logged once per process.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("kernels") / "dropout.c"
 FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared")
 MASK_BITS = 16  # 16 random bits per value: p is realised to the nearest 1/65536 (0.1 → 0.100006)
-MAX_NUMEL = 2**33  # the kernel's 32-bit word counter covers 2^32 words of two values
+MAX_NUMEL = 2**31  # larger tensors take torch's dropout: the fallback counts words in int32
 
 
 def cache_dir() -> Path:
@@ -51,10 +52,14 @@ def library() -> ctypes.CDLL | None:
         return None
     try:
         path = _build(compiler)
-        lib = ctypes.CDLL(str(path))
-    except (OSError, subprocess.CalledProcessError) as err:
-        detail = err.stderr.strip().splitlines()[0] if getattr(err, "stderr", None) else str(err)
-        log.warning(f"CPU dropout: building {SOURCE.name} failed ({detail}); the slower torch fallback runs")
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError:  # a cached library that does not load (another machine's, damaged): build it again
+            path.unlink(missing_ok=True)
+            lib = ctypes.CDLL(str(_build(compiler)))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as err:  # RuntimeError: no home folder
+        log.warning(f"CPU dropout: building {SOURCE.name} failed ({_first_error(err)}); the slower torch fallback "
+                    "runs")  # fmt: skip
         return None
     lib.finscale_dropout.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint32,
                                      ctypes.c_uint32, ctypes.c_uint32, ctypes.c_float]  # fmt: skip
@@ -62,17 +67,26 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
+def _first_error(err: Exception) -> str:
+    """The compiler's first error line (its first line is often only "In function …"), else the exception."""
+    lines = (getattr(err, "stderr", None) or "").strip().splitlines()
+    return next((line for line in lines if "error" in line), lines[-1] if lines else str(err))
+
+
 def _build(compiler: str) -> Path:
-    """Compile once per (source, compiler, flags) into the cache; concurrent builders each rename a whole file."""
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, version, *FLAGS]).encode()).hexdigest()[:16]
+    """Compile once per (source, compiler, flags, machine) into the cache; concurrent builders each rename a whole
+    file into place, so a killed build never leaves a partial library."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    parts = [SOURCE.read_text(), compiler, version, platform.machine(), *FLAGS]
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
     target = cache_dir() / f"dropout-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         built = Path(scratch) / target.name
-        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], check=True, capture_output=True, text=True)
+        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], check=True, capture_output=True, text=True,
+                       timeout=300)  # fmt: skip
         os.replace(built, target)
     log.info(f"CPU dropout: built {target}")
     return target

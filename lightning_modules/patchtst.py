@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from lightning_modules import cpu_kernels
 
@@ -122,6 +123,7 @@ class _CounterDropout(torch.autograd.Function):
         return cpu_kernels.apply_mask(x, ctx.keys, dropped)
 
     @staticmethod
+    @once_differentiable  # the kernel's output has no graph: a double backward is refused, not silently wrong
     def backward(ctx, grad: torch.Tensor):
         return cpu_kernels.apply_mask(grad, ctx.keys, ctx.dropped), None
 
@@ -129,15 +131,17 @@ class _CounterDropout(torch.autograd.Function):
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout: each value is zeroed with probability p, the rest are scaled by 1 / (1 − p).
 
-    On CPU it is one fused pass with counter-based random bits (lightning_modules/cpu_kernels.py): torch's dropout
-    spent 30% of a 2M training step drawing masks (bench/RESULTS.md, issue 18). Elsewhere it is torch's own.
+    On CPU in float32 it is one fused pass with counter-based random bits (lightning_modules/cpu_kernels.py):
+    torch's dropout spent 30% of a 2M training step drawing masks (bench/RESULTS.md, issue 18). Elsewhere (other
+    devices, other dtypes, tensors of 2^31 values or more) it is torch's own.
     p is realised to the nearest 1/65536 and the kept values are scaled by its inverse complement, so the
     expectation is exact. Seeded like torch's: the same seed gives the same masks."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or p == 1.0 or x.dtype != torch.float32:
-        return F.dropout(x, p, True)
     dropped = round(p * 2**cpu_kernels.MASK_BITS)  # of the 65536 values of 16 bits, this many drop: p as realised
+    ours = x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() < cpu_kernels.MAX_NUMEL
+    if not ours or dropped >= 2**cpu_kernels.MASK_BITS:  # the latter: p within 2^-17 of 1
+        return F.dropout(x, p, True)
     if dropped == 0:
         return x
     return _CounterDropout.apply(x, dropped)

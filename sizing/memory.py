@@ -50,7 +50,8 @@ def activation_elements_per_sample(n_channels: int, context_length: int, cfg: Pa
     sequences = 1 if cfg.channel_mode == "mixing" else n_channels
     tokens = sequences * n
     per_d, per_f = PER_TOKEN["cpu" if device == "cpu" else "other"]
-    per_layer = tokens * (per_d * cfg.d_model + per_f * cfg.d_ff) + sequences * cfg.n_heads * n * n
+    # attention weights: the softmax's output, the dropped weights and a gradient of them, (N × N) per head each
+    per_layer = tokens * (per_d * cfg.d_model + per_f * cfg.d_ff) + 3 * sequences * cfg.n_heads * n * n
     embedding = sequences * n * cfg.patch_length * (n_channels if cfg.channel_mode == "mixing" else 1)
     return cfg.n_layers * per_layer + embedding + 4 * tokens * cfg.d_model + context_length * n_channels
 

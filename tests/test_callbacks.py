@@ -47,19 +47,19 @@ def _trainer(tmp_path, callbacks, **kwargs) -> pl.Trainer:
                       callbacks=callbacks, **kwargs)  # fmt: skip
 
 
-def _fit_with_finder(tmp_path, finder: MemoryAwareBatchFinder) -> tuple[pl.Trainer, Snapshot, Snapshot]:
+def _fit_with_finder(tmp_path, finder: MemoryAwareBatchFinder, **trainer) -> tuple[pl.Trainer, Snapshot, Snapshot]:
     pl.seed_everything(0)
     dm = MarketDataModule(batch_size=64)
     model = Forecaster(n_channels=25, context_length=80, net=NET, optim=OptimConfig(warmup_steps=5))
     before, after = Snapshot(), Snapshot()
-    trainer = _trainer(tmp_path, [before, finder, after])
+    trainer = _trainer(tmp_path, [before, finder, after], **trainer)
     trainer.fit(model, datamodule=dm)
     return trainer, before, after
 
 
 def test_finder_picks_the_largest_fitting_micro_batch_and_accumulates_to_the_effective_batch(tmp_path):
     # a 150 MB limit is far below this machine's memory: the memory model, not the cap, decides
-    finder = MemoryAwareBatchFinder(effective_batch_size=2048, limit="150MB")
+    finder = MemoryAwareBatchFinder(effective_batch_size=2048, limit="150MB", probe_above=0)
     trainer, _, _ = _fit_with_finder(tmp_path, finder)
     fixed, per_sample = finder.fit_line()
     assert 1 < finder.micro_batch < 2048
@@ -74,7 +74,7 @@ def test_finder_picks_the_largest_fitting_micro_batch_and_accumulates_to_the_eff
 
 
 def test_finder_restores_every_state_and_writes_nothing(tmp_path):
-    finder = MemoryAwareBatchFinder(effective_batch_size=256, limit="300MB")
+    finder = MemoryAwareBatchFinder(effective_batch_size=256, limit="300MB", probe_above=0)
     _, before, after = _fit_with_finder(tmp_path, finder)
     for key in before.state["model"]:
         assert torch.equal(before.state["model"][key], after.state["model"][key]), key
@@ -84,7 +84,7 @@ def test_finder_restores_every_state_and_writes_nothing(tmp_path):
     assert (
         np.array_equal(before.state["numpy"], after.state["numpy"]) and before.state["python"] == after.state["python"]
     )
-    assert len(finder.probes) >= 3 and not finder.estimated  # 300 MB: the estimate is above half of it
+    assert len(finder.probes) >= 3 and not finder.estimated
     assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("*"))  # nothing on disk
 
 
@@ -104,6 +104,10 @@ def test_a_batch_estimated_under_half_the_limit_is_taken_without_probes(tmp_path
     _fit_with_finder(tmp_path / "probed", probed)
     assert not probed.estimated and [size for size, _ in probed.probes] == [1, 2, 4, 8, 16, 32, 64, 128, 256]
     assert probed.micro_batch == 256 and probed.predicted < finder.predicted  # the estimate is the larger
+    # the estimate was measured on CPU in float32 only: under bf16 autocast the finder probes
+    mixed = MemoryAwareBatchFinder(effective_batch_size=256, limit="4GB")
+    _fit_with_finder(tmp_path / "mixed", mixed, precision="bf16-mixed")
+    assert not mixed.estimated and len(mixed.probes) == 9 and mixed.micro_batch == 256
 
 
 def test_finder_switched_off_keeps_the_configured_micro_batch(tmp_path):

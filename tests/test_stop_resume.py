@@ -23,9 +23,9 @@ from conftest import ROOT, assert_refused, cli_ok, touch_when, wait_for
 from datamodules.market_datamodule import MarketDataModule
 
 
-def long_config(tmp_path: Path, epochs: int = 1000, monitor: str = "val/loss") -> Path:
+def long_config(tmp_path: Path, epochs: int = 1000, monitor: str = "val/loss", probe: bool = False) -> Path:
     """tiny.yaml with short epochs, no early stopping, logs and stop file under tmp_path; `monitor` picks the best
-    checkpoint."""
+    checkpoint; `probe` makes the batch finder probe even where its estimate fits."""
     config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     config["trainer"].update(max_epochs=epochs, limit_train_batches=4, limit_val_batches=1)
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
@@ -36,6 +36,8 @@ def long_config(tmp_path: Path, epochs: int = 1000, monitor: str = "val/loss") -
             callback["init_args"]["patience"] = 10_000
         if callback["class_path"].endswith("StopFileCallback"):
             callback["init_args"]["path"] = str(tmp_path / "STOP")
+        if callback["class_path"].endswith("MemoryAwareBatchFinder") and probe:
+            callback["init_args"]["probe_above"] = 0
     path = tmp_path / "long.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -143,12 +145,13 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, capsys):
 @pytest.mark.slow
 def test_ddp_on_cpu_runs_the_batch_finder_and_stops_all_ranks_together(tmp_path):
     ddp = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
-    process = start(long_config(tmp_path), tmp_path, *ddp)
+    process = start(long_config(tmp_path, probe=True), tmp_path, *ddp)
     wait_for(lambda: last_checkpoint(tmp_path) is not None, process, timeout=180)
     process.send_signal(signal.SIGTERM)  # to rank 0 only: the ranks must agree to stop
     assert process.wait(timeout=120) == 0
     output = (tmp_path / "out.log").read_text()
-    assert "batch=64x1 on 2 ranks (effective 128)" in output and "stopped by SIGTERM at epoch" in output
+    assert "batch=64x1 on 2 ranks (effective 128); predicted step peak" in output  # both ranks probed
+    assert "stopped by SIGTERM at epoch" in output
     assert json.loads((run_dir(tmp_path) / "run.json").read_text())["status"] == "stopped"
     # each rank scored every second sample of one batch: the file holds the first 2 × 64 days, in order
     predictions = pd.read_csv(run_dir(tmp_path) / "val_predictions.csv")

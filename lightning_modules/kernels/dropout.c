@@ -20,9 +20,14 @@ static inline uint32_t lowbias32(uint32_t x) {
 
 static inline uint32_t word(uint32_t w, uint32_t k0, uint32_t k1) { return lowbias32(lowbias32(w ^ k0) ^ k1); }
 
+#if defined(__x86_64__)
+#define AUTO_SIMD __attribute__((target_clones("avx2", "default"))) /* AVX2 where the CPU has it */
+#else
+#define AUTO_SIMD
+#endif
+
 /* y[i] = x[i] * scale where value i is kept, else x[i] * 0; n < 2^33. x and y may be the same array. */
-__attribute__((target_clones("avx2", "default")))
-void finscale_dropout(const float *x, float *y, int64_t n, uint32_t k0, uint32_t k1, uint32_t dropped, float scale) {
+AUTO_SIMD void finscale_dropout(const float *x, float *y, int64_t n, uint32_t k0, uint32_t k1, uint32_t dropped, float scale) {
     int64_t pairs = n / 2;
 #pragma omp parallel for schedule(static) if (n > 65536)
     for (int64_t w = 0; w < pairs; ++w) {
