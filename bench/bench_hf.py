@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_train import GEOMETRIES, C, L, matmul_peak  # noqa: E402
+from bench_train import GEOMETRIES, C, L, matmul_peak, step_seconds  # noqa: E402
 
 from lightning_modules.patchtst import PatchTST  # noqa: E402
 from sizing.accounting import training_flops_per_sample  # noqa: E402
@@ -61,22 +59,6 @@ def hf_model(cfg) -> torch.nn.Module:
     return Logits()
 
 
-def step_seconds(model: torch.nn.Module, batch: int, steps: int) -> list[float]:
-    """Seconds of each of `steps` training steps after 2 warm-up steps."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    x, y = torch.randn(batch, L, C), torch.randint(0, 2, (batch,)).float()
-    model.train()
-    times = []
-    for step in range(steps + 2):
-        start = time.perf_counter()
-        F.binary_cross_entropy_with_logits(model(x), y).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step >= 2:
-            times.append(time.perf_counter() - start)
-    return times
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
@@ -97,7 +79,8 @@ def main() -> None:
     for _ in range(args.rounds):
         medians = {}
         for name, model in models.items():
-            steps = step_seconds(model, args.batch, args.steps)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+            steps = step_seconds(model, optimizer, args.batch, args.steps)
             times[name] += steps
             medians[name] = sorted(steps)[len(steps) // 2]
         ratios.append(medians["transformers"] / medians["finscale"])

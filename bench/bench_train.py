@@ -56,18 +56,24 @@ def train_throughput(cfg: PatchTSTConfig, batch: int, steps: int, variant: str =
     net = PatchTST(C, L, cfg)
     model = torch.compile(net) if variant == "compile" else net
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=variant != "torch")
-    x, y = torch.randn(batch, L, C), torch.randint(0, 2, (batch,)).float()
-    times = []
     with torch_dropout(variant == "torch"):
-        for step in range(steps + 2):
-            start = time.perf_counter()
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if step >= 2:
-                times.append(time.perf_counter() - start)
+        times = step_seconds(model, optimizer, batch, steps)
     return batch / sorted(times)[len(times) // 2]
+
+
+def step_seconds(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: int, steps: int) -> list[float]:
+    """Seconds of each of `steps` full training steps on random (batch, L, C) windows, after 2 warm-up steps."""
+    x, y = torch.randn(batch, L, C), torch.randint(0, 2, (batch,)).float()
+    model.train()
+    times = []
+    for step in range(steps + 2):
+        start = time.perf_counter()
+        F.binary_cross_entropy_with_logits(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step >= 2:
+            times.append(time.perf_counter() - start)
+    return times
 
 
 @contextmanager

@@ -87,7 +87,9 @@ class MemoryAwareBatchFinder(pl.Callback):
                         "would call outside Lightning); micro-batch = data.batch_size %d", dm.batch_size)  # fmt: skip
         if self.enabled and not sharded:
             self.limit = self._limit_bytes(pl_module.device, trainer.num_devices)
-            micro = self._unprobed(trainer, pl_module) or self._search(trainer, pl_module)
+            dataset = trainer.datamodule.train_dataloader().dataset
+            cap = min(self.max_micro, self.per_rank, len(dataset))  # the largest micro-batch worth having
+            micro = self._unprobed(trainer, pl_module, cap) or self._search(trainer, pl_module, dataset, cap)
             micro = int(trainer.strategy.reduce(torch.tensor(micro, device=pl_module.device), reduce_op="min"))
         else:
             micro = dm.batch_size
@@ -122,14 +124,12 @@ class MemoryAwareBatchFinder(pl.Callback):
         per_sample, fixed = np.polyfit(b, m, 1) if len(points) > 1 else (m[0] / b[0], 0.0)
         return float(fixed), max(float(per_sample), 1.0)
 
-    def _unprobed(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> int | None:
+    def _unprobed(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: int) -> int | None:
         """The whole per-rank batch when its estimated peak (weights, gradients, AdamW state, runtime and
         activations: all of it, not only what the step adds), with the headroom, is under probe_above of the limit
         on every rank; else None. Only on CPU in float32, where the estimate's constants were measured (with
         finscale's dropout, which keeps no mask); elsewhere the finder always probes."""
         net = getattr(pl_module, "net", None)
-        dataset = trainer.datamodule.train_dataloader().dataset
-        batch = min(self.max_micro, self.per_rank, len(dataset))
         fits, fp32 = False, str(trainer.precision) in ("32-true", "32")
         if isinstance(net, PatchTST) and pl_module.device.type == "cpu" and fp32:
             n_params = parameter_count(net.n_channels, net.context_length, net.cfg)
@@ -142,12 +142,10 @@ class MemoryAwareBatchFinder(pl.Callback):
         self.start_level = reset_peak(pl_module.device)
         return batch
 
-    def _search(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
+    def _search(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dataset, cap: int) -> int:
         self.headroom = HEADROOM["cuda" if pl_module.device.type == "cuda" else "cpu"]
         state = _snapshot(trainer, pl_module)
         self.start_level = state["level"]  # before any probe: weights, no optimizer state yet
-        dataset = trainer.datamodule.train_dataloader().dataset
-        cap = min(self.max_micro, self.per_rank, len(dataset))
         self.probes, size = [], 1
         try:
             while size <= cap:
