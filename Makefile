@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 
-.PHONY: setup fit test test-all data lint bench report
+.PHONY: setup prerequisites fit test test-all data lint bench report
 
 setup: $(VENV)/.installed
 
@@ -20,10 +20,23 @@ fit: setup
 report: setup
 	$(PY) cli.py report
 
-test: setup
+# What the tests need besides Python: a C compiler (the CPU kernels) and PostgreSQL's server programs (the study
+# server tests start their own). Installed with apt-get where missing; elsewhere it says what to install.
+prerequisites:
+	@missing=""; \
+	command -v "$${CC:-cc}" >/dev/null || missing="$$missing gcc"; \
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+		command -v apt-get >/dev/null || { echo "the tests need:$$missing (install them, then run make test again)" >&2; exit 2; }; \
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		echo "installing$$missing with apt-get"; \
+		$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: setup prerequisites
 	$(PY) -m pytest
 
-test-all: setup
+test-all: setup prerequisites
 	$(PY) -m pytest -m ""
 
 data: setup

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def kernel():
     """The compiled library; its absence is a failure, never a skip: a missing or broken build would otherwise
     pass unnoticed on the fallback. finscale's machines have gcc (torch.compile's CPU backend needs one too);
-    .ci/run installs it where it is missing."""
+    `make test` installs it where it is missing."""
     if cpu_kernels.library() is None:
         compiler = os.environ.get("CC", "cc")
         found = f"{compiler} is {shutil.which(compiler)}" if shutil.which(compiler) else f"no {compiler} on PATH"
