@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def _data_parser() -> argparse.ArgumentParser:
     build.add_argument("--tier", default="a25", choices=sorted(TIERS))
     build.add_argument("--version", type=int, default=None, help="default: latest if identical, else the next")
     commands.add_parser("verify", help="check every manifest entry against its file")
-    commands.add_parser("list", help="show registered datasets")
+    commands.add_parser("list", help="show registered datasets, the tiers and each budget's size on them")
     imp = commands.add_parser("import", help="validate and register OHLCV CSVs (all validated before any is copied)")
     imp.add_argument("--csv", type=Path, nargs="+", required=True, help="one file per ticker")
     imp.add_argument("--ticker", "--tickers", dest="tickers", required=True, help="e.g. SPY, or SPY,DIA for two files")
@@ -89,10 +90,11 @@ def data_main(argv: list[str]) -> int:
 
 
 def _budget_counters() -> dict:
-    """Budget → parameter count of its shipped config's shape on C input channels (for `data list`)."""
+    """Budget → parameter count of its shipped config's shape on C input channels (for `data list`; torch-free:
+    the counter and the configuration never load the network's module)."""
     import yaml
 
-    from lightning_modules.patchtst import PatchTSTConfig
+    from lightning_modules.patchtst_config import PatchTSTConfig
     from sizing.accounting import parameter_count
     from sizing.budget import BUDGETS
 
@@ -222,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {got}; commands: {', '.join(COMMANDS)} (python cli.py --help)", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # stderr: errors only
+    if not sys.stdout.isatty():  # piped (a log file): Rich would wrap the progress bar and tables at 80 columns, or
+        os.environ["COLUMNS"] = "160"  # at the width of the terminal the shell exported; a file has no width
     try:
         if argv[0] in MAINS:
             return MAINS[argv[0]](argv[1:])

@@ -9,15 +9,13 @@ Order: a `Checkpoint` runs after the other callbacks and, at the end of a traini
 own hook and after `DivergenceGuard`'s epoch check. The file therefore holds the epoch's best checkpoint,
 val_predictions.csv, best metrics, early-stopping and schedule state, and never a diverged epoch.
 
-Atomic: Lightning's save goes through a temporary file in the system's temp folder and then a move, which is a
-copy (not atomic) when that folder is on another file system (tmpfs). The checkpoint is written to
-`last.ckpt.tmp` beside it and renamed over last.ckpt: a kill during the write leaves the previous last.ckpt.
+Atomic: every checkpoint of a fit is written beside its target and renamed over it (training/checkpoint_io.py,
+the trainer's checkpoint plugin): a kill or a full disk during the write leaves the previous last.ckpt.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -36,12 +34,9 @@ def checkpoint_dir(trainer: pl.Trainer) -> Path:
 
 
 def save_last(trainer: pl.Trainer) -> Path:
-    """Write last.ckpt of the trainer's current state atomically (every rank calls: saving is a collective)."""
+    """Write last.ckpt of the trainer's current state (every rank calls: saving is a collective)."""
     path = checkpoint_dir(trainer) / LAST
-    temporary = path.with_name(LAST + ".tmp")
-    trainer.save_checkpoint(temporary, weights_only=False)  # rank zero writes; all ranks meet at its barrier
-    if trainer.is_global_zero:
-        os.replace(temporary, path)
+    trainer.save_checkpoint(path, weights_only=False)  # rank zero writes; all ranks meet at its barrier
     return path
 
 

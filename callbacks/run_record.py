@@ -248,7 +248,10 @@ class RunRecordCallback(PredictionCollector):
             self._ended(trainer, status, f"{type(exception).__name__}: {exception}")
         log_dir = getattr(trainer.logger, "log_dir", None)  # no collective: the other ranks may not be here
         if log_dir:
-            self._write(trainer, log_dir)
+            try:
+                self._write(trainer, log_dir)
+            except OSError as err:  # a full disk: the error being handled is the one to report
+                log.warning(f"{log_dir}/run.json not updated: {err.strerror}")
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._evaluated(trainer, pl_module, "test")

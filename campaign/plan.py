@@ -6,21 +6,23 @@ first training dates (`train_starts: [null, "2008-01-01"]`, the data-size axis);
 cell is an ordinary `cli.py hpo` study of one budget's fit config on one data choice at one horizon, named
 `<campaign>-<budget>-h<h>-<tickers>.dataset.<tier>-v<version>[-from<date>]`, with its storage where `hpo` keeps it.
 A cell's key is `<budget>:<h>`, followed by the value of each data axis the plan varies
-(`2M:1:GSPC+IXIC:a50:2008-01-01`).
+(`2M:1:GSPC+IXIC:a50:2008-01-01`). Paths in the YAML (the budgets' fit configs, the search space) are relative to
+the YAML's own folder, so a campaign runs the same from any working folder.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import yaml
 
-from common.errors import ConfigError
+from common.errors import ConfigError, DataError
 from datamodules.assets import tickers_of
+from datamodules.splits import iso_date
 from hpo.paths import check_name
 from hpo.retention import KEEP_CHECKPOINTS
 from hpo.storage import HEARTBEAT_S
@@ -86,13 +88,25 @@ class Plan:
         return values
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML whose mappings name each key once: a budget listed twice is a mistake, not "the last one wins"."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=True) for key, _ in node.value]
+        twice = next((k for k in keys if keys.count(k) > 1), None)
+        if twice is not None:
+            raise yaml.constructor.ConstructorError(None, None, f"key {twice!r} appears twice", node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def _read(path: Path) -> dict[str, Any]:
     try:
-        spec = yaml.safe_load(path.read_text())
+        spec = yaml.load(path.read_text(), Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader
     except FileNotFoundError:
         raise ConfigError(f"campaign config not found: {path}") from None
     except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: unreadable campaign config ({type(err).__name__})") from None
+        detail = f": {err.problem}" if getattr(err, "problem", None) else ""
+        raise ConfigError(f"{path}: unreadable campaign config ({type(err).__name__}{detail})") from None
     if not isinstance(spec, dict):
         raise ConfigError(f"{path}: a campaign config is a mapping of {', '.join(sorted(KEYS))}")
     unknown = set(spec) - KEYS
@@ -126,17 +140,24 @@ def load_plan(
     pools, tiers, starts = (spec.get(k) or OPTIONAL[k] for k in ("pools", "tiers", "train_starts"))
     varies = tuple(k for k, values in (("pools", pools), ("tiers", tiers), ("train_starts", starts)) if len(values) > 1)
     pools = [tuple(tickers_of(p)) for p in pools]
-    starts = [None if s is None else pd.Timestamp(str(s)).date().isoformat() for s in starts]
-    cells = [Cell(str(b), int(h), Path(c), p, str(t), s, varies)
+    starts = [None if s is None else iso_date(s) for s in starts]
+    cells = [Cell(str(b), int(h), beside(path, c), p, str(t), s, varies)
              for b, c in budgets.items() for p in pools for t in tiers for s in starts for h in horizons]  # fmt: skip
-    plan = Plan(str(spec["name"]), int(spec["version"]), cells, trials, Path(spec["search_space"]), overrides, path,
-                storage, heartbeat, keep_checkpoints)  # fmt: skip
+    plan = Plan(str(spec["name"]), int(spec["version"]), cells, trials, beside(path, spec["search_space"]), overrides,
+                path, storage, heartbeat, keep_checkpoints)  # fmt: skip
     check_name(plan.name, f"{path}: campaign name")  # logs/campaign/<name>/ and the start of its study names
     for budget in budgets:
         check_name(str(budget), f"{path}: budget name")  # part of cell keys and study names
     if only is not None:
         plan.cells = select_cells(plan.cells, only)
     return plan
+
+
+def beside(campaign: Path, value: str) -> Path:
+    """A path the campaign YAML names: relative to the YAML's folder (`../2M.yaml` beside configs/campaign/), or
+    absolute; `~` is the home folder."""
+    path = Path(value).expanduser()
+    return Path(os.path.normpath(path if path.is_absolute() else Path(campaign).parent / path))
 
 
 def _whole(value: Any) -> bool:
@@ -150,14 +171,23 @@ def _check(path: Path, spec: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"{path}: budgets must map names to fit configs and horizons list trading days")
     if not all(_whole(h) for h in horizons):
         raise ConfigError(f"{path}: horizons must be whole trading days ≥ 1, got {horizons}")
+    if len(set(horizons)) != len(horizons):
+        raise ConfigError(f"{path}: horizons repeats a value: {horizons}; each horizon is one cell")
+    where = f"(paths are relative to {Path(path).parent}/, the campaign file's folder)"
     for name, config in budgets.items():
-        if not isinstance(config, str) or not Path(config).is_file():
-            raise ConfigError(f"{path}: budget {name}: fit config not found: {config!r}")
+        if not isinstance(config, str) or not config or not beside(path, config).is_file():
+            raise ConfigError(f"{path}: budget {name}: fit config not found: {config!r} {where}")
+    resolved = [beside(path, c).resolve() for c in budgets.values()]
+    twice = next((c for c, r in zip(budgets.values(), resolved, strict=True) if resolved.count(r) > 1), None)
+    if twice:
+        raise ConfigError(f"{path}: budgets name one fit config twice ({twice}): their cells would be the same")
     if not _whole(spec["version"]) or not isinstance(spec["name"], str):
         raise ConfigError(f"{path}: name must be text and version a whole number ≥ 1")
     _check_axes(path, spec)
     if not isinstance(spec["search_space"], str) or not spec["search_space"]:
         raise ConfigError(f"{path}: search_space must be the path of a search space YAML")
+    if not beside(path, spec["search_space"]).is_file():
+        raise ConfigError(f"{path}: search space not found: {spec['search_space']!r} {where}")
     if not isinstance(spec.get("overrides") or [], list):
         raise ConfigError(f'{path}: overrides must be a list such as ["--trainer.max_epochs", "20"]')
     return spec
@@ -176,14 +206,14 @@ def _check_axes(path: Path, spec: dict[str, Any]) -> None:
         raise ConfigError(f"{path}: tiers must be a list of {', '.join(TIERS)}; unknown: {unknown or tiers!r}")
     if not isinstance(starts, list):
         raise ConfigError(f"{path}: train_starts must be a list of dates or null, e.g. [null, '2008-01-01']")
-    for start in (s for s in starts if s is not None):
-        try:
-            pd.Timestamp(str(start))
-        except ValueError:
-            raise ConfigError(f"{path}: train_starts: {start!r} is not a date (YYYY-MM-DD)") from None
-    for axis, values in (("pools", [tuple(p) for p in pools]), ("tiers", tiers), ("train_starts", starts)):
-        if len(set(map(str, values))) != len(values):
-            raise ConfigError(f"{path}: {axis} repeats a value: {values!r}")
+    try:
+        days = [None if s is None else iso_date(s) for s in starts]
+        assets = [tuple(tickers_of(p)) for p in pools]
+    except DataError as err:
+        raise ConfigError(f"{path}: {'train_starts' if 'split date' in str(err) else 'pools'}: {err}") from None
+    for axis, values, given in (("pools", assets, pools), ("tiers", tiers, tiers), ("train_starts", days, starts)):
+        if len(set(map(str, values))) != len(values):  # compared as they run: ^gspc is GSPC, 2008/01/01 2008-01-01
+            raise ConfigError(f"{path}: {axis} repeats a value: {given!r}; each value is one set of cells")
 
 
 def select_cells(cells: list[Cell], only: str) -> list[Cell]:

@@ -9,6 +9,7 @@ batch; the campaign then ends with the status table.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import sys
@@ -128,6 +129,9 @@ class Campaign:
 
     def run(self) -> int:
         self.check_registered()
+        if self.stop.path.exists() and not self.stop.requested():
+            log.warning("ignoring stop file %s: it predates this campaign (touch it to stop the campaign)",
+                        self.stop.path)  # fmt: skip
         failed = False
         for index, cell in enumerate(self.plan.cells, start=1):
             if self.stop.requested():
@@ -163,7 +167,8 @@ class Campaign:
         try:
             code = runner.run()
         except BaseException:
-            self.state.set(cell, "stopped", wall_s=time.time() - began)  # not left "running" by an error
+            with contextlib.suppress(OSError):  # a full disk: the study's own line is the one to show
+                self.state.set(cell, "stopped", wall_s=time.time() - began)  # not left "running" by an error
             raise
         wall = time.time() - began
         if self.stop.requested():

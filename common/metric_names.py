@@ -37,6 +37,15 @@ METRICS = (
     Metric("collapsed", flag=True),
 )
 NAMES = tuple(m.name for m in METRICS)
+ALSO_LOGGED = ("pred_pos_share", "pos_rate")  # logged by every stage (StageMetrics), recorded nowhere else
+
+
+def logged_names(stage: str = "val", assets: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """Every epoch metric a fit logs for `stage` (`val/loss`, …), with each asset's (`val/GSPC/loss`, …) when
+    several assets are pooled (not for `train`): what a monitor (a checkpoint's, an hpo objective) may name."""
+    names = [*NAMES, *ALSO_LOGGED]
+    per_asset = list(assets) if len(assets) > 1 and stage != "train" else []
+    return [logged(n, stage) for n in names] + [logged(n, stage, a) for a in per_asset for n in names]
 
 
 def logged(name: str, stage: str = "val", asset: str = "") -> str:

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from common.errors import DataError
 from datamodules.features import TIERS, needs_vix
-from datamodules.manifest import PROCESSED, RAW, Entry, Manifest
+from datamodules.manifest import PROCESSED, RAW, Entry, Manifest, strays
 from datamodules.processed import build_dataset, verify_all, warmup_rows
 from datamodules.sources import download, import_many
 
@@ -49,15 +49,26 @@ def build(ticker: str, tier: str, version: int | None, data_dir: Path) -> int:
         f"  dropped {notes['warmup_rows_dropped']} warm-up rows and {notes['tail_rows_dropped']} trailing rows"
         + (f"; VIX carried forward on {notes['vix_filled_days']} days" if "vix_filled_days" in notes else "")
     )
-    console.print(f"  wrote {Path(data_dir) / entry.path}")
+    if result.adopted:
+        console.print(f"  registered {Path(data_dir) / entry.path} as it was: an interrupted build left it behind")
+    else:
+        console.print(f"  wrote {Path(data_dir) / entry.path}")
     return 0
 
 
 def verify(data_dir: Path) -> int:
+    """Exit 1 when a registered file does not match its entry. Strays (files no entry names, temporaries a killed
+    writer left) are listed with how to remove them but do not fail: nothing reads them, as `git fsck` lists
+    dangling objects and still succeeds."""
     problems = verify_all(data_dir)
     count = sum(len(Manifest(data_dir, kind).entries) for kind in (RAW, PROCESSED))
     for line in problems:
         console.print(f"[red]MISMATCH[/red] {line}", highlight=False)
+    found = strays(data_dir)
+    for path, why in found:
+        console.print(f"[yellow]STRAY[/yellow] {path}: {why}", highlight=False, soft_wrap=True)
+    if found:
+        console.print(f"{len(found)} stray file(s): in no manifest, never read; remove them as shown")
     if problems:
         console.print(f"{len(problems)} of {count} entries do not match")
         return 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -20,6 +21,8 @@ from common.errors import DataError
 from common.files import atomic_write_bytes
 
 RAW, PROCESSED = "raw", "processed"
+TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # common/files.py's temporaries: `.<name>.<8 hex>.tmp`
+BUILT = re.compile(r"(?P<ticker>[^/]+)\.dataset\.(?P<tier>[^/]+)/v(?P<version>[0-9]+)/data\.parquet")
 _FIELD_TYPES = {"version": int, "rows": int, "columns": list, "sources": list, "notes": dict}  # the others: str
 
 
@@ -135,3 +138,36 @@ class Manifest:
 
     def file(self, entry: Entry) -> Path:
         return self.data_dir / entry.path
+
+
+def strays(data_dir: Path) -> list[tuple[Path, str]]:
+    """Files under `raw/` and `processed/` that no manifest entry names, each with how to remove it: temporaries a
+    killed writer left, a processed file a build wrote but did not register, a data file in raw/ nobody imported.
+    Notes beside the raw files (SOURCES.md) are not strays."""
+    found = []
+    for kind in (RAW, PROCESSED):
+        manifest = Manifest(data_dir, kind)
+        folder = manifest.data_dir / kind
+        named = {manifest.file(e) for e in manifest.entries} | {manifest.path}
+        paths = sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink()) if folder.is_dir() else []
+        for path in (p for p in paths if p not in named):
+            why = _stray(path.relative_to(folder).as_posix(), kind)
+            if why:
+                found.append((path, f"{why} remove it: rm '{path}'"))
+    return found
+
+
+def _stray(relative: str, kind: str) -> str:
+    """Why a file no entry names is a stray ("" when it is not one)."""
+    if TEMPORARY.fullmatch(relative.rsplit("/", 1)[-1]):
+        return "a temporary that a killed or failed write left behind;"
+    built = BUILT.fullmatch(relative) if kind == PROCESSED else None
+    if built:
+        return (
+            "no manifest entry names it (a build stopped before registering it?); register it with `python cli.py "
+            f"data build --ticker {built['ticker']} --tier {built['tier']} --version {built['version']}` (kept "
+            "if it holds what that build makes), or"
+        )
+    if kind == PROCESSED or ".OHLCV." in relative:
+        return "no manifest entry names it;"
+    return ""

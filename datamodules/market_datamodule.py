@@ -31,7 +31,7 @@ from datamodules.assets import (
     tickers_of,
     version_of,
 )
-from datamodules.features import TIERS
+from datamodules.features import TIERS, ohlcv_columns
 from datamodules.labels import LABEL_PRICES
 from datamodules.sources import DATA_DIR
 from datamodules.splits import Splits
@@ -54,7 +54,14 @@ def input_columns(tier: str, features: list[str] | None, tickers: str | list[str
     asset_channels is on. Known without reading any data."""
     if tier not in TIERS:
         raise DataError(f"unknown tier {tier!r} (choose from {', '.join(TIERS)})")
-    columns = list(features) if features else list(TIERS[tier])
+    if features is not None and not list(features):  # `[]` would silently mean every column
+        raise DataError("data.features is empty: leave it out (null) for every column of the tier, or name some")
+    stored = [*ohlcv_columns(tier), *TIERS[tier]]  # what the tier's dataset holds (a20 keeps the raw prices too)
+    unknown = [f for f in features or [] if f not in stored]
+    if unknown:
+        raise DataError(f"data.features {unknown} are not columns of tier {tier} (its columns: cli.py data list, or "
+                        "leave data.features out)")  # fmt: skip
+    columns = list(features) if features is not None else list(TIERS[tier])
     return columns + ([asset_column(t) for t in tickers_of(tickers)] if asset_channels else [])
 
 
@@ -171,7 +178,7 @@ class MarketDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed  # set by seed_everything
         self.data_dir = Path(data_dir) if data_dir else DATA_DIR
-        self.features = list(features) if features else None
+        self.features = None if features is None else list(features)
         self._validate()
         self.entries: list = []
         self.stats: dict[str, dict] = {}
@@ -196,7 +203,7 @@ class MarketDataModule(pl.LightningDataModule):
             raise DataError(f"data.scaling must be one of {SCALINGS}, got {self.scaling!r}")
         for ticker in self.tickers:
             version_of(self.version, ticker)
-        columns = self.columns  # an unknown tier fails here
+        columns = self.columns  # an unknown tier, an empty or unknown feature fails here
         if len(set(columns)) != len(columns):
             raise DataError(f"duplicate feature columns in {columns}")
         self.splits.boundaries()

@@ -35,6 +35,7 @@ def dataset_name(ticker: str, tier: str) -> str:
 class BuildResult:
     entry: Entry
     written: bool  # False: identical content was already registered under this version
+    adopted: bool = False  # the file was there unregistered (a killed build's) with this content: registered as is
 
 
 def _load_raw(ticker: str, data_dir: Path, require_volume: bool) -> tuple[pd.DataFrame, Entry]:
@@ -139,19 +140,16 @@ def build_dataset(ticker: str, tier: str, version: int | None = None, data_dir: 
             f"{name} v{version} already exists with different content (registered {existing.hash[:19]}…, "
             f"built {digest[:19]}…); versions are immutable: use --version {manifest.next_version(name)}"
         )
-    if (
-        existing
-        and (Path(data_dir) / existing.path).exists()
-        and _content_hash(Path(data_dir) / existing.path) == digest
-    ):
+    target = Path(data_dir) / path
+    if existing and target.exists() and _content_hash(target) == digest:
         return BuildResult(existing, written=False)
-    if existing is None and (Path(data_dir) / path).exists():
-        raise DataError(
-            f"{Path(data_dir) / path} exists but is not registered; move it away or choose another --version"
-        )
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=True)
-    atomic_write_bytes(Path(data_dir) / path, buffer.getvalue())
+    adopted = existing is None and (target.exists() or target.is_symlink())
+    if adopted:
+        _check_leftover(target, digest, _free_version(manifest, name))  # e.g. a build killed before it registered
+    else:
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=True)
+        atomic_write_bytes(target, buffer.getvalue())  # a kill leaves at most a temporary (`data verify` names it)
     entry = Entry(
         name=name,
         version=version,
@@ -166,7 +164,26 @@ def build_dataset(ticker: str, tier: str, version: int | None = None, data_dir: 
         notes=notes,
     )
     manifest.register(entry)
-    return BuildResult(entry, written=True)
+    return BuildResult(entry, written=True, adopted=adopted)
+
+
+def _check_leftover(target: Path, digest: str, free: int) -> None:
+    """An unregistered file where a build writes: one with the content being built is what a build killed between
+    writing and registering leaves, and is registered as it is; anything else is refused, never overwritten."""
+    if target.is_file() and not target.is_symlink() and _content_hash(target) == digest:
+        return
+    raise DataError(
+        f"{target} exists but is not registered and holds other content; remove it (rm '{target}') or use "
+        f"--version {free}"
+    )
+
+
+def _free_version(manifest: Manifest, name: str) -> int:
+    """The first version after the registered ones with no folder in the way."""
+    version = manifest.next_version(name)
+    while (manifest.data_dir / PROCESSED / name / f"v{version}").exists():
+        version += 1
+    return version
 
 
 def _content_hash(path: Path) -> str | None:

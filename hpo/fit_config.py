@@ -29,10 +29,17 @@ def override_keys(overrides: list[str]) -> dict[str, str]:
 
 
 def checkpoint_monitor(config) -> tuple[str, str]:
-    for callback in config.trainer.get("callbacks") or []:
-        if str(callback.class_path).endswith("ModelCheckpoint") and callback.init_args.get("monitor"):
-            return callback.init_args.monitor, callback.init_args.mode
-    raise ConfigError("hpo needs a ModelCheckpoint with a monitor in the config: its metric is the objective")
+    """The objective: the checkpoint's monitor, a validation metric a fit logs. Every callback's monitor is checked
+    here, before the first trial: a name no fit logs would fail every trial only once it has trained an epoch."""
+    from training.trainer_checks import check_monitors
+
+    callbacks = config.trainer.get("callbacks") or []
+    objective = next((c for c in callbacks if str(c.class_path).endswith("ModelCheckpoint")
+                      and c.init_args.get("monitor")), None)  # fmt: skip
+    if objective is None:
+        raise ConfigError("hpo needs a ModelCheckpoint with a monitor in the config: its metric is the objective")
+    check_monitors(config, objective)
+    return objective.init_args.monitor, objective.init_args.mode
 
 
 def stop_file_of(config) -> Path:

@@ -63,9 +63,11 @@ def sqlite_file(url: str) -> Path | None:
     return Path(parsed.database) if parsed.get_backend_name() == "sqlite" and parsed.database else None
 
 
-def check_storage(url: str, option: str = "--storage") -> None:
-    """An RDB URL Optuna can open (its driver is checked when it connects); a SQLite one names a file whose
-    folder can be made. Nothing is created."""
+def check_storage(url: str, option: str = "--storage", create: bool = False) -> None:
+    """An RDB URL Optuna can open (its driver is checked when it connects); a SQLite one names a file in a writable
+    folder. Nothing is created. The folder of a URL the user typed must exist (`create` False): one slash more or
+    less (sqlite:///rel.db is relative to the working folder, sqlite:////abs.db absolute) moves the study
+    elsewhere, and a typo must not silently make folders there; the study's own default folder is made."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
@@ -91,4 +93,16 @@ def check_storage(url: str, option: str = "--storage") -> None:
     path = Path(parsed.database)
     if path.exists() and not path.is_file():
         raise ConfigError(f"{option} {url!r}: {path} is not a file")
-    check_folder(path.parent, f"{option} {url!r}")
+    if create:
+        check_folder(path.parent, f"{option} {url!r}")
+        return
+    folder = Path(os.path.abspath(path.parent))
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{option} {url!r}: {folder} is a file, not a folder")
+    if not folder.is_dir():
+        raise ConfigError(
+            f"{option} {url!r}: folder {folder} does not exist (sqlite:///path is relative to the working folder, "
+            f"sqlite:////path absolute); create it first (mkdir -p '{folder}') or leave --storage out"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK) or path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"{option} {url!r}: no permission to write {path if path.exists() else 'in ' + str(folder)}")

@@ -17,6 +17,24 @@ from common.formatting import short_value
 log = logging.getLogger(__name__)
 
 
+def state_label(trial: FrozenTrial) -> str:
+    """A trial's state as trials.csv and the console name it: Optuna's (complete, pruned, fail, running, waiting),
+    except a failed trial that a stop request ended (`stopped`) or a dead worker left (`interrupted`): both are
+    queued again and count as neither failure nor result."""
+    if trial.state == TrialState.FAIL and trial.user_attrs.get("stopped"):
+        return "stopped"
+    if trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted"):
+        return "interrupted"
+    return trial.state.name.lower()
+
+
+def objective(trial: FrozenTrial) -> float | None:
+    """A finished trial's objective: its best epoch's monitored value, pruned trials included (Optuna stores a pruned
+    trial's value at the epoch it was pruned; that value is in its reason)."""
+    best = trial.user_attrs.get("best_value")
+    return best if trial.state == TrialState.PRUNED and best is not None else trial.value
+
+
 def trial_line(trial: FrozenTrial, monitor: str) -> str:
     a = trial.user_attrs
     values = a.get("values") or {}
@@ -26,13 +44,18 @@ def trial_line(trial: FrozenTrial, monitor: str) -> str:
         if not k.startswith("model.net.") or k.endswith(("dropout", "attn_dropout", "head_dropout"))
     )
     arch = f"{a.get('arch', '')} h{a.get('n_heads', '?')}" if a.get("arch") else ""
-    state = trial.state.name.lower()
+    state = state_label(trial)
     what = " ".join(part for part in (arch, sampled) if part)
+    if state in ("stopped", "interrupted"):
+        return f"trial {trial.number} {state} ({a.get('reason', '')[:200]}); queued again [{what}]"
     if trial.state == TrialState.FAIL:
         return f"trial {trial.number} failed: {a.get('reason', '')[:200]} [{what}]"
-    best = a.get("best_value")
+    best = a.get("best_value")  # the objective (`objective`), as trials.csv's value column
+    pruned = f" (best epoch; {a['reason']})" if trial.state == TrialState.PRUNED and a.get("reason") else ""
     head = (
-        f"trial {trial.number} {state}: {monitor} {best:.4f}" if best is not None else f"trial {trial.number} {state}"
+        f"trial {trial.number} {state}: {monitor} {best:.4f}{pruned}"
+        if best is not None
+        else f"trial {trial.number} {state}"
     )
     run = (
         f"{a.get('n_params', 0):,} params, {a.get('epochs')} epochs (best {a.get('best_epoch')}), "
@@ -50,6 +73,16 @@ def log_trial(study: optuna.Study, trial: FrozenTrial, monitor: str) -> None:
     except ValueError:
         pass
     (log.warning if trial.state == TrialState.FAIL else log.info)(line)
+
+
+def resume_line(study: optuna.Study, name: str, wanted: int) -> str:
+    """What a rerun of a study finds: `resuming study X: N finished trials (k complete, p pruned), M to go`."""
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    complete, pruned = states.count(TrialState.COMPLETE), states.count(TrialState.PRUNED)
+    failed, queued = states.count(TrialState.FAIL), states.count(TrialState.WAITING)
+    extra = "".join(f", {n} {what}" for n, what in ((failed, "failed or stopped"), (queued, "queued")) if n)
+    return (f"resuming study {name}: {complete + pruned} finished trials ({complete} complete, {pruned} pruned{extra}),"
+            f" {max(0, wanted - complete - pruned)} to go")  # fmt: skip
 
 
 class Progress:

@@ -22,6 +22,7 @@ from rich.text import Text
 from common.files import atomic_write_text
 from common.formatting import compact_count, duration, short_value
 from common.metric_names import METRICS, trial_key
+from hpo.progress import objective, state_label
 from hpo.settings import StudySettings
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         a = t.user_attrs
         row = {
             "number": t.number,
-            "state": t.state.name.lower(),
-            "value": t.value,
+            "state": state_label(t),  # as the console says it: a stop request's trial is `stopped`
+            "value": objective(t),  # the best epoch's value, as the console and the top table (pruned trials too)
             "best_value": a.get("best_value"),
             "reason": a.get("reason", ""),
             "arch": a.get("arch"),
@@ -194,6 +195,7 @@ def summary_markdown(study: optuna.Study, settings: StudySettings) -> str:
     frame = trials_frame(study)
     states = frame.state.value_counts().to_dict() if len(frame) else {}
     complete, pruned, failed = states.get("complete", 0), states.get("pruned", 0), states.get("fail", 0)
+    stopped = states.get("stopped", 0) + states.get("interrupted", 0)
     finished = complete + pruned
     best = _best(study)
     wall = frame.wall_s.fillna(0).sum() if "wall_s" in frame else 0
@@ -205,7 +207,8 @@ def summary_markdown(study: optuna.Study, settings: StudySettings) -> str:
         f"- search space: `{settings.search_space}`; storage: `{settings.storage_url}`",
         f"- objective: best `{settings.monitor}` over epochs ({settings.direction})",
         f"- trials: {finished} finished of {settings.trials} wanted — {complete} complete, {pruned} pruned "
-        f"({pruned / finished if finished else 0:.0%} of finished), {failed} failed, "
+        f"({pruned / finished if finished else 0:.0%} of finished), {failed} failed, {stopped} stopped or "
+        "interrupted (queued again), "
         f"{states.get('running', 0)} running, {states.get('waiting', 0)} queued",
         f"- wall time: {duration(wall)} in trials; {duration(span)} from the first start to the last end",
     ]

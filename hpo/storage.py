@@ -3,9 +3,12 @@ SQLite locking."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -19,6 +22,40 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 60.0  # how often a running trial's worker says it is alive (hpo --heartbeat)
 GRACE_MISSED = 5  # a RUNNING trial without a heartbeat for this many intervals belongs to a dead worker
 MAX_RETRIES = 3  # an interrupted trial is queued again at most this often
+CANNOT_WRITE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)  # the disk, not the trial
+SQLITE_CANNOT_WRITE = ("database or disk is full", "readonly database", "disk I/O error")
+
+
+class StudyCannotWrite(ConfigError):
+    """A study that cannot write its files or storage (a full disk, a read-only file system, no permission) stops
+    with one line and exit 2; the storage stays consistent (the running trial failed, with the reason if the storage
+    can still take it) and the same command resumes once the disk is fixed."""
+
+
+def write_failure(err: BaseException | None) -> str | None:
+    """What could not be written, when `err` (or an error behind it) is the disk's doing; else None."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in CANNOT_WRITE:
+            return f"cannot write {err.filename or 'a file'}: {err.strerror or err}"
+        if isinstance(err, sqlalchemy.exc.OperationalError) and any(m in str(err) for m in SQLITE_CANNOT_WRITE):
+            return f"cannot write the study storage: {' '.join(str(err.orig).split())[:200]}"
+        if isinstance(err, RuntimeError) and "file write failed" in str(err):  # torch.save on a full disk
+            return f"cannot write a checkpoint: {' '.join(str(err).split())[:200]}"
+        err = err.__cause__ or err.__context__
+    return None
+
+
+@contextmanager
+def cannot_write(study: str) -> Iterator[None]:
+    """The disk's errors inside the block as one StudyCannotWrite line; any other error as it is."""
+    try:
+        yield
+    except Exception as err:
+        why = write_failure(err)
+        if why is None or isinstance(err, StudyCannotWrite):
+            raise
+        raise StudyCannotWrite(f"study {study} stopped: {why}; free space or fix permissions, then rerun the same "
+                               "command to resume") from None  # fmt: skip
 
 
 def open_storage(url: str, max_retry: int, heartbeat: float = HEARTBEAT_S) -> optuna.storages.RDBStorage:

@@ -43,11 +43,11 @@ from hpo.export import check_export_target, export_best
 from hpo.fit_config import checkpoint_monitor, default_study_name, override_keys, plain_config, stop_file_of
 from hpo.lifecycle import FINISHED, StudyLifecycle
 from hpo.paths import check_folder, check_name, check_storage
-from hpo.progress import Progress
+from hpo.progress import Progress, resume_line
 from hpo.retention import KEEP_CHECKPOINTS
 from hpo.settings import StudySettings
 from hpo.space import SearchSpace, describe, fingerprint, load_space
-from hpo.storage import HEARTBEAT_S, fail_dead_trials
+from hpo.storage import HEARTBEAT_S, cannot_write, fail_dead_trials
 from hpo.trial import TrialFailed, TrialInterrupted, TrialRunner, trial_size
 from training.lightning_cli import parse_fit_config
 
@@ -97,6 +97,7 @@ class StudyRunner:
         self.monitor, mode = checkpoint_monitor(self.config)
         self.direction = _direction(self.space, self.monitor, mode)
         stop_file = stop_file_of(self.config)
+        self.own_stop = stop is None  # a campaign's stop is the campaign's to report
         self.stop = stop if stop is not None else StopFileCallback(str(stop_file))  # same file, same signals
         logger = _check_trainer(self.config)
         budget = self.space.architecture.budget if self.space.architecture else None
@@ -108,7 +109,8 @@ class StudyRunner:
         self.dir = self.trials_root / self.name
         check_folder(self.dir, "study folder")
         self.storage_url = request.storage or f"sqlite:///{self.dir / 'study.db'}"
-        check_storage(self.storage_url, "study storage")
+        check_storage(self.storage_url, "study storage" if request.storage is None else "--storage",
+                      create=request.storage is None)  # fmt: skip
         self.fingerprint = fingerprint(self.space, plain_config(self.config))
         seed = self.space.sampler.get("seed")
         self.seed = int(seed if seed is not None else self.config.seed_everything or 0)
@@ -141,10 +143,15 @@ class StudyRunner:
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         study = self.open_study()
         log.info("study %s: %d finished trials wanted; storage %s", self.name, self.request.trials, self.storage_url)
+        if self.lifecycle.created is None:
+            log.info(resume_line(study, self.name, self.request.trials))
+        if self.own_stop and self.stop.path.exists() and not self.stop_requested():
+            log.warning("ignoring stop file %s: it predates this study (touch it to stop the study)", self.stop.path)
         for line in describe(self.space):
             log.info("  %s", line)
         failure = None
-        with self.stop.catching_signals(), _quiet_loggers():
+        # a full or read-only disk: one line (hpo/storage.cannot_write), the study and its trials kept to resume
+        with self.stop.catching_signals(), _quiet_loggers(), cannot_write(self.name):
             # what exists now (torch, Lightning, the config) lives as long as the study: frozen, the collection after
             # each trial (gc_after_trial: a trial's tensors in reference cycles) scans only what trials made
             gc.freeze()  # measured: 0.5 s → ~0 per trial in a process holding torch, Lightning and optuna
@@ -158,7 +165,8 @@ class StudyRunner:
                 raise
             finally:
                 gc.unfreeze()  # a campaign runs the next study in this process
-        return self._finish(study, failure)
+        with cannot_write(self.name):
+            return self._finish(study, failure)
 
     def _loop(self, study: optuna.Study, progress: Progress) -> None:
         wanted = self.request.trials

@@ -28,7 +28,7 @@ from hpo.pruning import TrialPruning
 from hpo.retention import drop_checkpoints
 from hpo.settings import StudySettings
 from hpo.space import arch_name
-from hpo.storage import process_started, requeue
+from hpo.storage import process_started, requeue, write_failure
 from lightning_modules.patchtst import PatchTSTConfig
 from sizing.accounting import forward_flops_per_sample, parameter_count, training_flops_per_sample
 
@@ -109,11 +109,17 @@ class TrialRunner:
             extra_hparams={"hpo.study": self.settings.name, "hpo.trial": trial.number, "hpo.budget": self.budget},
             extra_metrics=records.HPO_METRICS,
         )
-        cli = self._fit(trial, self.argv(values, version, resume), pruning, record, began, run_dir)
-        self.errors_in_a_row = 0
-        self._record_run(trial, cli, record, began)
-        self._check_stopped(trial, cli, began, run_dir)
-        return self._result(trial, pruning, record, began, run_dir)
+        try:
+            cli = self._fit(trial, self.argv(values, version, resume), pruning, record, began, run_dir)
+            self.errors_in_a_row = 0
+            self._record_run(trial, cli, record, began)
+            self._check_stopped(trial, cli, began, run_dir)
+            return self._result(trial, pruning, record, began, run_dir)
+        except Exception as err:  # a full disk: Optuna fails the trial, the study stops (hpo/storage.cannot_write)
+            why = write_failure(err)
+            if why is not None:
+                _try(lambda: trial.set_user_attr("reason", why))  # the storage may be on the same full disk
+            raise
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Optuna's callback after each trial: an interrupted one queued again, its line logged, trials.csv."""
@@ -174,6 +180,8 @@ class TrialRunner:
             self.errors_in_a_row = 0
             self._fail(trial, f"diverged: {err}", TrialFailed, began, run_dir)
         except Exception as err:  # out of memory on a GPU, or a bug: recorded, the study goes on
+            if write_failure(err):
+                raise  # the disk, not the trial: every next trial would fail the same way
             self._fail(trial, self._error(err, run_dir), TrialFailed, began, run_dir)
 
     def _error(self, err: Exception, run_dir: Path) -> str:
@@ -241,11 +249,19 @@ class TrialRunner:
         self.failures += kind is TrialFailed
         trial.set_user_attr("reason", reason)
         trial.set_user_attr("interrupted", kind is TrialInterrupted)
+        trial.set_user_attr("stopped", kind is TrialInterrupted)  # by a stop request (a dead worker's: fail_orphan)
         if began is not None:
             trial.set_user_attr("wall_s", round(time.time() - began, 1))
         if run_dir is not None and Path(run_dir).exists():
             records.write_trial_scalars(Path(run_dir), None, failed=True)
         raise kind(reason)
+
+
+def _try(write) -> None:
+    try:
+        write()
+    except Exception:  # noqa: BLE001 - best effort: the error being raised is the one to report
+        pass
 
 
 def continuation(study: optuna.Study, number: int, values: dict[str, Any], study_dir: Path) -> Path | None:

@@ -287,6 +287,9 @@ class Forecaster(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._epoch_end("test")
 
+    def _mixed_precision(self) -> bool:
+        return self._trainer is not None and str(self._trainer.precision).endswith("-mixed")
+
     def configure_optimizers(self):
         decay = [p for p in self.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.parameters() if p.dim() < 2]
@@ -294,7 +297,9 @@ class Forecaster(pl.LightningModule):
             [{"params": decay, "weight_decay": self.optim_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.optim_cfg.lr,
             betas=tuple(self.optim_cfg.betas),
-            fused=fused_adamw(self.parameters()),  # one kernel for all parameters: the same update, faster
+            # one kernel for all parameters: the same update, faster. Not under mixed precision, where Lightning
+            # clips gradients itself and refuses an optimizer that unscales them internally (a fused one)
+            fused=fused_adamw(self.parameters()) and not self._mixed_precision(),
         )
         self.on_fit_start()  # the schedule's horizon (a batch finder calls this again after changing batches)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)

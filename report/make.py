@@ -53,11 +53,25 @@ def _check_output(out: Path) -> None:
             raise ReportError(f"cannot write the report to {out}: {out / name} is in the way (not a {kind})")
 
 
+MAX_BOOTSTRAP = 10_000  # the Monte Carlo error of a 95% bound is then < 1% of the interval's width; more only costs
+MAX_BLOCK = 250  # trading days: a validation split holds ~500, and a block over half of a split leaves no interval
+MAX_SEED = 2**32 - 1  # scikit-learn's random_state (the baselines)
+
+
+def check_options(options: Options) -> None:
+    """The numeric options within the range where they mean something, before anything is read."""
+    if not 100 <= options.n_boot <= MAX_BOOTSTRAP:
+        raise ReportError(f"--bootstrap must be ≥ 100 and ≤ {MAX_BOOTSTRAP} resamples (fewer: the interval bounds are "
+                          f"noise; more: no narrower, only slower), got {options.n_boot}")  # fmt: skip
+    if not 1 <= options.block <= MAX_BLOCK:
+        raise ReportError(f"--block {options.block}: use --block ≥ 1 and ≤ {MAX_BLOCK} trading days (1: i.i.d. "
+                          "resamples; a block over half of a split leaves no interval)")  # fmt: skip
+    if not 0 <= options.seed <= MAX_SEED:
+        raise ReportError(f"--seed must be ≥ 0 and ≤ {MAX_SEED} (scikit-learn's random_state), got {options.seed}")
+
+
 def make_report(logdir: Path, out: Path | None, options: Options) -> int:
-    if options.n_boot < 100 or options.block < 1:
-        raise ReportError(f"--bootstrap must be ≥ 100 and --block ≥ 1, got {options.n_boot} and {options.block}")
-    if options.seed < 0:
-        raise ReportError(f"--seed must be ≥ 0, got {options.seed}")
+    check_options(options)
     if not logdir.is_dir():
         raise ReportError(f"log folder not found: {logdir}")
     out = out or logdir / "report"

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lightning_modules.patchtst import PatchTSTConfig
+from lightning_modules.patchtst_config import PatchTSTConfig
 
 
 def parameter_count(n_channels: int, context_length: int, cfg: PatchTSTConfig) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from lightning_modules.patchtst import PatchTSTConfig
+from lightning_modules.patchtst_config import PatchTSTConfig
 from sizing.accounting import parameter_count
 
 BUDGETS = {"2M": 2 * 10**6, "20M": 2 * 10**7, "200M": 2 * 10**8, "2B": 2 * 10**9}

@@ -55,16 +55,17 @@ def gb(n: float) -> str:
 
 
 def what_would_fit(size: RunSize, available: int) -> list[str]:
-    """Alternatives that fit `available` at micro-batch 1: bf16 weights, FSDP over N devices, a smaller budget."""
+    """Alternatives that fit `available` at micro-batch 1 and run on this machine: FSDP over the GPUs it has (FSDP
+    does not run on CPU), a smaller budget. (bf16 weights are no option: finscale trains float32 weights.)"""
+    import torch
+
     options = []
-    bf16 = size_run(size.n_channels, size.context_length, size.cfg, "bf16-true", 1, size.shards, size.device)
-    if bf16.memory.at(1) <= available:
-        options.append(f"bf16 weights (--trainer.precision bf16-true: {gb(bf16.memory.at(1))})")
     unsharded = size_run(size.n_channels, size.context_length, size.cfg, size.precision, 1, 1, size.device)
     room = available - unsharded.memory.per_sample - unsharded.memory.overhead
+    gpus = torch.cuda.device_count() if size.device == "cuda" else 0
     if room > 0:
         devices = math.ceil((unsharded.memory.fixed - unsharded.memory.overhead) / room)
-        if devices > 1:
+        if 1 < devices <= gpus:
             options.append(
                 f"FSDP over ≥{devices} such devices (--config configs/strategy/fsdp.yaml --trainer.devices {devices})"
             )

@@ -129,10 +129,34 @@ def _write(relative: str, content: bytes) -> Callable[[Path], None]:
     return lambda data_dir: (data_dir / relative).write_bytes(content)
 
 
-def _unregistered_v2(data_dir: Path) -> None:
-    path = data_dir / "processed" / "GSPC.dataset.a25" / "v1" / "data.parquet"
-    (path.parent.parent / "v2").mkdir()
-    (path.parent.parent / "v2" / "data.parquet").write_bytes(path.read_bytes())
+def _write_new(relative: str, content: bytes | None) -> Callable[[Path], None]:
+    """A new file under the data folder (None: a folder of that name)."""
+
+    def write(data_dir: Path) -> None:
+        (data_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+        if content is None:
+            (data_dir / relative).mkdir()
+        else:
+            (data_dir / relative).write_bytes(content)
+
+    return write
+
+
+def _unregistered_v2(content: bytes | None = None) -> Callable[[Path], None]:
+    """An unregistered processed/GSPC.dataset.a25/v2/data.parquet: v1's bytes changed to `content` (None: one value
+    changed, a readable parquet of other content)."""
+
+    def make(data_dir: Path) -> None:
+        v1 = data_dir / "processed" / "GSPC.dataset.a25" / "v1" / "data.parquet"
+        (v1.parent.parent / "v2").mkdir()
+        if content is None:
+            frame = pd.read_parquet(v1)
+            frame.iloc[0, 0] += 1.0
+            frame.to_parquet(v1.parent.parent / "v2" / "data.parquet")
+        else:
+            (v1.parent.parent / "v2" / "data.parquet").write_bytes(content)
+
+    return make
 
 
 def _in(damage: Callable[[Path], None], *argv: str) -> Setup:
@@ -173,8 +197,17 @@ DAMAGED = {
         _in(_edit_manifest("processed", _first_entry(hash="sha256:" + "0" * 64)), "build", "--version", "1"),
         "already exists with different content",
     ),
-    "build unregistered file in the way": (
-        _in(_unregistered_v2, "build", "--version", "2"),
+    "build unregistered other content in the way": (
+        _in(_unregistered_v2(), "build", "--version", "2"),
+        "exists but is not registered and holds other content; remove it",
+    ),
+    "build unregistered garbage in the way": (_in(_unregistered_v2(b"PAR1 cut"), "build", "--version", "2"), "rm '"),
+    "build unregistered empty file as next": (
+        _in(_write_new("processed/GSPC.dataset.a20/v1/data.parquet", b""), "build", "--tier", "a20"),
+        "or use --version 2",
+    ),
+    "build unregistered folder in the way": (
+        _in(_write_new("processed/GSPC.dataset.a25/v2/data.parquet", None), "build", "--version", "2"),
         "exists but is not registered",
     ),
     "verify manifest entries not a list": (

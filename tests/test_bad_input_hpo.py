@@ -77,6 +77,10 @@ def test_broken_configs(tmp_path, capsys, text, fragment):
         (["--model.optim.lr", "0.1"], "model.optim.lr: both sampled by the search space and overridden"),
         (["--model.net.n_heads", "5"], "d_model 32 is not divisible by n_heads 5"),
         (["stray"], "stray"),
+        (["--data.features", "[]"], "data.features is empty: leave it out (null)"),  # not "every column"
+        (["--data.features", '["Close", "rsi_dayly"]'], "data.features ['rsi_dayly'] are not columns of tier a25"),
+        (["--data.splits.train_end", "2014"], "'2014' is not a calendar day"),  # not 1 January 2014
+        (["--data.splits.val_end", "2016-02-30"], "'2016-02-30' is not a calendar day"),
     ],
 )
 def test_bad_fit_overrides(tiny, tmp_path, capsys, extra, fragment):
@@ -95,6 +99,27 @@ def test_a_study_started_by_torchrun_on_several_processes(tiny, tmp_path, capsys
     monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets in each process it starts
     argv = ["hpo", "--config", str(tiny), "--trials", "2", "--search_space", str(TINY_SPACE)]
     refused(argv, "hpo was started by torchrun with several processes", capsys, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("callback", "monitor", "fragment"),
+    [
+        ("ModelCheckpoint", "val/auc", "the objective (the checkpoint's monitor) 'val/auc' is never logged"),
+        ("ModelCheckpoint", "val/IXIC/loss", "'val/IXIC/loss' is never logged"),  # one asset: no per-asset metrics
+        ("ModelCheckpoint", "train/loss", "'train/loss' is never logged"),  # an objective is a validation metric
+        ("ModelCheckpoint", "val_loss", "use one of val/loss"),  # run.json's spelling, not the logged one
+        ("DecayEarlyStopping", "val/lost", "DecayEarlyStopping: its monitor 'val/lost' is never logged"),
+    ],
+)
+def test_a_monitor_no_fit_logs(tmp_path, capsys, callback, monitor, fragment):
+    """Refused before the first trial, not after three failed ones."""
+    config = yaml.safe_load(tiny_config(tmp_path).read_text())
+    for entry in config["trainer"]["callbacks"]:
+        if entry["class_path"].endswith(callback):
+            entry["init_args"]["monitor"] = monitor
+    path = _write(tmp_path, "monitor.yaml", yaml.safe_dump(config, sort_keys=False))
+    refused(["hpo", "--config", str(path), "--trials", "2", "--search_space", str(TINY_SPACE)], fragment, capsys,
+            tmp_path)  # fmt: skip
 
 
 def test_logs_under_a_regular_file(tiny, tmp_path, capsys):
@@ -160,6 +185,21 @@ def test_bad_storage_urls(tiny, tmp_path, capsys, url, fragment):
     refused(argv, fragment, capsys, tmp_path)
 
 
+@pytest.mark.parametrize("command", ["hpo", "campaign"])
+def test_a_sqlite_storage_in_a_missing_folder_is_refused_and_nothing_is_made(tiny, tmp_path, capsys, monkeypatch,
+                                                                              command):  # fmt: skip
+    """sqlite:///some/dir/study.db is relative to the working folder, sqlite:////dir/study.db absolute: a folder
+    that does not exist is a typo or a slash too many, refused with its absolute path, never made."""
+    monkeypatch.chdir(tmp_path)
+    hpo = ["--config", str(tiny), "--trials", "2"]
+    config = hpo if command == "hpo" else ["--config", str(_campaign(tmp_path, tiny))]
+    rooted = Path("/finscale-no-such-folder")
+    for url, where in (("sqlite:///some/missing/dir/study.db", tmp_path / "some/missing/dir"),
+                       (f"sqlite:///{rooted}/dir/study.db", rooted / "dir")):  # fmt: skip
+        line = refused([command, *config, "--storage", url], f"folder {where} does not exist", capsys, tmp_path)
+        assert "mkdir -p" in line and not rooted.exists()
+
+
 def test_a_storage_that_is_not_a_database(tiny, tmp_path, capsys):
     _write(tmp_path, "notes.db", "not a database\n")
     argv = ["hpo", "--config", str(tiny), "--trials", "2", "--search_space", str(TINY_SPACE),
@@ -197,13 +237,17 @@ def test_bad_export_targets(tiny, tmp_path, capsys, target, fragment):
 # campaign --------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def campaign(tmp_path: Path, tiny: Path) -> Path:
+def _campaign(tmp_path: Path, tiny: Path) -> Path:
     """The smoke campaign on tiny with its logs under tmp_path."""
     spec = yaml.safe_load((ROOT / "configs" / "campaign" / "smoke.yaml").read_text())
     spec["budgets"] = {"tiny": str(tiny)}
     spec["search_space"] = str(TINY_SPACE)
     return _write(tmp_path, "campaign.yaml", yaml.safe_dump(spec, sort_keys=False))
+
+
+@pytest.fixture
+def campaign(tmp_path: Path, tiny: Path) -> Path:
+    return _campaign(tmp_path, tiny)
 
 
 def _edit(path: Path, **change) -> Path:
@@ -216,20 +260,40 @@ def _edit(path: Path, **change) -> Path:
     [
         ({"name": "../escape"}, "campaign name '../escape'"),
         ({"name": "a/b"}, "campaign name 'a/b'"),
-        ({"budgets": {"../tiny": "configs/tiny.yaml"}}, "budget name '../tiny'"),
+        ({"budgets": {"../tiny": str(ROOT / "configs" / "tiny.yaml")}}, "budget name '../tiny'"),
         ({"budgets": {"tiny": "configs/none.yaml"}}, "budget tiny: fit config not found"),
         ({"horizons": [1, "three"]}, "horizons must be whole trading days"),
         ({"tiers": ["a77"]}, "unknown: ['a77']"),
         ({"pools": "GSPC"}, "pools must be a list of ticker lists"),
         ({"pools": [["../X"]]}, "../X"),  # a ticker is part of the study names
-        ({"train_starts": ["yesterday"]}, "is not a date"),
+        ({"train_starts": ["yesterday"]}, "'yesterday' is not a calendar day"),
         ({"overrides": ["--data.horizon", "3"]}, "the campaign sets the data"),
         ({"search_space": "configs/hpo/none.yaml"}, "search space not found"),
         ({"colour": "blue"}, "unknown keys ['colour']"),
+        ({"horizons": [1, 3, 1]}, "horizons repeats a value: [1, 3, 1]"),
+        ({"pools": [["GSPC"], ["^gspc"]]}, "pools repeats a value"),  # one asset, two spellings
+        ({"tiers": ["a25", "a25"]}, "tiers repeats a value"),
+        ({"train_starts": ["2008-01-01", "2008/01/01"]}, "train_starts repeats a value"),  # one day, two spellings
+        ({"train_starts": ["2008"]}, "'2008' is not a calendar day"),  # would mean 1 January
+        ({"budgets": {"tiny": "configs/tiny.yaml"}}, "'configs/tiny.yaml' (paths are relative to"),  # the old rule
+        ({"search_space": "configs/hpo/tiny.yaml"}, "(paths are relative to"),
     ],
 )
 def test_campaign_config_mistakes(campaign, tmp_path, capsys, change, fragment):
     refused(["campaign", "--config", str(_edit(campaign, **change))], fragment, capsys, tmp_path)
+
+
+def test_a_campaign_naming_one_fit_config_for_two_budgets(campaign, tmp_path, capsys, tiny):
+    twin = tmp_path / "twin" / ".." / tiny.name  # the same file, spelled another way
+    (tmp_path / "twin").mkdir()
+    edited = _edit(campaign, budgets={"tiny": str(tiny), "copy": str(twin)})
+    refused(["campaign", "--config", str(edited)], "budgets name one fit config twice", capsys, tmp_path)
+
+
+def test_a_campaign_budget_listed_twice_in_its_yaml(campaign, tmp_path, capsys, tiny):
+    text = campaign.read_text().replace("budgets:\n", f"budgets:\n  tiny: {tiny}\n", 1)
+    refused(["campaign", "--config", str(_write(tmp_path, "c.yaml", text))], "key 'tiny' appears twice", capsys,
+            tmp_path)  # fmt: skip
 
 
 def test_a_campaign_search_space_with_an_empty_grid(campaign, tmp_path, capsys):

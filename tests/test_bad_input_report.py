@@ -172,12 +172,20 @@ def test_damaged_logs_are_refused(damage, args, fragment, copy, tmp_path, capsys
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["--bootstrap", "0"], "--bootstrap must be ≥ 100"),
-        (["--bootstrap", "-5"], "--bootstrap must be ≥ 100"),
+        (["--bootstrap", "0"], "--bootstrap must be ≥ 100 and ≤ 10000 resamples"),
+        (["--bootstrap", "-5"], "--bootstrap must be ≥ 100 and ≤ 10000"),
+        (["--bootstrap", "99"], "got 99"),
+        (["--bootstrap", "10001"], "--bootstrap must be ≥ 100 and ≤ 10000"),  # 10⁹ would hang for hours
+        (["--bootstrap", str(10**30)], "--bootstrap must be ≥ 100 and ≤ 10000"),
+        (["--bootstrap", "1e4"], "invalid int value"),
         (["--bootstrap", "many"], "invalid int value"),
-        (["--block", "0"], "--block ≥ 1"),
-        (["--block", "-1"], "--block ≥ 1"),
-        (["--seed", "-1"], "--seed must be ≥ 0"),
+        (["--block", "0"], "--block 0: use --block ≥ 1 and ≤ 250 trading days"),
+        (["--block", "-1"], "--block -1: use --block ≥ 1 and ≤ 250"),
+        (["--block", "251"], "a block over half of a split leaves no interval"),
+        (["--block", "2.5"], "invalid int value"),
+        (["--seed", "-1"], "--seed must be ≥ 0 and ≤ 4294967295"),
+        (["--seed", str(2**32)], "--seed must be ≥ 0 and ≤ 4294967295"),
+        (["--bootstrap"], "expected one argument"),
         (["--no_such_option"], "unrecognized arguments"),
     ],
 )

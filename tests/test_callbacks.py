@@ -12,16 +12,17 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks.batch_finder import MemoryAwareBatchFinder
 from callbacks.divergence_guard import DivergenceGuard, TrainingDiverged
 from callbacks.last_checkpoint import LastCheckpoint
 from common.errors import ConfigError
+from common.files import atomic_writer
 from datamodules.market_datamodule import MarketDataModule
 from lightning_modules.forecaster import Forecaster, OptimConfig
 from lightning_modules.patchtst import PatchTSTConfig
+from training.checkpoint_io import AtomicCheckpointIO
 
 NET = PatchTSTConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64)
 
@@ -201,8 +202,9 @@ def test_the_processes_of_one_machine_share_its_memory_but_not_a_gpu_s():
     assert MemoryAwareBatchFinder(limit="6GB")._limit_bytes(torch.device("cpu"), 4) == 6 * 10**9
 
 
-class TornWrites(TorchCheckpointIO):
-    """Saves the first checkpoint; of every later one, writes half and fails, as a process killed mid-write."""
+class TornWrites(AtomicCheckpointIO):
+    """The fit's checkpoint writer; of every checkpoint after the first, half is written, then the write fails as a
+    process killed (or a disk full) mid-write."""
 
     def __init__(self) -> None:
         self.saves = 0
@@ -213,8 +215,9 @@ class TornWrites(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        Path(path).write_bytes(buffer.getvalue()[: buffer.tell() // 2])
-        raise OSError("killed mid-write")
+        with atomic_writer(Path(path)) as f:
+            f.write(buffer.getvalue()[: buffer.tell() // 2])
+            raise OSError("killed mid-write")
 
 
 def _fit_a_tiny_model(tmp_path, callbacks: list, **kwargs) -> pl.Trainer:
@@ -234,6 +237,7 @@ def test_last_checkpoint_is_replaced_whole_or_not_at_all(tmp_path):
     with pytest.raises(OSError, match="killed mid-write"):  # at the end of epoch 1
         _fit_a_tiny_model(tmp_path, [LastCheckpoint()], plugins=[TornWrites()])
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0  # epoch 0's, whole
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.ckpt"]  # and no temporary
 
 
 def test_last_checkpoint_is_the_only_writer_of_last_ckpt(tmp_path):

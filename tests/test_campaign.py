@@ -32,6 +32,16 @@ BIG = {"d_model": 48, "n_heads": 4, "n_layers": 2, "d_ff": 96}  # larger than ti
 SMALL = ["--trainer.max_epochs", "4", "--trainer.limit_train_batches", "2", "--trainer.log_every_n_steps", "1"]
 
 
+def shipped_spec(name: str) -> dict:
+    """A shipped campaign YAML with its paths (relative to configs/campaign/) made absolute, to be written
+    elsewhere."""
+    folder = ROOT / "configs" / "campaign"
+    spec = yaml.safe_load((folder / f"{name}.yaml").read_text())
+    spec["budgets"] = {budget: str((folder / config).resolve()) for budget, config in spec["budgets"].items()}
+    spec["search_space"] = str((folder / spec["search_space"]).resolve())
+    return spec
+
+
 def write_campaign(tmp_path: Path) -> Path:
     """The smoke campaign with its logs and stop file under tmp_path, plus a budget whose config allows it 50 MB
     of memory (`memory_limit`), less than any PatchTST needs to train (tiny needs 97 MB)."""
@@ -44,7 +54,7 @@ def write_campaign(tmp_path: Path) -> Path:
     tiny["model"]["net"].update(BIG)
     tiny["memory_limit"] = "50MB"
     (tmp_path / "big.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
-    spec = yaml.safe_load((ROOT / "configs" / "campaign" / "smoke.yaml").read_text())
+    spec = shipped_spec("smoke")
     spec["budgets"] = {"big": str(tmp_path / "big.yaml"), "tiny": str(tmp_path / "tiny.yaml")}  # runs smallest first
     spec["overrides"] = SMALL
     path = tmp_path / "campaign.yaml"
@@ -180,12 +190,12 @@ def test_broken_campaign_configs_are_refused(tmp_path, capsys):
         ({"horizons": [0]}, "horizons must be whole trading days"),
         ({"pools": ["GSPC"]}, "pools must be a list of ticker lists"),
         ({"tiers": ["a25", "a77"]}, r"unknown: \['a77'\]"),
-        ({"train_starts": ["2008-13-45"]}, "is not a date"),
+        ({"train_starts": ["2008-13-45"]}, "'2008-13-45' is not a calendar day"),
         ({"train_starts": [None, None]}, "train_starts repeats a value"),
     ],
 )
 def test_campaign_config_mistakes_are_named(tmp_path, change, fragment):
-    spec = yaml.safe_load((ROOT / "configs" / "campaign" / "smoke.yaml").read_text()) | change
+    spec = shipped_spec("smoke") | change
     path = tmp_path / "campaign.yaml"
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match=fragment):
@@ -239,8 +249,22 @@ def test_the_shipped_plans_and_cell_selection():
     assert [c.key for c in smoke.cells] == ["tiny:3"] and smoke.trials == 3
 
 
+def test_a_campaign_runs_from_any_working_folder(tmp_path, monkeypatch):
+    """Its fit configs and search space are found beside the campaign file, whatever the working folder."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    config = Path(os.path.relpath(ROOT / "configs" / "campaign" / "smoke.yaml"))
+    plan = load_plan(config)
+    assert {c.config.resolve() for c in plan.cells} == {ROOT / "configs" / "tiny.yaml"}
+    assert plan.search_space.resolve() == ROOT / "configs" / "hpo" / "tiny.yaml"
+    status = cli_ok("campaign", "--config", config, "--status")
+    assert "tiny:1" in status and "tiny:3" in status
+    assert not list(tmp_path.iterdir())  # --status writes nothing
+
+
 def test_data_axes_multiply_the_cells_and_name_them(tmp_path):
-    spec = yaml.safe_load((ROOT / "configs" / "campaign" / "scaling.yaml").read_text())
+    spec = shipped_spec("scaling")
     spec |= {"pools": [["GSPC"], ["GSPC", "IXIC"]], "train_starts": [None, "2008-01-01"]}
     path = tmp_path / "campaign.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))

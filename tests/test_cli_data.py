@@ -43,6 +43,18 @@ def test_list_and_a_no_op_build_on_the_shipped_data(data_dir):
     assert contents(data_dir) == before
 
 
+def test_list_starts_without_torch(data_dir):
+    """`data list` is a quick look: its budget sizes come from the torch-free counter and configuration."""
+    import subprocess
+
+    probe = ("import sys, cli\ncode = cli.main(sys.argv[1:])\n"
+             "print('TORCH' if 'torch' in sys.modules else 'NO TORCH', code)")  # fmt: skip
+    argv = [sys.executable, "-c", probe, "data", "list", "--data-dir", str(data_dir)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip().endswith("NO TORCH 0") and not done.stderr, done.stderr[-2000:]
+    assert "2M params" in done.stdout and "GSPC.dataset.a25" in done.stdout
+
+
 def test_verify_of_the_shipped_data_in_a_real_process(data_dir):
     verified = run_cli("data", "verify", "--data-dir", str(data_dir))
     assert verified.returncode == 0 and "all 7 entries match" in verified.stdout, verified.stderr[-2000:]
@@ -211,3 +223,59 @@ def test_download_without_yfinance_is_one_line_exit_2(data_dir, capsys, monkeypa
     # make yfinance unimportable even where a developer has the optional extra installed
     monkeypatch.setitem(sys.modules, "yfinance", None)  # `import yfinance` raises ImportError
     refused(["download", "--ticker", "SPY"], "needs yfinance", capsys, data_dir)
+
+
+KILLED_BUILD = """
+import os, signal, sys
+import common.files, datamodules.manifest, datamodules.processed
+def half_then_kill(path, data):  # the real temporary beside the target, half written, then SIGKILL
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, _ = common.files._new_file(path)
+    os.write(fd, data[: len(data) // 2])
+    os.kill(os.getpid(), signal.SIGKILL)
+def kill(*args):
+    os.kill(os.getpid(), signal.SIGKILL)
+if sys.argv[1] == "writing":
+    datamodules.processed.atomic_write_bytes = half_then_kill
+else:  # the file is in place, the manifest not yet written
+    datamodules.manifest.Manifest.register = kill
+import cli
+cli.main(["data", "build", "--ticker", "GSPC", "--tier", "a25", "--version", "2", "--data-dir", sys.argv[2]])
+"""
+
+
+def _kill_a_build(where: str, data_dir: Path) -> None:
+    """`cli.py data build` in a real process, killed with SIGKILL while writing or before registering."""
+    import subprocess
+
+    killed = subprocess.run([sys.executable, "-c", KILLED_BUILD, where, str(data_dir)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-2000:]
+
+
+@pytest.mark.parametrize("where", ["writing", "registering"])
+def test_a_killed_build_blocks_nothing_and_verify_names_what_it_left(data_dir, capsys, where):
+    import cli
+
+    _kill_a_build(where, data_dir)
+    version = data_dir / "processed" / "GSPC.dataset.a25" / "v2"
+    left = [p.name for p in version.iterdir()]
+    assert left == ["data.parquet"] if where == "registering" else len(left) == 1 and left[0].endswith(".tmp")
+    capsys.readouterr()
+    assert cli.main(["data", "verify", "--data-dir", str(data_dir)]) == 0  # strays are not corruption
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"STRAY {version / left[0]}" in out and f"rm '{version / left[0]}'" in out and "all 7 entries match" in out
+    built = " ".join(cli_ok("data", "build", "--ticker", "GSPC", "--tier", "a25", "--version", "2", "--data-dir",
+                            data_dir).split())  # fmt: skip
+    assert "GSPC.dataset.a25 v2" in built
+    assert ("as it was: an interrupted build left it behind" in built) == (where == "registering")
+    verified = " ".join(cli_ok("data", "verify", "--data-dir", data_dir).split())
+    assert "all 8 entries match" in verified and ("STRAY" in verified) == (where == "writing")
+
+
+def test_verify_lists_no_strays_on_the_shipped_data_and_names_unimported_raw_files(data_dir):
+    assert "STRAY" not in cli_ok("data", "verify", "--data-dir", data_dir)
+    (data_dir / "raw" / "SPY.OHLCV.daily.csv.gz").write_bytes(b"copied by hand")
+    out = " ".join(cli_ok("data", "verify", "--data-dir", data_dir).split())
+    assert f"STRAY {data_dir / 'raw' / 'SPY.OHLCV.daily.csv.gz'}: no manifest entry names it" in out
+    assert "SOURCES.md" not in out

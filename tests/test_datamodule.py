@@ -144,7 +144,6 @@ def test_split_sizes_are_logged_and_hundreds_deep(data_dir, caplog):
         ({"tickers": ["NOPE"]}, "fit", "no dataset NOPE.dataset.a25 v1 in .*: build it with"),
         ({"tickers": ["GSPC", "NOPE"]}, "fit", "no dataset NOPE.dataset.a25 v1"),
         ({"version": 7}, "fit", "no dataset GSPC.dataset.a25 v7"),
-        ({"features": ["Close", "vix_close"]}, "fit", "'vix_close' is not in the dataset"),
         ({"splits": Splits(val_end="2015-03-31")}, "fit", "fewer than 100"),
         ({"splits": Splits(train_end="1999-06-30")}, "fit", "the train split has no samples"),
         ({"splits": Splits(val_end="2018-12-31", test_end=None)}, "test", "the test split has no samples"),
@@ -261,3 +260,47 @@ def test_gathering_puts_every_ranks_samples_back_in_split_order(n, ranks, kept):
     expected = sorted(int(i) for shard in shards for i in shard)
     for values, positions in results:
         assert positions.tolist() == expected and values.tolist() == [10.0 * i for i in expected]
+
+
+def test_a_fit_with_another_spelling_of_a_split_date_is_tested_with_the_stock_config(tmp_path):
+    """`--data.splits.train_end 2014/12/31` is 2014-12-31 everywhere (config.yaml, the checkpoint, run.json), so
+    `test` with the stock spelling accepts its checkpoint."""
+    import json
+
+    import yaml
+    from conftest import cli_ok, tiny_config
+
+    config = tiny_config(tmp_path, max_epochs=1, limit_train_batches=2)
+    cli_ok("fit", "--config", config, "--data.splits.train_end", "2014/12/31", "--data.splits.val_end", "20161231")
+    (run,) = (tmp_path / "logs" / "tiny").iterdir()
+    saved = yaml.safe_load((run / "config.yaml").read_text())["data"]["splits"]
+    assert saved["train_end"] == "2014-12-31" and saved["val_end"] == "2016-12-31"
+    best = json.loads((run / "run.json").read_text())["best_checkpoint"]
+    hparams = torch.load(best, weights_only=True, map_location="cpu")["datamodule_hyper_parameters"]
+    assert hparams["splits"]["train_end"] == "2014-12-31" and hparams["splits"]["val_end"] == "2016-12-31"
+    cli_ok("test", "--config", config, "--ckpt_path", best)  # the stock 2014-12-31: the same data
+    (tested,) = run.glob("test-*/run.json")
+    assert "test" in json.loads(tested.read_text())
+
+
+def test_a_checkpoint_compares_split_dates_by_day_not_by_spelling():
+    from training.run_setup import current_data_keys
+
+    older = current_data_keys({"splits": {"train_end": "2014/12/31", "val_end": "2016-12-31T00:00", "test_end": None}})
+    iso = {"train_start": None, "train_end": "2014-12-31", "val_end": "2016-12-31", "test_end": None}
+    assert older["splits"] == iso
+    assert current_data_keys({"splits": {"train_end": "soon"}})["splits"]["train_end"] == "soon"  # differs: refused
+
+
+@pytest.mark.parametrize(
+    ("features", "fragment"),
+    [([], "data.features is empty"), (["Close", "vix_close"], r"\['vix_close'\] are not columns of tier a25")],
+)
+def test_an_empty_or_unknown_feature_list_is_refused_before_any_data_is_read(features, fragment):
+    """At construction (and in every channel count: `input_columns`), not when the data are read."""
+    with pytest.raises(DataError, match=fragment):
+        MarketDataModule(features=features, data_dir="/nonexistent")
+
+
+def test_a20_may_name_the_raw_prices_it_stores():
+    assert MarketDataModule(tier="a20", features=["Close", "rsi_daily"]).columns == ["Close", "rsi_daily"]

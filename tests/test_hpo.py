@@ -105,6 +105,11 @@ def test_a_study_runs_prunes_and_writes_its_records(study_run):
     ):
         assert column in trials, column
     assert trials[trials.state == "pruned"].reason.str.startswith("pruned at epoch").all()
+    # one objective everywhere: the best epoch's value, in trials.csv and on the console, pruned trials too
+    assert (trials.value == trials.best_value).all()
+    flowing = " ".join(stdout.split())
+    for row in trials.itertuples():
+        assert f"trial {row.number} {row.state}: val/loss {row.value:.4f}" in flowing, row.number
     best = json.loads((folder / "best.json").read_text())
     assert best["value"] == pytest.approx(study.best_value) and best["trial"] == study.best_trial.number
     assert best["best_checkpoint"].endswith(".ckpt") and Path(best["best_checkpoint"]).exists()
@@ -183,7 +188,8 @@ def test_rerunning_resumes_and_the_exported_best_config_fits(study_run, tmp_path
     config = copy_study(study_run, tmp_path)  # the shared study stays as the other tests read it
     before = {t.number: (t.state, t.value) for t in finished(load(tmp_path))}
     export = tmp_path / "best.yaml"
-    cli_ok(*hpo_args(config, 5, "--export-best", str(export)))
+    resumed = " ".join(cli_ok(*hpo_args(config, 5, "--export-best", str(export))).split())
+    assert f"resuming study {STUDY}: 4 finished trials (" in resumed and "), 1 to go" in resumed
     study = load(tmp_path)
     assert len(finished(study)) == 5
     assert all((t.state, t.value) == before[t.number] for t in finished(study) if t.number in before)
@@ -350,3 +356,49 @@ def test_a_study_whose_first_trial_cannot_run_is_not_left_behind(tmp_path, capsy
     cli_ok(*args, "--search_space", ROOT / "configs" / "hpo" / "tiny.yaml")  # the same name, fixed
     storage = f"sqlite:///{tmp_path / 'logs' / 'hpo' / 'same' / 'study.db'}"
     assert len(finished(optuna.load_study(study_name="same", storage=storage))) == 1
+
+
+def _full_disk(path: str):
+    """A writer that fails as on a full disk."""
+    import errno
+
+    def write(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    return write
+
+
+@pytest.mark.parametrize("where", ["in_trial", "after_trial"])
+def test_a_full_disk_stops_the_study_in_one_line_and_leaves_its_storage_consistent(tmp_path, monkeypatch, where):
+    """ENOSPC inside a trial (its TensorBoard scalars) fails that trial with the reason; after it (trials.csv) the
+    trial stays complete; either way the study stops with one line, exit 2, nothing RUNNING, resumable."""
+    config = study_config(tmp_path, epochs=1, batches=FEW)
+    target = "write_trial_scalars" if where == "in_trial" else "write_trials_csv"
+    monkeypatch.setattr(records, target, _full_disk(str(tmp_path / "logs" / "x")))
+    code, _, err = cli_exit(*hpo_args(config, 2))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert lines[0].startswith(f"error: study {STUDY} stopped: cannot write {tmp_path / 'logs' / 'x'}: No space left")
+    assert "rerun the same command to resume" in lines[0]
+    (trial, *_) = sorted(load(tmp_path).trials, key=lambda t: t.number)
+    assert not [t for t in load(tmp_path).trials if t.state == optuna.trial.TrialState.RUNNING]
+    if where == "in_trial":
+        assert trial.state == optuna.trial.TrialState.FAIL
+        assert trial.user_attrs["reason"] == f"cannot write {tmp_path / 'logs' / 'x'}: No space left on device"
+    else:
+        assert trial.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    monkeypatch.undo()  # space freed: the same command resumes the study
+    cli_ok(*hpo_args(config, 2))
+    assert len(finished(load(tmp_path))) == 2
+
+
+def test_a_never_logged_monitor_is_refused_before_the_first_trial(tmp_path, capsys):
+    config = yaml.safe_load(study_config(tmp_path).read_text())
+    for callback in config["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("ModelCheckpoint"):
+            callback["init_args"]["monitor"] = "val/auc"  # the forecaster logs val/auroc
+    path = tmp_path / "monitor.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    line = assert_refused(hpo_args(path, 2), "ModelCheckpoint: the objective (the checkpoint's monitor) 'val/auc' is "
+                          "never logged by a fit; use one of val/loss, val/auroc", capsys, tmp_path)  # fmt: skip
+    assert "val/pos_rate" in line and not (tmp_path / "logs").exists()

@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 from conftest import cli_ok, touch_when, wait_for
 from test_hpo import FEW, STUDY, events, finished, hpo_args, load, study_config
@@ -38,14 +39,20 @@ def test_a_stop_ends_the_study_after_the_current_trial_and_a_rerun_resumes(tmp_p
     assert stopped.state == optuna.trial.TrialState.FAIL
     source = str(tmp_path / "STOP") if how == "stop_file" else "SIGTERM"
     assert stopped.user_attrs["reason"].startswith(f"interrupted: stopped by {source}")
+    csv = pd.read_csv(tmp_path / "logs" / "hpo" / STUDY / "trials.csv")
+    assert csv.state[csv.number == 0].tolist() == ["stopped"]  # as the console says it, not "failed"
+    assert f"trial 0 stopped (interrupted: stopped by {source}" in " ".join(output.split())
     retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
     assert len(retry) == 1 and retry[0].params == stopped.params  # queued again with the same values
     assert not finished(study)  # the study stopped with the trial: no other trial ran
     assert (tmp_path / "logs" / "hpo" / STUDY / "summary.md").exists()
     if how == "SIGTERM":
         return
-    # rerun: the old stop file predates it; the study goes on to its trials
-    cli_ok(*args)
+    # rerun: the old stop file predates it, and the study says so, as fit does; the study goes on to its trials
+    rerun = " ".join(cli_ok(*args).split())
+    assert f"ignoring stop file {tmp_path / 'STOP'}: it predates this study" in rerun
+    assert f"resuming study {STUDY}: 0 finished trials (0 complete, 0 pruned, 1 failed or stopped," in rerun
+    assert "queued), 1 to go" in rerun
     study = load(tmp_path)
     assert len(finished(study)) == 1
 

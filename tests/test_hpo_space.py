@@ -122,8 +122,6 @@ def _run_two_steps(values: dict, logs: Path) -> dict[str, torch.Tensor]:
         "1",
         "--trainer.logger.init_args.save_dir",
         str(logs),
-        "--trainer.enable_checkpointing",
-        "false",
         "--trainer.callbacks",
         "[]",
     ]

@@ -74,5 +74,21 @@ def test_custom_split_dates(dates):
 def test_split_dates_must_increase(dates):
     with pytest.raises(DataError, match="must increase"):
         split_ends(dates, 100, 1, Splits(train_end="2016-12-31", val_end="2015-12-31"))
-    with pytest.raises(DataError, match="bad split date"):
+    with pytest.raises(DataError, match="'not-a-date' is not a calendar day"):
         split_ends(dates, 100, 1, Splits(train_end="not-a-date"))
+
+
+@pytest.mark.parametrize("typed", ["2014/12/31", "20141231", "2014-12-31T00:00", "2014-12-31 00:00:00", 20141231])
+def test_every_spelling_of_a_split_date_is_stored_as_iso(typed):
+    import datetime
+
+    given = Splits(train_start=typed, train_end=typed, val_end=typed, test_end=typed)
+    assert given == Splits("2014-12-31", "2014-12-31", "2014-12-31", "2014-12-31")
+    assert all(type(value) is str for value in vars(given).values())  # plain text: checkpoints load it
+    assert Splits(train_end=datetime.date(2014, 12, 31)).train_end == "2014-12-31"  # an unquoted YAML date
+
+
+@pytest.mark.parametrize("typed", ["2014", "2014-12", "2014-02-30", "2014-12-31T12:00", "2014-12/31", "31.12.2014"])
+def test_a_partial_or_impossible_split_date_is_refused(typed):
+    with pytest.raises(DataError, match="is not a calendar day"):
+        Splits(val_end=typed)

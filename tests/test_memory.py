@@ -97,9 +97,24 @@ def test_2b_on_a_24_gb_cpu_machine_is_refused_with_what_would_fit(tmp_path, caps
     line = assert_refused(["fit", "--config", str(ROOT / "configs" / "2B.yaml"), "--memory_limit", "24GB",
                            "--trainer.accelerator", "cpu", "--trainer.logger.init_args.save_dir", str(logs)],
                           "1,914,460,187-parameter model needs 28.7 GB", capsys, tmp_path)  # fmt: skip
-    for option in ("bf16-true", "--config configs/strategy/fsdp.yaml --trainer.devices", "the 200M budget"):
-        assert option in line
+    assert line.endswith("would fit: the 200M budget (configs/200M.yaml: 3.1 GB)")  # what runs on this machine:
+    assert "fsdp" not in line.lower() and "bf16-true" not in line  # no FSDP on CPU; weights stay float32
     assert not logs.exists()
+
+
+@pytest.mark.parametrize(("gpus", "suggested"), [(8, True), (1, False)])
+def test_fsdp_is_suggested_only_over_the_gpus_the_machine_has(monkeypatch, gpus, suggested):
+    import torch
+
+    from lightning_modules.patchtst import PatchTSTConfig
+    from sizing.run_size import size_run, what_would_fit
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    net = yaml.safe_load((ROOT / "configs" / "2B.yaml").read_text())["model"]["net"]
+    size = size_run(25, 80, PatchTSTConfig(**net), "bf16-mixed", 1, 1, "cuda")
+    options = what_would_fit(size, 24 * 10**9)
+    assert any("fsdp.yaml --trainer.devices 2" in o for o in options) == suggested
+    assert options[-1].startswith("the 200M budget")
 
 
 def test_preflight_lets_a_run_that_fits_through(tmp_path):

@@ -25,6 +25,7 @@ from training.run_setup import (
     run_folder,
     size_from_config,
 )
+from training.trainer_checks import check_trainer
 
 CKPT_HELP = ("a checkpoint written by fit, or `last`: the newest last.ckpt of this experiment's runs with the same "
              "horizon and seed. fit resumes it exactly (same run folder); validate/test/predict evaluate it in a "
@@ -59,6 +60,7 @@ class FinscaleCLI(LightningCLI):
     def __init__(self, *args, **kwargs) -> None:
         argv = kwargs.get("args") or []
         self._only = argv[0] if argv and argv[0] in LightningCLI.subcommands() else None
+        self.created: list[Path] = []  # the run folder this run claimed and the parents it made, deepest first
         super().__init__(*args, **kwargs)
 
     def subcommands(self) -> dict[str, set[str]]:
@@ -92,7 +94,7 @@ class FinscaleCLI(LightningCLI):
         if config is None or not config.get("ckpt_path"):
             return
         config.ckpt_path = str(resolve_last(config))
-        check_checkpoint(Path(config.ckpt_path), config.data)
+        check_checkpoint(Path(config.ckpt_path), config, self.config.get("subcommand"))
         try:
             super()._parse_ckpt_path()
         except (SystemExit, Exception) as err:  # hyperparameters that no longer parse
@@ -100,33 +102,45 @@ class FinscaleCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
+        check_trainer(config, self.subcommand)
         if self.subcommand == "fit":
             size, available, where = size_from_config(config)
             preflight(size, available, where)  # before the model is allocated
-        name_run(self.subcommand, config)
+        self.created = name_run(self.subcommand, config)  # the last step: it claims the run folder
         self.run_dir = run_folder(config)
 
     def _run_subcommand(self, subcommand: str) -> None:
-        created = [p for p in (self.run_dir, *(self.run_dir.parents if self.run_dir else ())) if not p.exists()]
         try:
             super()._run_subcommand(subcommand)
         except (*USER_ERRORS, ValueError, OSError) as err:
             trained = self.trainer.fit_loop.epoch_loop.batch_progress.total.completed > 0
+            if subcommand == "fit" and trained and isinstance(err, OSError) and err.filename is not None:
+                raise OSError(err.errno, f"{err.strerror}; {self._kept()}", err.filename) from None  # a full disk
             if subcommand == "fit" and trained or isinstance(err, OSError) and err.filename is None:
                 raise  # a failure during training is not a refused setting: keep the run and the traceback
-            _remove_created(created)  # refused before the first step (Lightning checks some settings late)
-            if isinstance(err, ConfigError | DataError):
+            _remove_created(self.created)  # refused before the first step (Lightning checks some settings late)
+            if isinstance(err, ConfigError | DataError | OSError):  # an OSError stays one: a full disk, not a setting
                 raise
-            message = f"cannot write {err.filename}: {err.strerror}" if isinstance(err, OSError) else _one_line(err)
-            raise ConfigError(message) from None
+            raise ConfigError(_one_line(err)) from None
+
+    def _kept(self) -> str:
+        """What a fit that failed to write keeps (its checkpoints are written whole or not at all)."""
+        last = self.run_dir / "checkpoints" / "last.ckpt" if self.run_dir else None
+        if last is None or not last.is_file():
+            return "the run folder holds no checkpoint to resume"
+        return f"the run is kept: once there is room, resume it with --ckpt_path {last}"
 
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
+            if self.subcommand in ("fit", "validate", "test", "predict"):
+                self.datamodule.setup(self.subcommand)  # data errors now, before anything is written
         except (ValueError, TypeError, MisconfigurationException) as err:
+            _remove_created(self.created)
             raise _root_data_error(err) or ConfigError(_one_line(err)) from None
-        if self.subcommand in ("fit", "validate", "test", "predict"):
-            self.datamodule.setup(self.subcommand)  # data errors now, before the logger creates the run directory
+        except BaseException:
+            _remove_created(self.created)
+            raise
 
 
 def _trainer_defaults(extra_callbacks: list | None = None, record=None) -> dict:
@@ -141,8 +155,9 @@ def _trainer_defaults(extra_callbacks: list | None = None, record=None) -> dict:
     callbacks = [record, ParameterSummary(), ThroughputCallback(), DivergenceGuard(), PredictionWriter(),
                  FitSummaryCallback()]  # fmt: skip
     # every run has these (configs list the ones a run may change or leave out); ParameterSummary replaces
-    # Lightning's model summary (rounded counts, "Total FLOPs: 0")
-    return {"callbacks": [*callbacks, *(extra_callbacks or [])], "enable_model_summary": False}
+    # Lightning's model summary (rounded counts, "Total FLOPs: 0"); checkpoints are written whole or not at all
+    return {"callbacks": [*callbacks, *(extra_callbacks or [])], "enable_model_summary": False,
+            "plugins": [{"class_path": "training.checkpoint_io.AtomicCheckpointIO"}]}  # fmt: skip
 
 
 def _remove_created(folders: list[Path]) -> None:
@@ -167,6 +182,15 @@ LIGHTNING_NOISE = (  # Lightning's lines that say nothing about this run (fit's 
     "💡 Tip",
     "Loading `train_dataloader` to estimate",
     "`Trainer.fit` stopped",
+    "GPU available: False",  # "GPU available: True, used: False" stays: that one a user can act on
+    "TPU available: ",
+    "HPU available: ",
+)
+LIGHTNING_WARNINGS = (  # Lightning's warnings about what finscale does on purpose: nothing a user can act on
+    ".*smaller than the logging interval",  # a short epoch: epoch metrics are logged regardless
+    ".*Checkpoint directory .* exists and is not empty",  # every resume and continued trial
+    ".*dirpath has changed",  # a resumed run's checkpoint folder, moved with its run
+    ".*is not supported by the model summary",  # mixed precision; finscale prints its own parameter table
 )
 
 
@@ -185,6 +209,8 @@ def _quiet_lightning() -> None:
     # already the global figure; Lightning suggests sync_dist for every value logged at epoch level regardless
     warnings.filterwarnings("ignore", message=".*sync_dist=True.* in distributed setting")
     warnings.filterwarnings("ignore", message=".*all_gather is deprecated")  # Lightning's own call
+    for message in LIGHTNING_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
 
 
 PARSER_KWARGS = {"parser_mode": "omegaconf", "exit_on_error": False}
@@ -289,6 +315,11 @@ def run_summary(argv: list[str]) -> int:
         def instantiate_classes(self) -> None:  # nothing is built
             pass
 
-    SummaryCLI(Forecaster, MarketDataModule, args=argv, run=False, auto_configure_optimizers=False,
-               parser_kwargs=PARSER_KWARGS, seed_everything_default=False)  # fmt: skip
+    seed = logging.getLogger("lightning.fabric.utilities.seed")  # the config's seed: nothing is drawn here
+    seed.disabled = True
+    try:
+        SummaryCLI(Forecaster, MarketDataModule, args=argv, run=False, auto_configure_optimizers=False,
+                   parser_kwargs=PARSER_KWARGS, seed_everything_default=False)  # fmt: skip
+    finally:
+        seed.disabled = False
     return 0

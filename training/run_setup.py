@@ -57,15 +57,19 @@ def _one_line(err: BaseException) -> str:
     return text if len(text) < 400 else text[:400] + " …"
 
 
-def name_run(subcommand: str, config) -> None:
-    """Place the run before anything is created. fit → logs/<experiment>/<time>-h<h>-s<seed>; fit resuming a
-    checkpoint of a run → that run; validate/test/predict of a run's checkpoint → a sub-folder of that run.
-    The folder names are checked (one plain name each) and the log folder must be writable."""
+def name_run(subcommand: str, config) -> list[Path]:
+    """Place the run and claim its folder; the folders this made, deepest first (removed if the run is refused).
+
+    fit → logs/<experiment>/<time>-h<h>-s<seed>; fit resuming a checkpoint of a run → that run; validate/test/predict
+    of a run's checkpoint → a sub-folder `<command>-<time>` of that run. A new folder is claimed with an exclusive
+    mkdir, so two runs started in the same second never share one (the second takes `…-2`), and a fit never writes
+    into an existing folder it was not asked to resume. The names are checked (one plain name each) and the log
+    folder must be writable."""
     if subcommand != "fit" and not config.get("ckpt_path"):
         raise ConfigError(f"{subcommand} needs --ckpt_path (a checkpoint written by fit)")
     logger = config.trainer.get("logger")
     if not hasattr(logger, "init_args") or not str(logger.class_path).endswith("TensorBoardLogger"):
-        return
+        return []
     args = logger.init_args
     for key in ("name", "version", "sub_dir"):
         if args.get(key) not in (None, ""):
@@ -75,17 +79,45 @@ def name_run(subcommand: str, config) -> None:
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
     if run_dir is not None:
         args.save_dir, args.name, args.version = str(run_dir.parent.parent), run_dir.parent.name, run_dir.name
-        if subcommand != "fit":
-            args.sub_dir = f"{subcommand}-{stamp}"
-    elif subcommand == "fit" and not args.version:
-        experiment = Path(args.save_dir or "logs") / (args.name or "")
+        if subcommand == "fit":
+            return []  # the resumed run's own folder
+        args.sub_dir, created = claim_folder(run_dir, f"{subcommand}-{stamp}")
+        return created
+    experiment = Path(args.save_dir or "logs") / (args.name or "")
+    check_writable(experiment)
+    if args.version:  # named by the user (or an hpo trial): a new folder, never another run's
+        if (experiment / str(args.version)).exists():
+            raise ConfigError(f"{experiment / str(args.version)} exists: a run never writes into another run's folder; "
+                              f"to continue that fit give --ckpt_path {experiment / str(args.version)}/checkpoints/"
+                              "last.ckpt")  # fmt: skip
+        return claim_folder(experiment, str(args.version), numbered=False)[1]
+    base = f"{subcommand}-{stamp}"
+    if subcommand == "fit":
         base = f"{stamp}-h{config.data.horizon}-s{config.seed_everything}"
-        args.version = next(
-            v for v in (base, *(f"{base}-{i}" for i in range(2, 1000))) if not (experiment / v).exists()
-        )
-    elif not args.version:
-        args.version = f"{subcommand}-{stamp}"
-    check_writable(run_folder(config))
+    args.version, created = claim_folder(experiment, base)
+    return created
+
+
+def claim_folder(parent: Path, base: str, numbered: bool = True) -> tuple[str, list[Path]]:
+    """Create parent/base, or parent/base-2, base-3, … if taken (`numbered`), with an exclusive mkdir: the name
+    taken, and the folders made (it and any missing parents, deepest first). The other ranks of a multi-process run
+    claim nothing: rank 0 writes the run, and Lightning hands its checkpoint folder to every rank."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    check_writable(parent / base)
+    if getattr(rank_zero_only, "rank", 0) > 0:
+        return base, []
+    missing = [p for p in (parent, *parent.parents) if not p.exists()]
+    parent.mkdir(parents=True, exist_ok=True)
+    for name in (base, *(f"{base}-{i}" for i in range(2, 1000))) if numbered else (base,):
+        try:
+            (parent / name).mkdir()
+        except FileExistsError:
+            if not numbered:
+                raise ConfigError(f"{parent / name} exists: another run took it") from None
+            continue
+        return name, [parent / name, *missing]
+    raise ConfigError(f"{parent}: no free run name after {base}-999")
 
 
 def run_folder(config) -> Path | None:
@@ -160,8 +192,14 @@ DATA_KEYS = ("tickers", "tier", "version", "horizon", "threshold", "label_price"
              "splits", "scaling", "asset_channels")  # fmt: skip
 
 
-def check_checkpoint(path: Path, data) -> None:
-    """The checkpoint exists and was trained on the data this config describes (labels, splits, channels)."""
+MODEL_KEYS = ("net", "optim", "pos_weight", "baseline_start", "baseline_C")  # what a fit resumes as it was trained
+
+
+def check_checkpoint(path: Path, config, subcommand: str) -> None:
+    """The checkpoint exists, is a fit's, was trained on the data this config describes (labels, splits, channels)
+    and is the model it describes: its architecture (`model.net`), and for a resumed fit every model setting.
+    Lightning would otherwise replace the config's model with the checkpoint's silently, and file the run under
+    the config's experiment."""
     import torch
 
     if not path.is_file():
@@ -172,14 +210,29 @@ def check_checkpoint(path: Path, data) -> None:
         raise ConfigError(f"{path}: unreadable checkpoint ({type(err).__name__})") from None
     if not isinstance(loaded, dict) or not {"state_dict", "pytorch-lightning_version"} <= set(loaded):
         raise ConfigError(f"{path}: not a checkpoint written by `cli.py fit` (no state_dict or Lightning version)")
-    saved = loaded.get("datamodule_hyper_parameters", {})
-    saved = current_data_keys(saved)
-    current = current_data_keys({key: _plain(data.get(key)) for key in DATA_KEYS})
+    saved = current_data_keys(loaded.get("datamodule_hyper_parameters", {}))
+    current = current_data_keys({key: _plain(config.data.get(key)) for key in DATA_KEYS})
     differ = [f"data.{k}: checkpoint {_plain(saved[k])!r}, config {current[k]!r}" for k in DATA_KEYS
               if k in saved and _plain(saved[k]) != current[k]]  # fmt: skip
     if differ:
         raise ConfigError(f"{path} was trained on other data settings ({'; '.join(differ)}); use that run's "
                           "config.yaml or matching overrides")  # fmt: skip
+    trained = loaded.get("hyper_parameters", {})
+    for key in MODEL_KEYS if subcommand == "fit" else ("net",):
+        saved, configured = _plain(trained.get(key)), _plain(config.model.get(key))
+        if key in trained and saved != configured:
+            where = _first_difference(saved, configured)
+            if where is not None:
+                key, saved, configured = f"{key}.{where}", saved.get(where), configured.get(where)
+            raise ConfigError(f"{path} is another model (model.{key}: checkpoint {saved!r}, config {configured!r}); "
+                              "use that run's config.yaml (in its folder) or matching overrides")  # fmt: skip
+
+
+def _first_difference(saved, current) -> str | None:
+    """The first key whose values differ, when both are mappings."""
+    if not isinstance(saved, dict) or not isinstance(current, dict):
+        return None
+    return next((k for k in saved if saved.get(k) != current.get(k)), None)
 
 
 def current_data_keys(data: dict) -> dict:
@@ -199,17 +252,20 @@ def current_data_keys(data: dict) -> dict:
     data.setdefault("scaling", "pooled")
     data.setdefault("asset_channels", False)
     if isinstance(data.get("splits"), dict):
-        start = data["splits"].get("train_start")
-        data["splits"] = {**data["splits"], "train_start": None if start is None else _iso(start)}
+        splits = {"train_start": None, **data["splits"]}
+        data["splits"] = {k: None if v is None else _iso(v) for k, v in splits.items()}
     return data
 
 
 def _iso(day) -> str:
-    import pandas as pd
+    """A split date in the one spelling the data module stores (`datamodules.splits.iso_date`), so 2014/12/31 in an
+    older checkpoint or config.yaml matches 2014-12-31; a value that is no date stays as it was (and differs)."""
+    from common.errors import DataError
+    from datamodules.splits import iso_date
 
     try:
-        return pd.Timestamp(str(day)).date().isoformat()
-    except ValueError:
+        return iso_date(day)
+    except DataError:
         return str(day)
 
 

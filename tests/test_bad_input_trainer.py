@@ -1,0 +1,285 @@
+"""Settings Lightning accepts but cannot run, resources the machine lacks, run folders and checkpoints of another
+model (issue 28), in this process through `cli.main`: exit code 2, one `error: …` line, no traceback, nothing
+created or changed (conftest.assert_refused). Then what the fixes make work: bf16 on CPU, two runs in one second."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, assert_refused, cli_ok, tiny_config
+
+TINY = str(ROOT / "configs" / "tiny.yaml")
+SHORT = {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1}
+CORES = os.cpu_count() or 1
+
+
+def fit(tmp_path: Path, *extra: str, command: str = "fit", config: str = TINY) -> list[str]:
+    return [command, "--config", config, "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), *extra]
+
+
+CANNOT_RUN = {  # id → (arguments after `fit --config tiny.yaml --trainer.logger…save_dir LOGS`, fragment)
+    "precision_64": (["--trainer.precision", "64-true"], "precision 64-true"),
+    "precision_64_short": (["--trainer.precision", "64"], "precision 64-true"),
+    "precision_bf16_true": (["--trainer.precision", "bf16-true"], "precision bf16-true"),
+    "precision_16_true": (["--trainer.precision", "16-true"], "precision 16-true"),
+    "precision_16_mixed_on_cpu": (["--trainer.precision", "16-mixed", "--trainer.accelerator", "cpu"], "needs a GPU"),
+    "accumulate_zero": (["--trainer.accumulate_grad_batches", "0"], "accumulate_grad_batches must be ≥ 1"),
+    "accumulate_negative": (["--trainer.accumulate_grad_batches", "-2"], "accumulate_grad_batches"),
+    "max_epochs_zero": (["--trainer.max_epochs", "0"], "trains nothing"),
+    "max_steps_zero": (["--trainer.max_steps", "0"], "trains nothing"),
+    "max_steps_below_minus_one": (["--trainer.max_steps", "-5"], "max_steps -5"),
+    "train_batches_zero": (["--trainer.limit_train_batches", "0"], "trains nothing"),
+    "train_share_zero": (["--trainer.limit_train_batches", "0.0"], "trains nothing"),
+    "val_batches_zero": (["--trainer.limit_val_batches", "0"], "evaluates no batch"),
+    "val_share_zero": (["--trainer.limit_val_batches", "0.0"], "evaluates no batch"),
+    "val_every_zero_epochs": (["--trainer.check_val_every_n_epoch", "0"], "check_val_every_n_epoch must be ≥ 1"),
+    "val_after_the_last_epoch": (["--trainer.check_val_every_n_epoch", "5"], "never validate"),
+    "val_interval_zero": (["--trainer.val_check_interval", "0"], "val_check_interval must be > 0"),
+    "val_interval_beyond_the_epoch": (
+        ["--trainer.limit_train_batches", "3", "--trainer.val_check_interval", "4"],
+        "never validate",
+    ),  # fmt: skip
+    "clip_negative": (["--trainer.gradient_clip_val", "-1"], "gradient_clip_val must be ≥ 0"),
+    "sanity_steps_below_minus_one": (["--trainer.num_sanity_val_steps", "-5"], "num_sanity_val_steps"),
+    "checkpointing_off": (["--trainer.enable_checkpointing", "false"], "enable_checkpointing false"),
+    "cpu_devices_beyond_the_cores": (
+        ["--trainer.accelerator", "cpu", "--trainer.devices", str(CORES + 1)],
+        f"this machine has {CORES} CPU core",
+    ),  # fmt: skip
+    "devices_far_beyond": (["--trainer.devices", "64"], "this machine has"),
+    "two_nodes_without_a_launcher": (["--trainer.num_nodes", "2"], "torchrun --nnodes 2"),
+    "three_nodes_without_a_launcher": (["--trainer.num_nodes", "3"], "a plain command is one node"),
+    "micro_batch_negative": (["--data.batch_size", "-3"], "batch_size"),
+}
+
+
+@pytest.mark.parametrize("case", CANNOT_RUN)
+def test_fit_refuses_what_cannot_run(case, tmp_path, capsys):
+    extra, fragment = CANNOT_RUN[case]
+    assert_refused(fit(tmp_path, *extra), fragment, capsys, tmp_path)
+
+
+def _with_callback(tmp_path: Path, name: str, **init_args) -> str:
+    """configs/tiny.yaml with these init_args of the callback whose class is `name`."""
+    config = yaml.safe_load(Path(TINY).read_text())
+    callback = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith(name))
+    callback["init_args"].update(init_args)
+    path = tmp_path / "inputs" / f"{name}.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return str(path)
+
+
+MONITORS = {  # callback, init_args, fragment: a fit that would train, then never save or stop as asked
+    "checkpoint_monitor_unknown": ("ModelCheckpoint", {"monitor": "val/sharpe"}, "'val/sharpe' is never logged"),
+    "checkpoint_monitor_typo": ("ModelCheckpoint", {"monitor": "val_loss"}, "'val_loss' is never logged"),
+    "checkpoint_monitor_of_an_asset_not_pooled": ("ModelCheckpoint", {"monitor": "val/IXIC/loss"}, "never logged"),
+    "checkpoint_keeps_none": ("ModelCheckpoint", {"save_top_k": 0}, "save_top_k 0"),
+    "early_stopping_monitor_unknown": ("DecayEarlyStopping", {"monitor": "val/f1"}, "'val/f1' is never logged"),
+}
+
+
+@pytest.mark.parametrize("case", MONITORS)
+def test_fit_refuses_a_monitor_no_fit_logs(case, tmp_path, capsys):
+    name, init_args, fragment = MONITORS[case]
+    config = _with_callback(tmp_path, name, **init_args)
+    assert_refused(fit(tmp_path, config=config), fragment, capsys, tmp_path)
+
+
+def test_a_pooled_runs_asset_metric_is_a_valid_monitor(tmp_path):
+    from training.lightning_cli import parse_fit_config
+    from training.trainer_checks import check_trainer
+
+    config = _with_callback(tmp_path, "ModelCheckpoint", monitor="val/IXIC/auroc", mode="max")
+    check_trainer(parse_fit_config(["--config", config, "--data.tickers", "[GSPC, IXIC]"]), "fit")
+
+
+@pytest.mark.parametrize(
+    ("command", "extra", "fragment"),
+    [
+        ("validate", ["--trainer.limit_val_batches", "0"], "limit_val_batches 0"),
+        ("test", ["--trainer.limit_test_batches", "0.0"], "limit_test_batches 0"),
+        ("predict", ["--trainer.limit_predict_batches", "0"], "limit_predict_batches 0"),
+        ("test", ["--trainer.precision", "64-true"], "precision 64-true"),
+        ("validate", ["--trainer.devices", "64"], "this machine has"),
+        ("test", ["--model.net.d_model", "64"], "model.net.d_model: checkpoint 32, config 64"),
+        ("validate", ["--model.net.n_layers", "3"], "model.net.n_layers: checkpoint 2, config 3"),
+        ("predict", ["--model.net.head", "mean"], "model.net.head: checkpoint 'last', config 'mean'"),
+        ("test", ["--model.net.linear_skip", "false", "--model.baseline_start", "false"], "model.net.linear_skip"),
+        ("test", ["--config", str(ROOT / "configs" / "2M.yaml")], "is another model (model.net."),
+    ],
+)
+def test_evaluations_refuse_what_cannot_run_and_checkpoints_of_another_model(command, extra, fragment, checkpoint,
+                                                                            tmp_path, capsys):  # fmt: skip
+    argv = fit(tmp_path, "--ckpt_path", str(checkpoint), *extra, command=command)
+    assert_refused(argv, fragment, capsys, tmp_path, checkpoint.parent.parent)
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--model.optim.lr", "0.01"], "model.optim.lr: checkpoint 0.001, config 0.01"),
+        (["--model.net.dropout", "0.3"], "model.net.dropout: checkpoint 0.1, config 0.3"),
+        (["--model.baseline_C", "2.0"], "model.baseline_C: checkpoint 1.0, config 2.0"),
+        (["--model.net.d_ff", "128"], "model.net.d_ff"),
+    ],
+)
+def test_a_resumed_fit_refuses_other_model_settings(extra, fragment, checkpoint, tmp_path, capsys):
+    """Lightning would take the checkpoint's settings over the config's without a word."""
+    argv = fit(tmp_path, "--ckpt_path", str(checkpoint), *extra)
+    assert_refused(argv, fragment, capsys, tmp_path, checkpoint.parent.parent)
+
+
+def test_a_fit_into_an_existing_run_folder_is_refused(checkpoint, capsys):
+    run = checkpoint.parent.parent
+    argv = ["fit", "--config", TINY, "--trainer.logger.init_args.save_dir", str(run.parent.parent),
+            "--trainer.logger.init_args.version", run.name]  # fmt: skip
+    assert_refused(argv, "a run never writes into another run's folder", capsys, run.parent.parent)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A real tiny fit's last.ckpt (one short epoch, in this process)."""
+    folder = tmp_path_factory.mktemp("checkpoint")
+    cli_ok("fit", "--config", tiny_config(folder, **SHORT))
+    return next((folder / "logs").glob("tiny/*/checkpoints/last.ckpt"))
+
+
+# what the fixes make work ----------------------------------------------------------------------------------------
+
+
+def test_two_claims_of_one_name_at_once_get_two_folders(tmp_path):
+    """Run folders are claimed with an exclusive mkdir: 8 threads asking for one name get 8 folders."""
+    from training.run_setup import claim_folder
+
+    names: list[str] = []
+    start = threading.Barrier(8)
+
+    def claim() -> None:
+        start.wait()
+        names.append(claim_folder(tmp_path / "logs" / "tiny", "20261206-120000-h1-s0")[0])
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(names) == sorted(["20261206-120000-h1-s0", *(f"20261206-120000-h1-s0-{i}" for i in range(2, 9))])
+
+
+class _Frozen:
+    """datetime with a clock stopped at one second: two runs started "in the same second"."""
+
+    @staticmethod
+    def now():
+        from datetime import datetime
+
+        return datetime(2026, 12, 6, 12, 0, 0)
+
+
+def test_two_fits_and_two_tests_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    monkeypatch.setattr("training.run_setup.datetime", _Frozen)
+    config = str(tiny_config(tmp_path, **SHORT))
+    cli_ok("fit", "--config", config)
+    cli_ok("fit", "--config", config)
+    runs = sorted(p.name for p in (tmp_path / "logs" / "tiny").iterdir())
+    assert runs == ["20261206-120000-h1-s0", "20261206-120000-h1-s0-2"]
+    for run in runs:  # each run has its own record, events and checkpoints
+        folder = tmp_path / "logs" / "tiny" / run
+        assert len(list(folder.glob("events.out.tfevents.*"))) == 1 and (folder / "run.json").is_file()
+        assert len(list(folder.glob("checkpoints/best-*.ckpt"))) == 1
+    best = next((tmp_path / "logs" / "tiny" / runs[0]).glob("checkpoints/best-*.ckpt"))
+    cli_ok("test", "--config", config, "--ckpt_path", str(best))
+    cli_ok("test", "--config", config, "--ckpt_path", str(best))
+    tests = sorted(p.name for p in best.parent.parent.glob("test-*"))
+    assert tests == ["test-20261206-120000", "test-20261206-120000-2"]
+    assert all((best.parent.parent / t / "test_predictions.csv").is_file() for t in tests)
+
+
+def test_bf16_mixed_trains_on_cpu(tmp_path):
+    """Mixed precision runs (the fused AdamW, which Lightning refuses to clip under it, is used in 32-true only)."""
+    out = cli_ok("fit", "--config", str(tiny_config(tmp_path, accelerator="cpu", precision="bf16-mixed", **SHORT)))
+    assert "fit finished" in out
+
+
+# a full disk ----------------------------------------------------------------------------------------------------
+
+
+def _full_disk_on_save(monkeypatch, after: int) -> None:
+    """torch.save in the checkpoint writer: the first `after` saves go through, then each writes half and fails as
+    a full disk does (the error names no file)."""
+    import errno
+
+    import training.checkpoint_io as io
+
+    real, calls = io.torch.save, []
+
+    def save(obj, f, *args, **kwargs) -> None:
+        calls.append(1)
+        if len(calls) <= after:
+            return real(obj, f, *args, **kwargs)
+        f.write(b"\0" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io.torch, "save", save)
+
+
+def test_a_full_disk_during_a_fit_is_one_line_and_leaves_whole_checkpoints_only(tmp_path, monkeypatch, capsys):
+    import json
+
+    import torch
+
+    import cli
+
+    _full_disk_on_save(monkeypatch, after=2)  # epoch 0: best and last; epoch 1's first save fails
+    config = tiny_config(tmp_path, max_epochs=3, limit_train_batches=2, limit_val_batches=1)
+    code = cli.main(["fit", "--config", str(config), "--model.optim.lr", "0.05"])  # a new best at epoch 1
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    run = next((tmp_path / "logs" / "tiny").iterdir())
+    assert err.startswith(f"error: {run}/checkpoints/") and "No space left on device" in err
+    assert f"resume it with --ckpt_path {run}/checkpoints/last.ckpt" in err
+    files = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert files == ["best-epoch000.ckpt", "last.ckpt"]  # no half-written file, no temporary
+    for name in files:  # whole: they load
+        assert torch.load(run / "checkpoints" / name, map_location="cpu", weights_only=False)["epoch"] == 0
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+
+
+def test_a_full_disk_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_path, monkeypatch, capsys):
+    import cli
+
+    _full_disk_on_save(monkeypatch, after=0)
+    config = tiny_config(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    assert cli.main(["fit", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "the run folder holds no checkpoint to resume" in err, err
+    run = next((tmp_path / "logs" / "tiny").iterdir())
+    assert not list((run / "checkpoints").iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/bin/mount").exists(), reason="mounting a small tmpfs needs root")
+def test_a_real_full_log_disk_is_one_line(tmp_path):
+    """A 600 KB tmpfs: the tiny run's first best checkpoint (400 KB) fits, its last.ckpt does not."""
+    import subprocess
+
+    from conftest import run_cli
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)]).returncode:
+        pytest.skip("no tmpfs mount here (a container without the capability)")
+    try:
+        result = run_cli("fit", "--config", TINY, "--trainer.logger.init_args.save_dir", str(disk / "logs"),
+                         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                         "--trainer.limit_val_batches", "1")  # fmt: skip
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and "No space left on device" in lines[0], result.stderr
+        run = next((disk / "logs" / "tiny").iterdir())
+        assert [p.name for p in (run / "checkpoints").iterdir()] == ["best-epoch000.ckpt"]
+    finally:
+        subprocess.run(["umount", str(disk)])
