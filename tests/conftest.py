@@ -71,6 +71,14 @@ def tiny_config(tmp_path: Path, **trainer) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A real tiny fit's last.ckpt (one short epoch, in this process), shared by a test file's tests."""
+    folder = tmp_path_factory.mktemp("checkpoint")
+    cli_ok("fit", "--config", tiny_config(folder, max_epochs=1, limit_train_batches=2, limit_val_batches=1))
+    return next((folder / "logs").glob("tiny/*/checkpoints/last.ckpt"))
+
+
 def free_port() -> int:
     """A TCP port on the loopback that nothing listens on now (a test server's or a rendezvous's)."""
     with socket.socket() as sock:

@@ -14,10 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, assert_refused, assert_user_error, cli_ok, run_cli, tiny_config
+from conftest import ROOT, assert_refused, assert_user_error, run_cli
 
 TINY = str(ROOT / "configs" / "tiny.yaml")
-SHORT = {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1}
 
 
 @pytest.fixture
@@ -159,14 +158,6 @@ def test_summary_refuses(case, place, capsys):
 @pytest.mark.parametrize("argv", [[], ["fitt"], ["--config", TINY]])
 def test_no_or_an_unknown_command_is_one_line(argv, capsys, tmp_path):
     assert_refused(argv, "command", capsys, tmp_path)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A real tiny fit's last.ckpt (one short epoch, in this process)."""
-    folder = tmp_path_factory.mktemp("checkpoint")
-    cli_ok("fit", "--config", tiny_config(folder, **SHORT))
-    return next((folder / "logs").glob("tiny/*/checkpoints/last.ckpt"))
 
 
 @pytest.mark.parametrize("command", ["fit", "validate", "test", "predict"])

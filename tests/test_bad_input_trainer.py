@@ -141,14 +141,6 @@ def test_a_fit_into_an_existing_run_folder_is_refused(checkpoint, capsys):
     assert_refused(argv, "a run never writes into another run's folder", capsys, run.parent.parent)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A real tiny fit's last.ckpt (one short epoch, in this process)."""
-    folder = tmp_path_factory.mktemp("checkpoint")
-    cli_ok("fit", "--config", tiny_config(folder, **SHORT))
-    return next((folder / "logs").glob("tiny/*/checkpoints/last.ckpt"))
-
-
 # what the fixes make work ----------------------------------------------------------------------------------------
 
 
