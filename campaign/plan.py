@@ -208,9 +208,12 @@ def _check_axes(path: Path, spec: dict[str, Any]) -> None:
         raise ConfigError(f"{path}: train_starts must be a list of dates or null, e.g. [null, '2008-01-01']")
     try:
         days = [None if s is None else iso_date(s) for s in starts]
+    except DataError as err:
+        raise ConfigError(f"{path}: train_starts: {err}") from None
+    try:
         assets = [tuple(tickers_of(p)) for p in pools]
     except DataError as err:
-        raise ConfigError(f"{path}: {'train_starts' if 'split date' in str(err) else 'pools'}: {err}") from None
+        raise ConfigError(f"{path}: pools: {err}") from None
     for axis, values, given in (("pools", assets, pools), ("tiers", tiers, tiers), ("train_starts", days, starts)):
         if len(set(map(str, values))) != len(values):  # compared as they run: ^gspc is GSPC, 2008/01/01 2008-01-01
             raise ConfigError(f"{path}: {axis} repeats a value: {given!r}; each value is one set of cells")

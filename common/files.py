@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # an atomic write's temporary: `.<name>.<8 hex>.tmp`
+CANNOT_WRITE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)  # the disk's doing
 
 
 @contextlib.contextmanager
@@ -56,3 +61,21 @@ def _new_file(path: Path) -> tuple[int, Path]:
         except FileExistsError:
             continue
     raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def disk_error(err: BaseException | None) -> OSError | None:
+    """The OSError behind err (itself, or the error it was raised from or while handling) when the disk refused a
+    write (full, over quota, read-only, no permission); else None."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in CANNOT_WRITE:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporaries that killed atomic writes left in folder (no writer of its own may be running)."""
+    stale = [p for p in Path(folder).glob(".*.tmp") if TEMPORARY.fullmatch(p.name)] if Path(folder).is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

@@ -18,10 +18,9 @@ import numpy as np
 import pandas as pd
 
 from common.errors import DataError
-from common.files import atomic_write_bytes
+from common.files import TEMPORARY, atomic_write_bytes
 
 RAW, PROCESSED = "raw", "processed"
-TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # common/files.py's temporaries: `.<name>.<8 hex>.tmp`
 BUILT = re.compile(r"(?P<ticker>[^/]+)\.dataset\.(?P<tier>[^/]+)/v(?P<version>[0-9]+)/data\.parquet")
 _FIELD_TYPES = {"version": int, "rows": int, "columns": list, "sources": list, "notes": dict}  # the others: str
 

@@ -3,7 +3,6 @@ SQLite locking."""
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import time
@@ -16,13 +15,13 @@ import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from common.errors import ConfigError
+from common.files import disk_error
 from hpo.optuna_private import fail_orphan, stale_trials
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 60.0  # how often a running trial's worker says it is alive (hpo --heartbeat)
 GRACE_MISSED = 5  # a RUNNING trial without a heartbeat for this many intervals belongs to a dead worker
 MAX_RETRIES = 3  # an interrupted trial is queued again at most this often
-CANNOT_WRITE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)  # the disk, not the trial
 SQLITE_CANNOT_WRITE = ("database or disk is full", "readonly database", "disk I/O error")
 
 
@@ -34,13 +33,12 @@ class StudyCannotWrite(ConfigError):
 
 def write_failure(err: BaseException | None) -> str | None:
     """What could not be written, when `err` (or an error behind it) is the disk's doing; else None."""
+    refused = disk_error(err)
+    if refused is not None:
+        return f"cannot write {refused.filename or 'a file'}: {refused.strerror or refused}"
     while err is not None:
-        if isinstance(err, OSError) and err.errno in CANNOT_WRITE:
-            return f"cannot write {err.filename or 'a file'}: {err.strerror or err}"
         if isinstance(err, sqlalchemy.exc.OperationalError) and any(m in str(err) for m in SQLITE_CANNOT_WRITE):
             return f"cannot write the study storage: {' '.join(str(err.orig).split())[:200]}"
-        if isinstance(err, RuntimeError) and "file write failed" in str(err):  # torch.save on a full disk
-            return f"cannot write a checkpoint: {' '.join(str(err).split())[:200]}"
         err = err.__cause__ or err.__context__
     return None
 

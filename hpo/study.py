@@ -250,7 +250,10 @@ def _direction(space: SearchSpace, monitor: str, mode: str) -> str:
 
 
 def _check_trainer(config):
-    """Trials run one device each and log to TensorBoard (one run per trial); the logger's settings."""
+    """Trials run one device each and log to TensorBoard (one run per trial), on settings a fit can run (checked
+    before the storage exists, not by the first trial); the logger's settings."""
+    from training.trainer_checks import check_trainer
+
     trainer = config.trainer
     several = trainer.devices not in (1, "1", "auto") or trainer.num_nodes not in (1, None)
     if any(k in str(trainer.strategy).lower() for k in ("ddp", "fsdp")) or several:
@@ -263,6 +266,7 @@ def _check_trainer(config):
             "hpo was started by torchrun with several processes: each would run a study of its own; run one "
             "hpo worker per device on one storage instead (README: GPUs and trials)"
         )
+    check_trainer(config, "fit")
     logger = trainer.get("logger")
     if not hasattr(logger, "init_args") or not str(logger.class_path).endswith("TensorBoardLogger"):
         raise ConfigError("hpo needs trainer.logger to be the TensorBoardLogger (one run per trial)")

@@ -104,7 +104,6 @@ def test_a_study_started_by_torchrun_on_several_processes(tiny, tmp_path, capsys
 @pytest.mark.parametrize(
     ("callback", "monitor", "fragment"),
     [
-        ("ModelCheckpoint", "val/auc", "the objective (the checkpoint's monitor) 'val/auc' is never logged"),
         ("ModelCheckpoint", "val/IXIC/loss", "'val/IXIC/loss' is never logged"),  # one asset: no per-asset metrics
         ("ModelCheckpoint", "train/loss", "'train/loss' is never logged"),  # an objective is a validation metric
         ("ModelCheckpoint", "val_loss", "use one of val/loss"),  # run.json's spelling, not the logged one

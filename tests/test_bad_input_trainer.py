@@ -50,11 +50,21 @@ CANNOT_RUN = {  # id → (arguments after `fit --config tiny.yaml --trainer.logg
         ["--trainer.accelerator", "cpu", "--trainer.devices", str(CORES + 1)],
         f"this machine has {CORES} CPU core",
     ),  # fmt: skip
-    "devices_far_beyond": (["--trainer.devices", "64"], "this machine has"),
+    "devices_far_beyond": (["--trainer.devices", "10000"], "this machine has"),
     "two_nodes_without_a_launcher": (["--trainer.num_nodes", "2"], "torchrun --nnodes 2"),
     "three_nodes_without_a_launcher": (["--trainer.num_nodes", "3"], "a plain command is one node"),
     "micro_batch_negative": (["--data.batch_size", "-3"], "batch_size"),
+    "seeds_into_one_named_run": (["--seeds", "0,1", "--trainer.logger.init_args.version", "v"], "a run version"),
 }
+
+
+@pytest.fixture(autouse=True)
+def no_launcher(monkeypatch):
+    """These runs are plain commands, even when the suite itself runs under torchrun or SLURM."""
+    from training.trainer_checks import LAUNCHER_VARIABLES
+
+    for variable in LAUNCHER_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
 
 
 @pytest.mark.parametrize("case", CANNOT_RUN)
@@ -105,7 +115,7 @@ def test_a_pooled_runs_asset_metric_is_a_valid_monitor(tmp_path):
         ("test", ["--trainer.limit_test_batches", "0.0"], "limit_test_batches 0"),
         ("predict", ["--trainer.limit_predict_batches", "0"], "limit_predict_batches 0"),
         ("test", ["--trainer.precision", "64-true"], "precision 64-true"),
-        ("validate", ["--trainer.devices", "64"], "this machine has"),
+        ("validate", ["--trainer.devices", "10000"], "this machine has"),
         ("test", ["--model.net.d_model", "64"], "model.net.d_model: checkpoint 32, config 64"),
         ("validate", ["--model.net.n_layers", "3"], "model.net.n_layers: checkpoint 2, config 3"),
         ("predict", ["--model.net.head", "mean"], "model.net.head: checkpoint 'last', config 'mean'"),
@@ -138,7 +148,9 @@ def test_a_fit_into_an_existing_run_folder_is_refused(checkpoint, capsys):
     run = checkpoint.parent.parent
     argv = ["fit", "--config", TINY, "--trainer.logger.init_args.save_dir", str(run.parent.parent),
             "--trainer.logger.init_args.version", run.name]  # fmt: skip
-    assert_refused(argv, "a run never writes into another run's folder", capsys, run.parent.parent)
+    line = assert_refused(argv, "a run never writes into another run's folder", capsys, run.parent.parent)
+    assert f"give --ckpt_path {run}/checkpoints/last.ckpt" in line  # to continue it
+    assert "again --trainer.logger.init_args.version null" in line  # to run its config.yaml (which names it) again
 
 
 # what the fixes make work ----------------------------------------------------------------------------------------
@@ -202,20 +214,31 @@ def test_bf16_mixed_trains_on_cpu(tmp_path):
 
 
 def _full_disk_on_save(monkeypatch, after: int) -> None:
-    """torch.save in the checkpoint writer: the first `after` saves go through, then each writes half and fails as
-    a full disk does (the error names no file)."""
+    """The checkpoint writer's file fills the disk: the first `after` saves go through, then each write after 1000
+    bytes fails as a full disk's does (an OSError naming no file, which torch's zip writer buries under its own
+    RuntimeError when it closes)."""
     import errno
 
     import training.checkpoint_io as io
 
     real, calls = io.torch.save, []
 
+    class FullDisk:
+        def __init__(self, f) -> None:
+            self.f, self.written = f, 0
+
+        def write(self, data) -> int:
+            self.written += len(data)
+            if self.written > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
+        def flush(self) -> None:
+            self.f.flush()
+
     def save(obj, f, *args, **kwargs) -> None:
         calls.append(1)
-        if len(calls) <= after:
-            return real(obj, f, *args, **kwargs)
-        f.write(b"\0" * 1000)
-        raise OSError(errno.ENOSPC, "No space left on device")
+        real(obj, f if len(calls) <= after else FullDisk(f), *args, **kwargs)
 
     monkeypatch.setattr(io.torch, "save", save)
 
@@ -275,3 +298,41 @@ def test_a_real_full_log_disk_is_one_line(tmp_path):
         assert [p.name for p in (run / "checkpoints").iterdir()] == ["best-epoch000.ckpt"]
     finally:
         subprocess.run(["umount", str(disk)])
+
+
+def test_another_rank_claims_nothing(tmp_path, monkeypatch):
+    """Under DDP every rank parses the command; rank 0 claims the run folder, the others take the name and make
+    nothing (Lightning hands rank 0's checkpoint folder to every rank)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from training.run_setup import claim_folder
+
+    (tmp_path / "logs" / "tiny" / "v").mkdir(parents=True)  # rank 0's, made a moment before
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    assert claim_folder(tmp_path / "logs" / "tiny", "v", numbered=False) == ("v", [])
+    assert claim_folder(tmp_path / "logs" / "new", "20261206-120000-h1-s0") == ("20261206-120000-h1-s0", [])
+    assert not (tmp_path / "logs" / "new").exists()
+
+
+def test_an_unset_precision_is_lightnings_32_true(tmp_path):
+    from training.lightning_cli import parse_fit_config
+    from training.trainer_checks import check_trainer
+
+    config = yaml.safe_load(Path(TINY).read_text())
+    del config["trainer"]["precision"]
+    (tmp_path / "no_precision.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    check_trainer(parse_fit_config(["--config", str(tmp_path / "no_precision.yaml")]), "fit")
+
+
+def test_a_checkpoint_from_before_a_setting_existed_is_the_same_model(checkpoint, tmp_path):
+    """A setting added to the model since the checkpoint was written (its default in the config) is no difference."""
+    import torch
+
+    from training.lightning_cli import parse_fit_config
+    from training.run_setup import check_checkpoint
+
+    older = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    del older["hyper_parameters"]["net"]["head"], older["hyper_parameters"]["optim"]["decay_epochs"]
+    torch.save(older, tmp_path / "older.ckpt")
+    for command in ("fit", "test"):
+        check_checkpoint(tmp_path / "older.ckpt", parse_fit_config(["--config", TINY]), command)

@@ -203,8 +203,8 @@ def test_the_processes_of_one_machine_share_its_memory_but_not_a_gpu_s():
 
 
 class TornWrites(AtomicCheckpointIO):
-    """The fit's checkpoint writer; of every checkpoint after the first, half is written, then the write fails as a
-    process killed (or a disk full) mid-write."""
+    """The fit's checkpoint writer; of every checkpoint after the first, half is written, then the write fails
+    (a full disk). A kill mid-write leaves the temporary too, which the next fit of the run removes."""
 
     def __init__(self) -> None:
         self.saves = 0

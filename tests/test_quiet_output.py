@@ -18,7 +18,10 @@ def test_a_piped_fit_and_its_resume_write_nothing_on_stderr_and_one_line_per_epo
     bar = [line for line in first.stdout.splitlines() if line.startswith("Epoch 0/0")]
     assert len(bar) == 1 and "val/loss" in bar[0] and "val/auroc" in bar[0], first.stdout[-3000:]  # not wrapped
     last = next((tmp_path / "logs" / "tiny").glob("*/checkpoints/last.ckpt"))
+    killed = last.with_name(".last.ckpt.0badcafe.tmp")  # what a kill -9 during a save leaves
+    killed.write_bytes(b"half a checkpoint")
     resumed = run_cli("fit", "--config", config, "--trainer.max_epochs", "2", "--ckpt_path", str(last), *SHORT)
+    assert not killed.exists()  # removed when the run resumed
     # Lightning warned here that the checkpoint folder exists and is not empty
     assert resumed.returncode == 0 and resumed.stderr == "", resumed.stderr[-2000:]
     assert "fit finished: max_epochs (2) reached" in resumed.stdout

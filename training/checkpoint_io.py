@@ -3,7 +3,8 @@
 Lightning's TorchCheckpointIO saves through a temporary file in the system's temp folder and then a move, which is
 a copy when that folder is on another file system: a full log disk left a truncated best checkpoint that `test`
 then refused (issue 28). This writes beside the target and renames (common/files.atomic_writer): a full disk or a
-kill during the write leaves the previous checkpoint, or none, and never half of one.
+kill during the write leaves the previous checkpoint, or none, and never half of one. Every run of the CLI gets it
+(`atomic_checkpoints`), in place of Lightning's default writer, whatever `trainer.plugins` the config lists.
 """
 
 from __future__ import annotations
@@ -31,3 +32,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 cause = err.__context__
                 raise OSError(cause.errno, cause.strerror, str(path)) from None
             raise
+
+
+def atomic_checkpoints(trainer) -> None:
+    """Give the trainer's strategy this writer where it would use Lightning's plain one (a config's own CheckpointIO
+    plugin is kept)."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()

@@ -6,7 +6,6 @@ import argparse
 import logging
 import sys
 import typing
-import warnings
 from pathlib import Path
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -14,7 +13,10 @@ from lightning.pytorch.cli import LightningCLI
 from omegaconf.errors import OmegaConfBaseException
 
 from common.errors import ConfigError, DataError
+from common.files import disk_error, remove_temporaries
 from sizing.run_size import preflight
+from training.checkpoint_io import atomic_checkpoints
+from training.lightning_output import quiet_lightning
 from training.run_setup import (
     _one_line,
     _root_data_error,
@@ -110,12 +112,15 @@ class FinscaleCLI(LightningCLI):
         self.run_dir = run_folder(config)
 
     def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand == "fit" and self.run_dir is not None:  # a resumed run: what a killed save left is stale
+            remove_temporaries(self.run_dir / "checkpoints")
         try:
             super()._run_subcommand(subcommand)
         except (*USER_ERRORS, ValueError, OSError) as err:
             trained = self.trainer.fit_loop.epoch_loop.batch_progress.total.completed > 0
-            if subcommand == "fit" and trained and isinstance(err, OSError) and err.filename is not None:
-                raise OSError(err.errno, f"{err.strerror}; {self._kept()}", err.filename) from None  # a full disk
+            refused = disk_error(err) if subcommand == "fit" and trained else None
+            if refused is not None and refused.filename is not None:  # a full disk: one line, and what was kept
+                raise OSError(refused.errno, f"{refused.strerror}; {self._kept()}", refused.filename) from None
             if subcommand == "fit" and trained or isinstance(err, OSError) and err.filename is None:
                 raise  # a failure during training is not a refused setting: keep the run and the traceback
             _remove_created(self.created)  # refused before the first step (Lightning checks some settings late)
@@ -125,8 +130,10 @@ class FinscaleCLI(LightningCLI):
 
     def _kept(self) -> str:
         """What a fit that failed to write keeps (its checkpoints are written whole or not at all)."""
-        last = self.run_dir / "checkpoints" / "last.ckpt" if self.run_dir else None
-        if last is None or not last.is_file():
+        from callbacks.last_checkpoint import LAST, checkpoint_dir
+
+        last = checkpoint_dir(self.trainer) / LAST
+        if not last.is_file():
             return "the run folder holds no checkpoint to resume"
         return f"the run is kept: once there is room, resume it with --ckpt_path {last}"
 
@@ -141,6 +148,7 @@ class FinscaleCLI(LightningCLI):
         except BaseException:
             _remove_created(self.created)
             raise
+        atomic_checkpoints(self.trainer)
 
 
 def _trainer_defaults(extra_callbacks: list | None = None, record=None) -> dict:
@@ -155,9 +163,8 @@ def _trainer_defaults(extra_callbacks: list | None = None, record=None) -> dict:
     callbacks = [record, ParameterSummary(), ThroughputCallback(), DivergenceGuard(), PredictionWriter(),
                  FitSummaryCallback()]  # fmt: skip
     # every run has these (configs list the ones a run may change or leave out); ParameterSummary replaces
-    # Lightning's model summary (rounded counts, "Total FLOPs: 0"); checkpoints are written whole or not at all
-    return {"callbacks": [*callbacks, *(extra_callbacks or [])], "enable_model_summary": False,
-            "plugins": [{"class_path": "training.checkpoint_io.AtomicCheckpointIO"}]}  # fmt: skip
+    # Lightning's model summary (rounded counts, "Total FLOPs: 0")
+    return {"callbacks": [*callbacks, *(extra_callbacks or [])], "enable_model_summary": False}
 
 
 def _remove_created(folders: list[Path]) -> None:
@@ -178,41 +185,6 @@ def snake_options(argv: list[str]) -> list[str]:
             if a.startswith("--") else a for a in argv]  # fmt: skip
 
 
-LIGHTNING_NOISE = (  # Lightning's lines that say nothing about this run (fit's closing summary says why it ended)
-    "💡 Tip",
-    "Loading `train_dataloader` to estimate",
-    "`Trainer.fit` stopped",
-    "GPU available: False",  # "GPU available: True, used: False" stays: that one a user can act on
-    "TPU available: ",
-    "HPU available: ",
-)
-LIGHTNING_WARNINGS = (  # Lightning's warnings about what finscale does on purpose: nothing a user can act on
-    ".*smaller than the logging interval",  # a short epoch: epoch metrics are logged regardless
-    ".*Checkpoint directory .* exists and is not empty",  # every resume and continued trial
-    ".*dirpath has changed",  # a resumed run's checkpoint folder, moved with its run
-    ".*is not supported by the model summary",  # mixed precision; finscale prints its own parameter table
-)
-
-
-def _without_noise(record: logging.LogRecord) -> bool:
-    return not any(text in record.getMessage() for text in LIGHTNING_NOISE)
-
-
-def _quiet_lightning() -> None:
-    logging.getLogger("lightning").handlers.clear()  # its stderr handler would double every line; root prints
-    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if _without_noise not in rank_zero.filters:
-        rank_zero.addFilter(_without_noise)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own deprecation noise
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # we pass argv on purpose
-    # DDP: epoch metrics come from torchmetrics, which syncs its states across ranks itself, and throughput is
-    # already the global figure; Lightning suggests sync_dist for every value logged at epoch level regardless
-    warnings.filterwarnings("ignore", message=".*sync_dist=True.* in distributed setting")
-    warnings.filterwarnings("ignore", message=".*all_gather is deprecated")  # Lightning's own call
-    for message in LIGHTNING_WARNINGS:
-        warnings.filterwarnings("ignore", message=message)
-
-
 PARSER_KWARGS = {"parser_mode": "omegaconf", "exit_on_error": False}
 
 
@@ -225,7 +197,7 @@ def run_lightning(argv: list[str], extra_callbacks: list | None = None, record=N
     from lightning_modules.forecaster import Forecaster
 
     argv = check_config_files(snake_options(argv))
-    _quiet_lightning()
+    quiet_lightning()
     return FinscaleCLI(
         Forecaster,
         MarketDataModule,
@@ -249,9 +221,11 @@ def seed_list(argv: list[str]) -> tuple[list[str], list[int | None]]:
         seeds = [int(s) for s in value.split(",")]
     except ValueError:
         raise ConfigError(f"--seeds takes a comma-separated list of integers (e.g. 0,1,2), got {value!r}") from None
-    fixed = any(a.split("=", 1)[0] in ("--seed_everything", "--ckpt_path") for a in rest)
+    fixed = any(a.split("=", 1)[0] in ("--seed_everything", "--ckpt_path", "--trainer.logger.init_args.version")
+                for a in rest)  # fmt: skip
     if rest[0] != "fit" or fixed or len(set(seeds)) != len(seeds):
-        raise ConfigError("--seeds goes with `fit`, without --seed_everything or --ckpt_path, and names each seed once")
+        raise ConfigError("--seeds goes with `fit`, without --seed_everything, --ckpt_path or a run version (each "
+                          "seed is its own run), and names each seed once")  # fmt: skip
     return rest, seeds
 
 
@@ -276,7 +250,7 @@ def parse_fit_config(argv: list[str]):
     from lightning_modules.forecaster import Forecaster
 
     argv = check_config_files(snake_options(argv))
-    _quiet_lightning()
+    quiet_lightning()
 
     class ParseOnly(FinscaleCLI):
         def before_instantiate_classes(self) -> None:  # no pre-flight, no run directory
@@ -301,7 +275,7 @@ def run_summary(argv: list[str]) -> int:
     from sizing.run_size import summary_table
 
     argv = check_config_files(snake_options(argv))
-    _quiet_lightning()
+    quiet_lightning()
 
     class SummaryCLI(FinscaleCLI):
         def before_instantiate_classes(self) -> None:

@@ -23,7 +23,7 @@ def size_from_config(config):
 
     data, trainer = config.data, config.trainer
     n_channels = len(input_columns(data.tier, data.features, data.tickers, data.asset_channels))
-    gpu = str(trainer.accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    gpu = on_gpu(trainer)
     devices = trainer.devices
     count = (torch.cuda.device_count() if gpu else 1) if devices in ("auto", -1, "-1") else devices
     count = len(count) if isinstance(count, list) else int(count)
@@ -41,6 +41,14 @@ def size_from_config(config):
     if memory_limit is not None:
         available, where = memory_limit, f"{where} (--memory_limit)"
     return size, available, where
+
+
+def on_gpu(trainer) -> bool:
+    """The run trains on CUDA GPUs: asked for, or `auto` where one is."""
+    import torch
+
+    accelerator = str(trainer.accelerator).lower()
+    return accelerator in ("gpu", "cuda") or accelerator == "auto" and torch.cuda.is_available()
 
 
 def _root_data_error(err: BaseException | None) -> DataError | None:
@@ -86,10 +94,6 @@ def name_run(subcommand: str, config) -> list[Path]:
     experiment = Path(args.save_dir or "logs") / (args.name or "")
     check_writable(experiment)
     if args.version:  # named by the user (or an hpo trial): a new folder, never another run's
-        if (experiment / str(args.version)).exists():
-            raise ConfigError(f"{experiment / str(args.version)} exists: a run never writes into another run's folder; "
-                              f"to continue that fit give --ckpt_path {experiment / str(args.version)}/checkpoints/"
-                              "last.ckpt")  # fmt: skip
         return claim_folder(experiment, str(args.version), numbered=False)[1]
     base = f"{subcommand}-{stamp}"
     if subcommand == "fit":
@@ -114,7 +118,9 @@ def claim_folder(parent: Path, base: str, numbered: bool = True) -> tuple[str, l
             (parent / name).mkdir()
         except FileExistsError:
             if not numbered:
-                raise ConfigError(f"{parent / name} exists: another run took it") from None
+                raise ConfigError(f"{parent / name} exists: a run never writes into another run's folder; to continue "
+                                  f"that fit give --ckpt_path {parent / name}/checkpoints/last.ckpt, to run its config "
+                                  "again --trainer.logger.init_args.version null") from None  # fmt: skip
             continue
         return name, [parent / name, *missing]
     raise ConfigError(f"{parent}: no free run name after {base}-999")
@@ -219,20 +225,19 @@ def check_checkpoint(path: Path, config, subcommand: str) -> None:
                           "config.yaml or matching overrides")  # fmt: skip
     trained = loaded.get("hyper_parameters", {})
     for key in MODEL_KEYS if subcommand == "fit" else ("net",):
-        saved, configured = _plain(trained.get(key)), _plain(config.model.get(key))
-        if key in trained and saved != configured:
-            where = _first_difference(saved, configured)
-            if where is not None:
-                key, saved, configured = f"{key}.{where}", saved.get(where), configured.get(where)
-            raise ConfigError(f"{path} is another model (model.{key}: checkpoint {saved!r}, config {configured!r}); "
-                              "use that run's config.yaml (in its folder) or matching overrides")  # fmt: skip
+        difference = _first_difference(f"model.{key}", _plain(trained.get(key)), _plain(config.model.get(key)))
+        if key in trained and difference:
+            raise ConfigError(f"{path} is another model ({difference}); use that run's config.yaml (in its folder) "
+                              "or matching overrides")  # fmt: skip
 
 
-def _first_difference(saved, current) -> str | None:
-    """The first key whose values differ, when both are mappings."""
-    if not isinstance(saved, dict) or not isinstance(current, dict):
-        return None
-    return next((k for k in saved if saved.get(k) != current.get(k)), None)
+def _first_difference(name: str, saved, configured) -> str | None:
+    """`name.key: checkpoint …, config …` for the first setting the checkpoint holds that the config sets otherwise
+    (a setting added since the checkpoint was written is not a difference), or None."""
+    if isinstance(saved, dict) and isinstance(configured, dict):
+        return next((f"{name}.{k}: checkpoint {v!r}, config {configured.get(k)!r}" for k, v in saved.items()
+                     if k in configured and v != configured[k]), None)  # fmt: skip
+    return None if saved == configured else f"{name}: checkpoint {saved!r}, config {configured!r}"
 
 
 def current_data_keys(data: dict) -> dict:

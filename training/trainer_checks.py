@@ -12,12 +12,15 @@ import os
 
 from common.errors import ConfigError
 from common.metric_names import logged_names
+from training.run_setup import on_gpu
 
 PRECISIONS = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}  # Lightning's short forms
 TRAINABLE = ("32-true", "bf16-mixed", "16-mixed")  # float32 weights; inputs stay float32 (mixed: autocast)
 STAGE_LIMIT = {"fit": "limit_val_batches", "validate": "limit_val_batches", "test": "limit_test_batches",
                "predict": "limit_predict_batches"}  # fmt: skip
-LAUNCHER_VARIABLES = ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")  # set by a launcher
+LAUNCHER_VARIABLES = ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")  # a launcher's process count
+OTHER_LOGGED = ("train/loss_step", "train/lr", "perf/samples_per_s", "perf/model_flops_per_s", "memory/peak_bytes",
+                "epoch", "step")  # the forecaster's step values, ThroughputCallback's, and Lightning's own  # fmt: skip
 
 
 def check_trainer(config, subcommand: str) -> None:
@@ -39,20 +42,14 @@ def _zero(value) -> bool:
     return value is not None and float(value) == 0
 
 
-def _on_gpu(trainer) -> bool:
-    import torch
-
-    accelerator = str(trainer.accelerator).lower()
-    return accelerator in ("gpu", "cuda") or accelerator == "auto" and torch.cuda.is_available()
-
-
 def _check_devices(trainer) -> None:
-    """No more devices than the machine has (on CPU each device is a process), and several nodes only under a
-    launcher that starts one process per node (a plain command waits for the others for ever)."""
+    """No more devices than the machine has (on CPU each device is a training process: more than the cores this
+    process may use only multiply memory and contend, as 64 on 2 cores took 18 GB and hung), and several nodes only
+    under a launcher that starts a process per node at least (a plain command waits for the others for ever)."""
     import torch
 
-    gpu = _on_gpu(trainer)
-    have = torch.cuda.device_count() if gpu else os.cpu_count() or 1
+    gpu = on_gpu(trainer)
+    have = torch.cuda.device_count() if gpu else len(os.sched_getaffinity(0))  # the cores this process may use
     what = f"{have} GPU(s)" if gpu else f"{have} CPU core(s), and each CPU device is a training process"
     devices = trainer.devices
     if isinstance(devices, list | tuple):
@@ -62,18 +59,19 @@ def _check_devices(trainer) -> None:
     elif str(devices).lstrip("-").isdigit() and int(devices) > have:
         raise ConfigError(f"trainer.devices {devices}: this machine has {what}; use at most {have}")
     nodes = int(trainer.get("num_nodes") or 1)
-    if nodes > 1 and not any(os.environ.get(v) for v in LAUNCHER_VARIABLES):
+    counts = [os.environ.get(v, "") for v in LAUNCHER_VARIABLES]
+    if nodes > 1 and max((int(c) for c in counts if c.isdigit()), default=0) < nodes:  # each node, a process at least
         raise ConfigError(f"trainer.num_nodes {nodes}: each node's process is started by a launcher (torchrun "
                           f"--nnodes {nodes} … cli.py fit …, or SLURM's srun); a plain command is one "
                           "node")  # fmt: skip
 
 
 def _check_precision(trainer) -> None:
-    precision = PRECISIONS.get(str(trainer.precision), str(trainer.precision))
+    precision = PRECISIONS.get(str(trainer.precision or "32"), str(trainer.precision))  # None: Lightning's 32-true
     if precision not in TRAINABLE:
         raise ConfigError(f"trainer.precision {precision}: finscale trains float32 weights on float32 inputs; use "
                           "32-true, or bf16-mixed / 16-mixed (autocast)")  # fmt: skip
-    if precision == "16-mixed" and not _on_gpu(trainer):
+    if precision == "16-mixed" and not on_gpu(trainer):
         raise ConfigError("trainer.precision 16-mixed needs a GPU (CPUs autocast to bf16 only); on CPU use 32-true")
 
 
@@ -132,7 +130,7 @@ def check_monitors(config, objective=None) -> None:
     validation = logged_names("val", tickers_of(config.data.tickers))
     for callback in config.trainer.get("callbacks") or []:
         monitor = callback.init_args.get("monitor") if hasattr(callback, "init_args") else None
-        known = validation if callback is objective else [*validation, *logged_names("train")]
+        known = validation if callback is objective else [*validation, *logged_names("train"), *OTHER_LOGGED]
         if monitor is not None and monitor not in known:
             what = "the objective (the checkpoint's monitor)" if callback is objective else "its monitor"
             names = ", ".join(logged_names("val"))
