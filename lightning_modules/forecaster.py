@@ -290,11 +290,20 @@ class Forecaster(pl.LightningModule):
     def _mixed_precision(self) -> bool:
         return self._trainer is not None and str(self._trainer.precision).endswith("-mixed")
 
+    def parameter_groups(self) -> list[dict]:
+        """AdamW's groups: weight decay on matrices only, and each group's learning rate times its kind's multiplier
+        (1 everywhere under the standard parametrization; 1/width_mult for hidden weights under µP). The first
+        group holds the matrices at the base learning rate (logged as train/lr)."""
+        kinds, cfg = self.net.parameter_kinds(), self.net.cfg
+        groups: dict[tuple[bool, float], list] = {(True, 1.0): [], (False, 1.0): []}
+        for name, parameter in self.net.named_parameters():
+            groups.setdefault((parameter.dim() >= 2, cfg.lr_mult(kinds[name])), []).append(parameter)
+        return [{"params": params, "weight_decay": self.optim_cfg.weight_decay if decay else 0.0,
+                 "lr": self.optim_cfg.lr * mult} for (decay, mult), params in groups.items() if params]  # fmt: skip
+
     def configure_optimizers(self):
-        decay = [p for p in self.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.parameters() if p.dim() < 2]
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.optim_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            self.parameter_groups(),
             lr=self.optim_cfg.lr,
             betas=tuple(self.optim_cfg.betas),
             # one kernel for all parameters: the same update, faster. Not under mixed precision, where Lightning

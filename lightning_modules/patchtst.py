@@ -15,15 +15,13 @@ that the transformer can be started as, and learn what it adds to, a logistic re
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
 from lightning_modules import cpu_kernels
-from lightning_modules.patchtst_config import CHANNEL_MODES, HEADS, PatchTSTConfig  # noqa: F401 (re-exported)
+from lightning_modules.patchtst_config import CHANNEL_MODES, HEADS, INIT_STD, PatchTSTConfig  # noqa: F401 (re-exported)
 
 
 class RevIN(nn.Module):
@@ -88,12 +86,14 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
-    """softmax(q·kᵀ / √d) · v with dropout p on the weights; (B', H, T, d) each. On CPU with dropout, torch's
-    fused kernel is not used (its math path draws a Bernoulli mask per weight): the same maths with `dropout`."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float, scale: float | None = None) -> torch.Tensor:
+    """softmax(q·kᵀ · scale) · v with dropout p on the weights; (B', H, T, d) each; scale 1/√d unless given. On
+    CPU with dropout, torch's fused kernel is not used (its math path draws a Bernoulli mask per weight): the same
+    maths with `dropout`."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
     if p == 0.0 or q.device.type != "cpu":
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=p)
-    weights = torch.softmax(q @ k.transpose(-2, -1) * (q.shape[-1] ** -0.5), dim=-1)  # (B', H, T, T)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=scale)
+    weights = torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1)  # (B', H, T, T)
     return dropout(weights, p, True) @ v
 
 
@@ -102,7 +102,7 @@ class EncoderLayer(nn.Module):
 
     def __init__(self, cfg: PatchTSTConfig):
         super().__init__()
-        self.n_heads, self.attn_dropout = cfg.n_heads, cfg.attn_dropout
+        self.n_heads, self.attn_dropout, self.scale = cfg.n_heads, cfg.attn_dropout, cfg.attention_scale
         self.norm1 = nn.LayerNorm(cfg.d_model)
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
@@ -116,7 +116,7 @@ class EncoderLayer(nn.Module):
         q, k, v = self.qkv(self.norm1(x)).split(d, dim=-1)  # 3 × (B', T, D)
         q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))  # (B', H, T, D/H)
         p = self.attn_dropout if self.training else 0.0
-        a = attention(q, k, v, p)  # (B', H, T, D/H)
+        a = attention(q, k, v, p, self.scale)  # (B', H, T, D/H)
         x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, t, d)))  # (B', T, D)
         return x + self.drop(self.ff_out(self.drop(F.gelu(self.ff_in(self.norm2(x))))))  # (B', T, D)
 
@@ -142,16 +142,29 @@ class PatchTST(nn.Module):
         self.skip = nn.Linear(n_channels, 1) if cfg.linear_skip else None
         self._init_weights()
 
+    @torch.no_grad()
     def _init_weights(self) -> None:
-        """GPT-2 style: N(0, 0.02) weights, zero biases, residual projections scaled by 1/√(2·n_layers)."""
+        """GPT-2 style: N(0, 0.02) weights, zero biases, residual projections scaled by 1/√(2·n_layers); under µP
+        hidden weights scaled by 1/√width_mult as well (`PatchTSTConfig.init_std`). The draws come in the order
+        they always did, so a seed gives the standard parametrization the same start as before µP existed."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.02)
+                nn.init.normal_(module.weight, std=INIT_STD)
                 nn.init.zeros_(module.bias)
-        nn.init.normal_(self.pos, std=0.02)
+        nn.init.normal_(self.pos, std=INIT_STD)
         for layer in self.layers:
+            for hidden in (layer.qkv, layer.ff_in):
+                hidden.weight.mul_(self.cfg.init_std("hidden") / INIT_STD)  # exactly 1 without µP
             for residual_out in (layer.proj, layer.ff_out):
-                nn.init.normal_(residual_out.weight, std=0.02 / math.sqrt(2 * self.cfg.n_layers))
+                nn.init.normal_(residual_out.weight, std=self.cfg.init_std("residual"))
+
+    def parameter_kinds(self) -> dict[str, str]:
+        """Each parameter's name → what it is to the width (patchtst_config.KINDS): its init and learning rate."""
+        kinds = {"embed.weight": "input", "head.weight": "output", "skip.weight": "linear"}
+        for i in range(len(self.layers)):
+            kinds |= {f"layers.{i}.{n}.weight": "hidden" for n in ("qkv", "ff_in")}
+            kinds |= {f"layers.{i}.{n}.weight": "residual" for n in ("proj", "ff_out")}
+        return {name: kinds.get(name, "vector") for name, _ in self.named_parameters()}
 
     @torch.no_grad()
     def start_as_linear(self, weight, bias: float) -> None:
@@ -186,7 +199,7 @@ class PatchTST(nn.Module):
             pooled = z.flatten(1)  # (B, N·D)
         else:
             pooled = z[:, -1] if self.cfg.head == "last" else z.mean(dim=1)  # (B, D)
-        logits = self.head(self.head_drop(pooled)).squeeze(-1)  # (B,)
+        logits = self.head(self.head_drop(pooled)).squeeze(-1) * self.cfg.output_mult  # (B,)
         if self.skip is not None:
             logits = logits + self.skip(last_day).squeeze(-1)  # (B,)
         return logits

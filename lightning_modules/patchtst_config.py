@@ -5,10 +5,21 @@ The sizing code (parameter counts, budgets) and `cli.py data list` read it witho
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 CHANNEL_MODES = ("mixing", "independent")
 HEADS = ("flatten", "last", "mean")  # how the head pools the N tokens: all N·D values, the last token, the mean
+INIT_STD = 0.02  # GPT-2's weight init at the base width
+# What each weight is to the width (µP's table for Adam, Yang et al. 2022, Tensor Programs V, table 3):
+KINDS = {
+    "input": "embedding of the patches (fan-in fixed by the data)",
+    "hidden": "attention q/k/v and the feed-forward input (width × width)",
+    "residual": "the projections back into the residual stream (width × width, scaled by depth)",
+    "output": "the classification head (fan-in grows with the width; its output fixed)",
+    "vector": "biases, layer norms and the position embedding",
+    "linear": "the linear path from the last day's features (no width)",
+}
 
 
 @dataclass
@@ -31,6 +42,9 @@ class PatchTSTConfig:
         revin: per-sample, per-channel instance normalisation with a learned affine.
         head: how the head pools the N tokens: "flatten" (N·D values), "last" (the last token) or "mean".
         linear_skip: add a linear map from the last day's C features (before RevIN) to the logit.
+        mup_base_width: null: the standard parametrization. A width (d_model) the shapes are measured against: the
+            Maximal Update Parametrization for Adam relative to it (`width_mult`, `init_std`, `lr_mult`,
+            `output_mult`, `attention_scale`), so that a learning rate tuned at the base width transfers.
     """
 
     patch_length: int = 16
@@ -46,6 +60,7 @@ class PatchTSTConfig:
     revin: bool = False
     head: str = "last"
     linear_skip: bool = True
+    mup_base_width: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("patch_length", "patch_stride", "d_model", "n_heads", "n_layers", "d_ff"):
@@ -64,6 +79,42 @@ class PatchTSTConfig:
             )
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.mup_base_width is not None and (self.mup_base_width < 1 or self.mup_base_width % self.n_heads):
+            raise ValueError(f"mup_base_width must be a width ≥ 1 that n_heads {self.n_heads} divides (or null), "
+                             f"got {self.mup_base_width}")  # fmt: skip
+
+    # the parametrization: identical to the standard one at the base width, and wherever mup_base_width is null
+
+    @property
+    def width_mult(self) -> float:
+        """d_model / mup_base_width (1 under the standard parametrization)."""
+        return self.d_model / self.mup_base_width if self.mup_base_width else 1.0
+
+    def init_std(self, kind: str) -> float:
+        """The weights' initial standard deviation (biases start at 0, norms at 1): hidden weights shrink as
+        1/√width_mult (variance 1/fan-in); the rest keep the base width's."""
+        depth = 1 / math.sqrt(2 * self.n_layers) if kind == "residual" else 1.0  # GPT-2's residual scaling
+        width = 1 / math.sqrt(self.width_mult) if kind in ("hidden", "residual") else 1.0
+        return INIT_STD * depth * width
+
+    def lr_mult(self, kind: str) -> float:
+        """The learning rate's multiplier: hidden weights 1/width_mult (Adam's update is O(1) per coordinate, and a
+        width × width matrix sums width of them), every other parameter 1."""
+        return 1 / self.width_mult if kind in ("hidden", "residual") else 1.0
+
+    @property
+    def output_mult(self) -> float:
+        """The head's output multiplier, 1/width_mult: its input's coordinates move O(1), and it sums width of them."""
+        return 1 / self.width_mult
+
+    @property
+    def attention_scale(self) -> float:
+        """q·k scale: 1/√d_head (standard); 1/d_head under µP (q and k become correlated as training goes), times
+        √(base d_head) so that it equals the standard one at the base width."""
+        head = self.d_model // self.n_heads
+        if not self.mup_base_width:
+            return head**-0.5
+        return math.sqrt(self.mup_base_width // self.n_heads) / head
 
     def n_patches(self, context_length: int) -> int:
         """N = (L − P) // S + 1; raises if a single patch does not fit the context."""

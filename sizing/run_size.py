@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from rich.table import Table
 
 from common.errors import MemoryPreflightError
-from lightning_modules.patchtst import PatchTSTConfig
+from lightning_modules.patchtst_config import KINDS, PatchTSTConfig
 from sizing.accounting import forward_flops_per_sample, parameter_count, training_flops_per_sample
 from sizing.budget import BUDGETS, balanced
 from sizing.memory import GiB, MemoryEstimate, estimate_training_memory
@@ -95,10 +95,24 @@ def preflight(size: RunSize, available: int, where: str) -> None:
     )
 
 
+def parametrization_rows(cfg, lr: float) -> list[tuple[str, str]]:
+    """The parametrization, and each kind of parameter's AdamW learning rate and initial standard deviation."""
+    if cfg.mup_base_width:
+        name = (f"µP for Adam, base width {cfg.mup_base_width} (width ×{cfg.width_mult:g}): attention × "
+                f"{cfg.attention_scale:.4g} (1/d_head·√base d_head), head output ×{cfg.output_mult:g}")  # fmt: skip
+    else:
+        name = f"standard (mup_base_width: null): attention × {cfg.attention_scale:.4g} (1/√d_head)"
+    kinds = [k for k in KINDS if k != "linear" or cfg.linear_skip]
+    init = {k: f"init std {cfg.init_std(k):.3g}" for k in kinds} | {"vector": "biases 0, norms 1, positions 0.02"}
+    groups = "; ".join(f"{k}: lr {lr * cfg.lr_mult(k):.3g}, {init[k]}" for k in kinds)
+    return [("parametrization", name), ("learning rate, init", groups)]
+
+
 def summary_table(
-    size: RunSize, available: int, where: str, title: str, by_tier: dict[str, int] | None = None
+    size: RunSize, available: int, where: str, title: str, by_tier: dict[str, int] | None = None, lr: float = 3e-4
 ) -> Table:
-    """The sizing of one run; by_tier (tier → channel count) adds what the same shape counts on each tier."""
+    """The sizing of one run; by_tier (tier → channel count) adds what the same shape counts on each tier; lr (the
+    config's) gives each kind of parameter's learning rate."""
     cfg, m = size.cfg, size.memory
     table = Table(title=title, show_header=False)
     table.add_column("what", style="bold")
@@ -114,6 +128,7 @@ def summary_table(
         ("input", f"{size.context_length} days × {size.n_channels} channels → {n} patches of {cfg.patch_length} "
                   f"(stride {cfg.patch_stride}, ending on the last day{dropped}), {tokens} tokens per sample"),
         ("parameters", f"{size.n_params:,} ({size.n_params / BUDGETS[size.budget] - 1:+.1%} vs {size.budget})"),
+        *parametrization_rows(cfg, lr),
         ("FLOPs per sample", f"forward {size.forward_flops / 1e6:,.1f} M, training {size.train_flops / 1e6:,.1f} M"),
         ("precision, micro-batch", f"{size.precision}, {size.micro_batch}"
                                    + (f", sharded over {size.shards} devices" if size.shards > 1 else "")),

@@ -283,7 +283,7 @@ def run_summary(argv: list[str]) -> int:
             title = f"{argv[argv.index('--config') + 1] if '--config' in argv else 'config'}: {size.budget} budget"
             extra = len(tickers_of(self.config.data.tickers)) if self.config.data.asset_channels else 0
             by_tier = {tier: len(columns) + extra for tier, columns in TIERS.items()}
-            table = summary_table(size, available, where, title, by_tier)
+            table = summary_table(size, available, where, title, by_tier, float(self.config.model.optim.lr))
             Console(width=None if sys.stdout.isatty() else 150).print(table)
 
         def instantiate_classes(self) -> None:  # nothing is built
