@@ -116,7 +116,8 @@ def summary(rows: list[dict]) -> str:
     best: dict[str, list[float]] = {}
     for shape in sorted(means):
         by_lr = {lr: sum(v) / len(v) for lr, v in means[shape].items() if all(math.isfinite(x) for x in v)}
-        top = min(by_lr, key=by_lr.get) if by_lr else math.nan
+        complete = len(means[shape]) == len(lrs)  # a shape's best learning rate only once all were tried
+        top = min(by_lr, key=by_lr.get) if by_lr and complete else math.nan
         best.setdefault(shape[0], []).append(top)
         cells = [f"{by_lr[lr]:.4f}" if lr in by_lr else "–" for lr in lrs]
         lines.append(f"| {shape[0]} | {shape[1]} × {shape[2]} | " + " | ".join(cells) + f" | {top:g} |")
