@@ -1,4 +1,7 @@
-"""`--export-best FILE`: the study's best trial as a fit config that `cli.py fit --config FILE` trains."""
+"""`--export-best FILE`: the study's best trial as a fit config that `cli.py fit --config FILE` trains, and beside
+it `<FILE stem>.transfer.yaml`, the trial's settings that do not depend on the model's size, as an overlay that
+`cli.py fit --config configs/20M.yaml --config <stem>.transfer.yaml` applies to any budget (issue 29: tune at a
+small shape, train the large ones with its settings; the learning rate carries across widths under µP)."""
 
 from __future__ import annotations
 
@@ -17,11 +20,21 @@ from hpo.settings import StudySettings
 
 log = logging.getLogger(__name__)
 EXPORT_MARK = "# Exported by `python cli.py hpo`"
+SIZE_KEYS = ("model.net.d_model", "model.net.n_heads", "model.net.n_layers", "model.net.d_ff")  # the budget's shape
+
+
+def transfer_path(path: Path) -> Path:
+    """best.yaml → best.transfer.yaml."""
+    return Path(path).with_name(f"{Path(path).stem}.transfer.yaml")
 
 
 def check_export_target(path: Path) -> None:
     """A file can be written there, and it never overwrites a file that an export did not write (configs/2M.yaml)."""
-    path = Path(path)
+    for target in (Path(path), transfer_path(path)):
+        _check_target(target)
+
+
+def _check_target(path: Path) -> None:
     check_file(path, "--export_best")
     if path.exists():
         try:
@@ -54,4 +67,20 @@ def export_best(study: optuna.Study, settings: StudySettings, path: Path) -> Non
         f"# Train it: python cli.py fit --config {path}\n"
     )
     atomic_write_text(Path(path), header + OmegaConf.to_yaml(config))
-    log.info("exported trial %d to %s", best.number, path)
+    _export_transferable(OmegaConf.to_container(config), header.splitlines()[:2], transfer_path(path))
+    log.info("exported trial %d to %s and %s", best.number, path, transfer_path(path))
+
+
+def _export_transferable(config: dict, origin: list[str], path: Path) -> None:
+    """The model settings that do not depend on the size (everything under `model` but the shape): an overlay for
+    any budget's config."""
+    model = config["model"]
+    model["net"] = {k: v for k, v in model["net"].items() if f"model.net.{k}" not in SIZE_KEYS}
+    model.pop("n_channels", None), model.pop("context_length", None)  # linked from the data
+    carries = ("µP (model.net.mup_base_width): the learning rate carries across widths."
+               if model["net"].get("mup_base_width") is not None
+               else "Standard parametrization: the best learning rate moves with the width (µP carries "
+               "it).")  # fmt: skip
+    header = [*origin, "# Its settings that do not depend on the model's size; train any budget with them:",
+              f"#   python cli.py fit --config configs/20M.yaml --config {path}", f"# {carries}"]  # fmt: skip
+    atomic_write_text(path, "\n".join(header) + "\n" + yaml.safe_dump({"model": model}, sort_keys=False))

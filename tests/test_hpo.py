@@ -23,6 +23,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from common.errors import ConfigError
 from hpo import records
 from hpo import study as study_module
+from hpo.export import SIZE_KEYS
 from hpo.study import HpoRequest, StudyRunner
 
 STUDY = "tiny-h1-GSPC.dataset.a25-v1"
@@ -204,6 +205,25 @@ def test_rerunning_resumes_and_the_exported_best_config_fits(study_run, tmp_path
         for part in key.split("."):
             node = node[part]
         assert node == pytest.approx(value), key
+    # beside it, the settings that do not depend on the size: applied over another shape, they keep its shape
+    overlay = tmp_path / "best.transfer.yaml"
+    assert "--config configs/20M.yaml --config" in overlay.read_text()
+    other = tmp_path / "other-shape.yaml"
+    shape = {"d_model": 48, "n_heads": 4, "n_layers": 1, "d_ff": 96}
+    wider = yaml.safe_load(config.read_text())
+    wider["model"]["net"] |= shape
+    other.write_text(yaml.safe_dump(wider, sort_keys=False))
+    cli_ok("fit", "--config", other, "--config", overlay, "--trainer.max_epochs", "1",
+           "--trainer.logger.init_args.save_dir", tmp_path / "transfer-logs")  # fmt: skip
+    (run_dir,) = (tmp_path / "transfer-logs" / "tiny").iterdir()
+    applied = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]
+    assert {k: applied["net"][k] for k in shape} == shape  # the budget's shape stays
+    for key, value in study.best_trial.user_attrs["values"].items():
+        if key.startswith("model.") and key not in SIZE_KEYS:  # the trial's other model settings come with it
+            node = {"model": applied}
+            for part in key.split("."):
+                node = node[part]
+            assert node == pytest.approx(value), key
 
 
 def test_a_rerun_with_other_settings_is_refused_and_writes_nothing(study_run, capsys):
