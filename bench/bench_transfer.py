@@ -41,6 +41,7 @@ LOGS = ROOT / "bench" / "logs" / "transfer"
 FIELDS = ["parametrization", "width", "depth", "lr", "seed", "epochs", "val_loss", "val_auroc", "best_epoch",
           "n_params", "wall_s"]  # fmt: skip
 BASE_WIDTH = 32
+NEAR = 0.002  # BCE: rates this close to the best are as good (seed-to-seed differences are of this size)
 
 
 def config_file(epochs: int) -> Path:
@@ -111,8 +112,8 @@ def summary(rows: list[dict]) -> str:
         shape = (row["parametrization"], int(row["width"]), int(row["depth"]))
         means.setdefault(shape, {}).setdefault(float(row["lr"]), []).append(float(row["val_loss"]))
     lrs = sorted({lr for by_lr in means.values() for lr in by_lr})
-    lines = ["| parametrization | width × depth | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | best lr |",
-             "|---" * (len(lrs) + 3) + "|"]  # fmt: skip
+    lines = ["| parametrization | width × depth | " + " | ".join(f"lr {lr:g}" for lr in lrs)
+             + f" | best lr | within {NEAR} of the best |", "|---" * (len(lrs) + 4) + "|"]  # fmt: skip
     best: dict[str, list[float]] = {}
     for shape in sorted(means):
         by_lr = {lr: sum(v) / len(v) for lr, v in means[shape].items() if all(math.isfinite(x) for x in v)}
@@ -120,7 +121,9 @@ def summary(rows: list[dict]) -> str:
         top = min(by_lr, key=by_lr.get) if by_lr and complete else math.nan
         best.setdefault(shape[0], []).append(top)
         cells = [f"{by_lr[lr]:.4f}" if lr in by_lr else "–" for lr in lrs]
-        lines.append(f"| {shape[0]} | {shape[1]} × {shape[2]} | " + " | ".join(cells) + f" | {top:g} |")
+        near = [f"{lr:g}" for lr in lrs if complete and lr in by_lr and by_lr[lr] <= by_lr[top] + NEAR]
+        lines.append(f"| {shape[0]} | {shape[1]} × {shape[2]} | " + " | ".join(cells) + f" | {top:g} | "
+                     + ", ".join(near) + " |")  # fmt: skip
     for name, tops in sorted(best.items()):
         finite = [t for t in tops if math.isfinite(t)]
         spread = max(finite) / min(finite) if finite else math.nan

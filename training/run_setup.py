@@ -88,6 +88,7 @@ def name_run(subcommand: str, config) -> list[Path]:
     if run_dir is not None:
         args.save_dir, args.name, args.version = str(run_dir.parent.parent), run_dir.parent.name, run_dir.name
         if subcommand == "fit":
+            check_writable(run_dir)
             return []  # the resumed run's own folder
         args.sub_dir, created = claim_folder(run_dir, f"{subcommand}-{stamp}")
         return created
