@@ -137,6 +137,7 @@ def main() -> int:
     parser.add_argument("--depths", type=int, nargs="+", default=[2, 8])
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--parametrizations", nargs="+", default=["standard", "mup"], choices=["standard", "mup"])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--summary-only", action="store_true")
     args = parser.parse_args()
@@ -150,7 +151,7 @@ def main() -> int:
         except BlockingIOError:
             raise SystemExit("another bench_transfer.py is running (bench/logs/transfer/lock)") from None
         done, config = {key(r) for r in rows}, config_file(args.epochs)
-        grid = itertools.product(args.seeds, args.depths, args.widths, ("standard", "mup"), args.lrs)
+        grid = itertools.product(args.seeds, args.depths, args.widths, args.parametrizations, args.lrs)
         for seed, depth, width, parametrization, lr in grid:  # seed 0 everywhere first, small shapes first
             cell = {"parametrization": parametrization, "width": width, "depth": depth, "lr": lr, "seed": seed,
                     "epochs": args.epochs}  # fmt: skip
