@@ -31,6 +31,7 @@ from sizing.memory import available_memory, estimate_training_memory, parse_byte
 
 log = logging.getLogger(__name__)
 PROBE_STEPS = 2  # steps per probed size: the second runs with the optimizer state and reused buffers in place
+MIN_PROBES = 4  # sizes 1, 2, 4, 8 before the fit may end the search: probes of a large model's batch cost minutes
 # predicted peak × (1 + headroom) must fit. Real steps add metrics, logging and loader buffers; on CPU the
 # resident set also carries malloc fragmentation that a probe cannot see (measured: real peaks 0–24% above
 # the prediction, bench/RESULTS.md). The CUDA caching allocator's peak is close to what the probe sees.
@@ -124,17 +125,26 @@ class MemoryAwareBatchFinder(pl.Callback):
         per_sample, fixed = np.polyfit(b, m, 1) if len(points) > 1 else (m[0] / b[0], 0.0)
         return float(fixed), max(float(per_sample), 1.0)
 
+    def _cap_fits(self, trainer: pl.Trainer, pl_module: pl.LightningModule, cap: int) -> bool:
+        """Whether the small probes already show that the largest micro-batch worth having fits: the fit's
+        prediction at `cap`, with the headroom, is under the limit, and either under probe_above of it (room for
+        an extrapolation from small sizes to be off) or confirmed by the estimate of sizing/memory where it holds
+        (CPU, float32: never below a measured peak). A 200M model's probes of 1..256 took ~8 minutes on CPU."""
+        fixed, per_sample = self.fit_line()
+        predicted = (fixed + per_sample * cap) * (1 + self.headroom)
+        if predicted > self.limit:
+            return False
+        estimate = _estimate(trainer, pl_module, cap)
+        confirmed = estimate is not None and estimate.total * (1 + HEADROOM["cpu"]) <= self.limit
+        return predicted <= self.probe_above * self.limit or confirmed
+
     def _unprobed(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: int) -> int | None:
         """The whole per-rank batch when its estimated peak (weights, gradients, AdamW state, runtime and
         activations: all of it, not only what the step adds), with the headroom, is under probe_above of the limit
         on every rank; else None. Only on CPU in float32, where the estimate's constants were measured (with
         finscale's dropout, which keeps no mask); elsewhere the finder always probes."""
-        net = getattr(pl_module, "net", None)
-        fits, fp32 = False, str(trainer.precision) in ("32-true", "32")
-        if isinstance(net, PatchTST) and pl_module.device.type == "cpu" and fp32:
-            n_params = parameter_count(net.n_channels, net.context_length, net.cfg)
-            estimate = estimate_training_memory(n_params, net.n_channels, net.context_length, net.cfg, "32-true", batch)
-            fits = estimate.total * (1 + HEADROOM["cpu"]) <= self.probe_above * self.limit
+        estimate = _estimate(trainer, pl_module, batch)
+        fits = estimate is not None and estimate.total * (1 + HEADROOM["cpu"]) <= self.probe_above * self.limit
         if not trainer.strategy.reduce_boolean_decision(fits, all=True):  # one rank that must probe: all probe
             return None
         self.estimated, self.probes, self.headroom = True, [], HEADROOM["cpu"]
@@ -153,6 +163,8 @@ class MemoryAwareBatchFinder(pl.Callback):
                     fixed, per_sample = self.fit_line()
                     if (fixed + per_sample * size) * (1 + self.headroom) > self.limit:
                         break  # never probe what the fit says will not fit
+                    if len(self.probes) >= MIN_PROBES and self._cap_fits(trainer, pl_module, cap):
+                        break  # the largest batch worth having fits: larger probes would only cost time
                 self.probes.append((size, _probe(trainer, pl_module, dataset, size) - self.start_level))
                 size *= 2
         finally:
@@ -161,6 +173,16 @@ class MemoryAwareBatchFinder(pl.Callback):
         best = max(1, min(int((self.limit / (1 + self.headroom) - fixed) // per_sample), cap))
         self.predicted = int(fixed + per_sample * best)
         return best
+
+
+def _estimate(trainer: pl.Trainer, module: pl.LightningModule, batch: int):
+    """sizing/memory's estimate of a whole training step's peak at micro-batch `batch`, where its constants were
+    measured (a PatchTST on CPU in float32, with finscale's dropout, which keeps no mask); else None."""
+    net = getattr(module, "net", None)
+    if not (isinstance(net, PatchTST) and module.device.type == "cpu" and str(trainer.precision) in ("32-true", "32")):
+        return None
+    n_params = parameter_count(net.n_channels, net.context_length, net.cfg)
+    return estimate_training_memory(n_params, net.n_channels, net.context_length, net.cfg, "32-true", batch)
 
 
 def _probe(trainer: pl.Trainer, module: pl.LightningModule, dataset, size: int) -> int:

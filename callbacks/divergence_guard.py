@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
 DIVERGENCE_FACTOR = 10.0  # an epoch's training BCE this many times the constant-prior BCE: diverged
-ADVICE = "lower model.optim.lr or raise warmup_steps"
+ADVICE = "lower model.optim.lr or raise model.optim.warmup_epochs"
 
 
 class TrainingDiverged(FloatingPointError):

@@ -36,7 +36,10 @@ class OptimConfig:
         lr: peak learning rate.
         weight_decay: decoupled weight decay on weight matrices (not biases or norms).
         betas: AdamW's (β1, β2).
-        warmup_steps: optimizer steps of linear warmup from 0.
+        warmup_epochs: linear warmup from 0 over this many epochs' optimizer steps (rounded): a share of the data,
+            the same for every budget and batch size.
+        warmup_steps: null, or a fixed count of optimizer steps of warmup that replaces warmup_epochs (runs from
+            before warmup_epochs existed recorded this).
         min_lr_ratio: the final learning rate as a fraction of lr.
         schedule: "wsd": constant after warmup, then a cosine decay of decay_epochs, started when
             DecayEarlyStopping sees a validation plateau, or at the latest so that it ends with the run;
@@ -47,7 +50,8 @@ class OptimConfig:
     lr: float = 3e-4
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    warmup_steps: int = 50
+    warmup_epochs: float = 1.0
+    warmup_steps: int | None = None
     min_lr_ratio: float = 0.01
     schedule: str = "wsd"
     decay_epochs: float = 2.0
@@ -57,10 +61,9 @@ class OptimConfig:
             raise ValueError(f"learning rate must be > 0, got lr={self.lr}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be ≥ 0, got {self.weight_decay}")
-        if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(
-                f"need warmup_steps ≥ 0 and 0 ≤ min_lr_ratio ≤ 1, got {self.warmup_steps}, {self.min_lr_ratio}"
-            )
+        if (self.warmup_steps or 0) < 0 or self.warmup_epochs < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"need warmup_epochs ≥ 0, warmup_steps null or ≥ 0 and 0 ≤ min_lr_ratio ≤ 1, got "
+                             f"{self.warmup_epochs}, {self.warmup_steps}, {self.min_lr_ratio}")  # fmt: skip
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two values in [0, 1), got {self.betas}")
         if self.schedule not in SCHEDULES:
@@ -181,6 +184,8 @@ class Forecaster(pl.LightningModule):
             self.total_steps if math.isinf(batches) else math.ceil(batches / self.trainer.accumulate_grad_batches)
         )
         self.decay_steps = max(1, round(self.optim_cfg.decay_epochs * per_epoch))
+        fixed = self.optim_cfg.warmup_steps
+        self.warmup_steps = round(self.optim_cfg.warmup_epochs * per_epoch) if fixed is None else fixed
 
     @property
     def uses_decay_trigger(self) -> bool:
@@ -192,7 +197,7 @@ class Forecaster(pl.LightningModule):
         DecayEarlyStopping on a plateau). The next step already trains at the decay's first rate."""
         if self.decay_start is not None:
             return
-        self.decay_start = max(self.global_step, self.optim_cfg.warmup_steps)
+        self.decay_start = max(self.global_step, self.warmup_steps)
         scheduler = self.lr_schedulers()
         if scheduler is not None:  # the scheduler set this step's rate before the plateau was seen: set it again
             for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
@@ -205,14 +210,14 @@ class Forecaster(pl.LightningModule):
     def _decay_begins(self) -> int:
         """The step the decay starts at: the plateau's, or the latest start that still ends with the run."""
         if self.optim_cfg.schedule == "cosine":
-            return self.optim_cfg.warmup_steps
-        latest = max(self.optim_cfg.warmup_steps, self.total_steps - self.decay_steps)
+            return self.warmup_steps
+        latest = max(self.warmup_steps, self.total_steps - self.decay_steps)
         return latest if self.decay_start is None else min(self.decay_start, latest)
 
     def _lr_factor(self, step: int) -> float:
         o = self.optim_cfg
-        decay_steps = self.total_steps - o.warmup_steps if o.schedule == "cosine" else self.decay_steps
-        return lr_factor(step, o.warmup_steps, self._decay_begins(), decay_steps, o.min_lr_ratio)
+        decay_steps = self.total_steps - self.warmup_steps if o.schedule == "cosine" else self.decay_steps
+        return lr_factor(step, self.warmup_steps, self._decay_begins(), decay_steps, o.min_lr_ratio)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["decay_start"] = self.decay_start  # exact resume of the schedule

@@ -101,14 +101,20 @@ def test_a_batch_estimated_under_half_the_limit_is_taken_without_probes(tmp_path
     assert "batch=256x1 (effective 256); estimated (under 50%: not probed)" in caplog.text
     for key in before.state["model"]:
         assert torch.equal(before.state["model"][key], after.state["model"][key]), key
+    # probe_above=0 probes; four small sizes suffice when the estimate confirms the fit's "256 fits" (a large
+    # model's probes up to 256 cost minutes)
     probed = MemoryAwareBatchFinder(effective_batch_size=256, limit="4GB", probe_above=0)
     _fit_with_finder(tmp_path / "probed", probed)
-    assert not probed.estimated and [size for size, _ in probed.probes] == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert not probed.estimated and [size for size, _ in probed.probes] == [1, 2, 4, 8]
     assert probed.micro_batch == 256 and probed.predicted < finder.predicted  # the estimate is the larger
-    # the estimate was measured on CPU in float32 only: under bf16 autocast the finder probes
-    mixed = MemoryAwareBatchFinder(effective_batch_size=16, limit="4GB")  # small: bf16 matmuls are slow on CPU
+    # the estimate was measured on CPU in float32 only: under bf16 autocast the finder probes, and stops early
+    # only when the fit leaves the room of probe_above (here none), so it probes up to the batch
+    mixed = MemoryAwareBatchFinder(effective_batch_size=16, limit="4GB", probe_above=1e-9)  # bf16 is slow on CPU
     _fit_with_finder(tmp_path / "mixed", mixed, precision="bf16-mixed")
     assert not mixed.estimated and [size for size, _ in mixed.probes] == [1, 2, 4, 8, 16] and mixed.micro_batch == 16
+    roomy = MemoryAwareBatchFinder(effective_batch_size=16, limit="4GB")  # the fit alone: 16 is far under half
+    _fit_with_finder(tmp_path / "roomy", roomy, precision="bf16-mixed")
+    assert not roomy.estimated and [size for size, _ in roomy.probes] == [1, 2, 4, 8] and roomy.micro_batch == 16
 
 
 def test_finder_switched_off_keeps_the_configured_micro_batch(tmp_path):

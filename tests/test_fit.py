@@ -63,6 +63,10 @@ def test_run_directory_holds_config_checkpoints_events_and_record(tiny_run):
     state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     assert record["n_params"] == sum(v.numel() for v in state.values())
     assert "test" not in record["splits"]  # fit never prepares the test split
+    # the best checkpoint keeps weights and settings (test/predict), not the optimizer: a third of last.ckpt's size
+    best = torch.load(record["best_checkpoint"], weights_only=True)
+    assert "optimizer_states" in ckpt and "optimizer_states" not in best and "hyper_parameters" in best
+    assert best["state_dict"].keys() == ckpt["state_dict"].keys()
 
 
 def test_tensorboard_shows_scalars_hparams_with_best_metrics_and_a_pr_curve(tiny_run):

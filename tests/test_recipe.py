@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import json
 from pathlib import Path
 
@@ -152,14 +154,15 @@ def test_the_cosine_planned_for_max_epochs_is_cut_short_by_early_stopping(tmp_pa
     assert record["epochs_run"] < 30 and lrs[-1] > 0.9 * 1e-3
 
 
-def _wsd_fit(stopping, warmup_steps: int = 0) -> tuple[Forecaster, pl.Trainer]:
+def _wsd_fit(stopping, warmup_steps: int | None = 0, warmup_epochs: float = 1.0) -> tuple[Forecaster, pl.Trainer]:
     """A wsd fit of 4 steps per epoch on random windows, ended by `stopping` (a DecayEarlyStopping)."""
     from torch.utils.data import DataLoader, TensorDataset
 
     pl.seed_everything(0)
     data = TensorDataset(torch.randn(64, 16, 3), (torch.rand(64) < 0.3).float())
     net = PatchTSTConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, patch_length=8, patch_stride=4)
-    model = Forecaster(3, 16, net, OptimConfig(schedule="wsd", decay_epochs=2, warmup_steps=warmup_steps))
+    model = Forecaster(3, 16, net, OptimConfig(schedule="wsd", decay_epochs=2, warmup_steps=warmup_steps,
+                                                    warmup_epochs=warmup_epochs))
     trainer = pl.Trainer(max_epochs=20, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", callbacks=[stopping])  # fmt: skip
     trainer.fit(model, DataLoader(data, batch_size=16), DataLoader(data, batch_size=64))
@@ -185,6 +188,22 @@ def test_a_plateau_inside_the_warmup_decays_only_after_it():
     assert trainer.global_step == 20 + 2 * 4  # warmup, then the whole decay
     optim = OptimConfig()
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(optim.lr * optim.min_lr_ratio)  # the final rate
+
+
+def test_warmup_in_epochs_is_that_share_of_the_run_s_steps_and_a_fixed_count_replaces_it():
+    """warmup_epochs 2.5 at 4 steps per epoch: 10 steps of linear warmup; warmup_steps (as older runs recorded it)
+    replaces it."""
+    from callbacks.decay_early_stopping import DecayEarlyStopping
+
+    model, trainer = _wsd_fit(DecayEarlyStopping(monitor="val/loss", patience=1, min_delta=10.0), warmup_steps=None,
+                              warmup_epochs=2.5)  # fmt: skip
+    assert model.warmup_steps == 10 and model.decay_start == 10  # the plateau at step 8 waits for the warmup's end
+    assert [model._lr_factor(step) for step in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    model, _ = _wsd_fit(DecayEarlyStopping(monitor="val/loss", patience=1, min_delta=10.0), warmup_steps=3,
+                        warmup_epochs=2.5)  # fmt: skip
+    assert model.warmup_steps == 3
+    old = {k: v for k, v in asdict(OptimConfig(warmup_steps=50)).items() if k != "warmup_epochs"}  # an older run
+    assert Forecaster(3, 16, optim=old).optim_cfg.warmup_steps == 50
 
 
 def test_other_reasons_to_stop_still_stop_under_wsd():
