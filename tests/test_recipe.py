@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -161,8 +160,9 @@ def _wsd_fit(stopping, warmup_steps: int | None = 0, warmup_epochs: float = 1.0)
     pl.seed_everything(0)
     data = TensorDataset(torch.randn(64, 16, 3), (torch.rand(64) < 0.3).float())
     net = PatchTSTConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, patch_length=8, patch_stride=4)
-    model = Forecaster(3, 16, net, OptimConfig(schedule="wsd", decay_epochs=2, warmup_steps=warmup_steps,
-                                                    warmup_epochs=warmup_epochs))
+    model = Forecaster(
+        3, 16, net, OptimConfig(schedule="wsd", decay_epochs=2, warmup_steps=warmup_steps, warmup_epochs=warmup_epochs)
+    )
     trainer = pl.Trainer(max_epochs=20, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", callbacks=[stopping])  # fmt: skip
     trainer.fit(model, DataLoader(data, batch_size=16), DataLoader(data, batch_size=64))
