@@ -9,9 +9,11 @@ which on CPU is the kernel killing the process), then restores model, optimizer,
 state exactly, in memory: nothing is written to disk. When the estimate of sizing/memory says that the whole
 per-rank batch takes under half the limit (every 2M trial on CPU; only on CPU in float32, where the estimate was
 measured), it takes that batch without probing: the probes were 2–4% of a 2M trial (bench/RESULTS.md, issue 18),
-and the estimate is never below a measured peak. Under DDP every rank probes unless all may skip; all use the
-minimum, and the effective batch is global: W ranks take ⌈E / W⌉ samples each per optimizer step, so a run on
-several devices or nodes trains with the same batch (and learning-rate schedule) as on one.
+and the estimate is never below a measured peak. Probing stops after sizes 1, 2, 4, 8 when the fit already shows
+that the whole batch fits (`_cap_fits`): a 200M model's probes up to 256 took ~8 minutes on CPU. Under DDP every
+rank probes unless all may skip; all use the minimum, and the effective batch is global: W ranks take ⌈E / W⌉
+samples each per optimizer step, so a run on several devices or nodes trains with the same batch (and learning-rate
+schedule) as on one.
 """
 
 from __future__ import annotations

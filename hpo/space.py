@@ -38,6 +38,8 @@ from sizing.budget import (
 from sizing.budget import extremes as grid_extremes
 
 ARCH = "arch"  # the categorical architecture parameter
+# a sampled warmup in epochs clears the config's fixed count of warmup steps, which would replace it
+WARMUP_EPOCHS, WARMUP_STEPS = "model.optim.warmup_epochs", "model.optim.warmup_steps"
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "percentile", "hyperband", "none")
 TYPES = ("float", "int", "categorical")
@@ -161,6 +163,8 @@ class SearchSpace:
         for param in self.params:
             allowed = all(values.get(key) == value for key, value in (param.when or {}).items())
             values[param.key] = param.suggest(trial) if allowed else param.otherwise
+        if WARMUP_EPOCHS in values and WARMUP_STEPS not in values:  # a config's fixed count would replace it
+            values[WARMUP_STEPS] = None
         return values
 
     @property

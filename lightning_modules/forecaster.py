@@ -47,10 +47,10 @@ class OptimConfig:
         decay_epochs: length of the wsd decay in epochs.
     """
 
-    lr: float = 3e-4
+    lr: float = 0.0873
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = 1.27
     warmup_steps: int | None = None
     min_lr_ratio: float = 0.01
     schedule: str = "wsd"

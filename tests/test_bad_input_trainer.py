@@ -144,6 +144,25 @@ def test_a_resumed_fit_refuses_other_model_settings(extra, fragment, checkpoint,
     assert_refused(argv, fragment, capsys, tmp_path, checkpoint.parent.parent)
 
 
+def test_a_checkpoint_from_before_mup_and_warmup_epochs_still_runs_and_is_never_read_as_mup(checkpoint, tmp_path,
+                                                                                            capsys):  # fmt: skip
+    """Checkpoints written before issue 29 hold neither model.net.mup_base_width nor model.optim.warmup_epochs: they
+    test and resume under their own config, and a µP config (today's budgets) is refused for them, not applied."""
+    import torch
+
+    loaded = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    del loaded["hyper_parameters"]["net"]["mup_base_width"], loaded["hyper_parameters"]["optim"]["warmup_epochs"]
+    old = tmp_path / "old" / "checkpoints" / "last.ckpt"
+    old.parent.mkdir(parents=True)
+    torch.save(loaded, old)
+    cli_ok(*fit(tmp_path / "test", "--ckpt_path", str(old), command="test"))
+    argv = fit(tmp_path / "mup", "--ckpt_path", str(old), "--model.net.mup_base_width", "16", command="test")
+    assert_refused(argv, "model.net.mup_base_width: checkpoint None, config 16", capsys, tmp_path / "mup")
+    cli_ok(*fit(tmp_path / "resume", "--ckpt_path", str(old), "--trainer.max_epochs", "2",
+                "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"))  # fmt: skip
+    assert torch.load(old, map_location="cpu", weights_only=True)["epoch"] == 1  # resumed in place: its 2nd epoch
+
+
 def test_a_fit_into_an_existing_run_folder_is_refused(checkpoint, capsys):
     run = checkpoint.parent.parent
     argv = ["fit", "--config", TINY, "--trainer.logger.init_args.save_dir", str(run.parent.parent),
@@ -279,14 +298,15 @@ def test_a_full_disk_before_the_first_checkpoint_says_there_is_nothing_to_resume
 
 @pytest.mark.skipif(os.geteuid() != 0 or not Path("/bin/mount").exists(), reason="mounting a small tmpfs needs root")
 def test_a_real_full_log_disk_is_one_line(tmp_path):
-    """A 600 KB tmpfs: the tiny run's first best checkpoint (400 KB) fits, its last.ckpt does not."""
+    """A 350 KB tmpfs: the tiny run's first best checkpoint (weights only, 140 KB) fits, its last.ckpt (410 KB) does
+    not."""
     import subprocess
 
     from conftest import run_cli
 
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)], capture_output=True,
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=350k", "tmpfs", str(disk)], capture_output=True,
                              text=True)  # fmt: skip
     if mounted.returncode:  # root in a container without CAP_SYS_ADMIN; the two tests above cover the same path
         pytest.skip(f"root may not mount a tmpfs here: {mounted.stderr.strip()[:200]}")

@@ -136,12 +136,23 @@ def _run_two_steps(values: dict, logs: Path) -> dict[str, torch.Tensor]:
         "data.context_length": cli.datamodule.context_length,
     }
     for key, value in values.items():  # the value reached the module (or the data) that ran
-        assert resolved[key] == (value if isinstance(value, str) else pytest.approx(value)), key
+        assert resolved[key] == (value if isinstance(value, str) or value is None else pytest.approx(value)), key
     return {k: v.detach().clone() for k, v in cli.model.state_dict().items()}
 
 
 def _differ(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() != b.keys() or any(a[k].shape != b[k].shape or not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_sampled_warmup_in_epochs_clears_the_config_s_fixed_count_of_steps(tmp_path):
+    """tiny.yaml counts its warmup in steps, which would replace a sampled warmup_epochs: the trial clears it."""
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text("params:\n  model.optim.warmup_epochs: {type: float, low: 0.0, high: 4.0}\n")
+    space = load_space(space_file, parse_fit_config(["--config", str(TINY)]), 25)
+    values = space.suggest(optuna.trial.FixedTrial({"model.optim.warmup_epochs": 0.0}))
+    assert values == {"model.optim.warmup_epochs": 0.0, "model.optim.warmup_steps": None}
+    reference = _run_two_steps(values, tmp_path / "a")
+    assert _differ(reference, _run_two_steps(values | {"model.optim.warmup_epochs": 2.0}, tmp_path / "b"))
 
 
 def test_every_sampled_value_changes_what_runs(tmp_path):

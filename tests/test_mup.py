@@ -132,6 +132,8 @@ def test_the_optimizer_gives_each_kind_its_learning_rate():
 def test_summary_shows_the_parametrization(capsys):
     from conftest import ROOT, cli_ok
 
-    out = cli_ok("summary", "--config", str(ROOT / "configs" / "2M.yaml"), "--model.net.mup_base_width", "32")
+    out = cli_ok("summary", "--config", str(ROOT / "configs" / "2M.yaml"), "--model.optim.lr", "3e-4")
     shown = " ".join(out.split())
     assert "µP for Adam, base width 32 (width ×4)" in shown and "hidden: lr 7.5e-05, init std 0.01" in shown
+    standard = cli_ok("summary", "--config", str(ROOT / "configs" / "2M.yaml"), "--model.net.mup_base_width", "null")
+    assert "standard (mup_base_width: null): attention × 0.125 (1/√d_head)" in " ".join(standard.split())

@@ -202,6 +202,11 @@ DATA_KEYS = ("tickers", "tier", "version", "horizon", "threshold", "label_price"
 MODEL_KEYS = ("net", "optim", "pos_weight", "baseline_start", "baseline_C")  # what a fit resumes as it was trained
 
 
+# model settings added after checkpoints were first written, with the value every earlier checkpoint trained with:
+# a checkpoint from before µP is the standard parametrization, whatever today's configs default to
+ADDED_SINCE = {"net": {"mup_base_width": None}}
+
+
 def check_checkpoint(path: Path, config, subcommand: str) -> None:
     """The checkpoint exists, is a fit's, was trained on the data this config describes (labels, splits, channels)
     and is the model it describes: its architecture (`model.net`), and for a resumed fit every model setting.
@@ -225,6 +230,9 @@ def check_checkpoint(path: Path, config, subcommand: str) -> None:
         raise ConfigError(f"{path} was trained on other data settings ({'; '.join(differ)}); use that run's "
                           "config.yaml or matching overrides")  # fmt: skip
     trained = loaded.get("hyper_parameters", {})
+    for section, added in ADDED_SINCE.items():  # an older checkpoint trained with what was then the only behaviour
+        if isinstance(trained.get(section), dict):
+            trained[section] = added | trained[section]
     for key in MODEL_KEYS if subcommand == "fit" else ("net",):
         difference = _first_difference(f"model.{key}", _plain(trained.get(key)), _plain(config.model.get(key)))
         if key in trained and difference:
