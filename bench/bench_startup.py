@@ -1,5 +1,6 @@
-"""How soon a large budget trains: one real `cli.py fit` of one optimizer step (and one validation batch), timed
-from launch to the batch finder's choice and to the end, with the checkpoints it wrote (issue 29, item 8).
+"""How soon a large budget trains: one real `cli.py fit` of one epoch cut to one optimizer step and one validation
+batch, timed from launch to the batch finder's choice and to the end, with the checkpoints it wrote (issue 29,
+item 8).
 
     python bench/bench_startup.py [--config configs/200M.yaml]
 
@@ -24,9 +25,9 @@ def main() -> int:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "200M.yaml")
     args = parser.parse_args()
     shutil.rmtree(LOGS, ignore_errors=True)
-    argv = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(args.config), "--trainer.max_steps", "1",
-            "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
-            "--trainer.logger.init_args.save_dir", str(LOGS)]  # fmt: skip
+    argv = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(args.config), "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+            "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(LOGS)]  # fmt: skip
     began, chosen = time.perf_counter(), None
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT) as proc:
         for line in proc.stdout:
