@@ -173,6 +173,8 @@ def campaign_main(argv: list[str]) -> int:
 
 
 def _report_parser() -> argparse.ArgumentParser:
+    from report.stats import MARGIN
+
     parser = _Parser(prog="cli.py report", description="Scaling table, baselines, intervals, fits and plots "
                      "from the fits and studies under a log folder.")  # fmt: skip
     parser.add_argument("--logdir", type=Path, default=Path("logs"))
@@ -180,6 +182,8 @@ def _report_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     parser.add_argument("--block", type=int, default=20, help="trading days per bootstrap block (1: i.i.d.)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the resamples and the baselines")
+    parser.add_argument("--margin", type=float, default=MARGIN, help="BCE differences whose interval lies "
+                        f"within ±margin are equivalent (default {MARGIN}: one recipe's seed spread)")  # fmt: skip
     parser.add_argument("--no_baselines", action="store_true", help="skip the baselines (no scikit-learn fits)")
     return parser
 
@@ -189,7 +193,8 @@ def report_main(argv: list[str]) -> int:
     from report.make import make_report
 
     args = _report_parser().parse_args(argv)
-    options = Options(n_boot=args.bootstrap, block=args.block, seed=args.seed, baselines=not args.no_baselines)
+    options = Options(n_boot=args.bootstrap, block=args.block, seed=args.seed, baselines=not args.no_baselines,
+                      margin=args.margin)  # fmt: skip
     return make_report(args.logdir, args.out, options)
 
 

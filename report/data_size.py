@@ -81,8 +81,8 @@ def _budget_lines(study: DataSizeStudy, options: Options) -> list[str]:
         small, large = own[0], own[-1]
         text = " → ".join(f"{c.row.scores['val'].metrics['bce'].value:.4f} (D = {c.n_data:,})" for c in own)
         d = paired(large.row.scores["val"], small.row.scores["val"], "bce", options)
-        compared = (f"; largest − smallest D: {d.text(4, sign=True)}: "
-                    f"{verdict(d, f'D = {large.n_data:,}', f'D = {small.n_data:,}')}") if d else ""  # fmt: skip
+        said = verdict(d, f"D = {large.n_data:,}", f"D = {small.n_data:,}", options.margin) if d else ""
+        compared = f"; largest − smallest D: {d.text(4, sign=True)}: {said}" if d else ""
         lines.append(f"{budget}: val BCE {text}{compared}")
     return lines
 

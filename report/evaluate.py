@@ -27,7 +27,7 @@ from report.baselines import NAMES as BASELINES
 from report.baselines import Predictions, baseline_predictions
 from report.collect import FRAME_KEYS, Run, budget_label
 from report.scaling import ScalingFit
-from report.stats import METRICS, Estimate, block_indices, estimate
+from report.stats import MARGIN, METRICS, Estimate, block_indices, estimate
 from report.truth import check_labels, read_predictions, split_truth
 
 SPLITS = ("val", "test")
@@ -66,14 +66,13 @@ class Versus:
 
     baseline: str
     difference: Estimate | None
+    margin: float = MARGIN
 
     @property
     def verdict(self) -> str:
-        """better / tie / worse beyond the interval; "—" without per-sample predictions or an interval."""
-        d = self.difference
-        if d is None or not d.has_interval:
-            return "—"
-        return "better" if d.high < 0 else "worse" if d.low > 0 else "tie"
+        """equivalent (within ±margin) / better / worse (beyond the interval) / inconclusive; "—" without per-sample
+        predictions or an interval."""
+        return "—" if self.difference is None else self.difference.judge(self.margin)
 
 
 @dataclass
@@ -111,6 +110,7 @@ class Options:
     seed: int = 0
     baselines: bool = True
     cache: Path = Path("logs/report/baselines")
+    margin: float = MARGIN  # BCE: differences inside ±margin are equivalent
 
 
 @functools.lru_cache(maxsize=64)

@@ -26,15 +26,15 @@ def paired(a: Scores, b: Scores, metric: str, options: Options) -> Estimate | No
     return difference(metric, pa, pb, y, paired_resamples(common, options))
 
 
-def verdict(d: Estimate, a: str, b: str) -> str:
-    """d = BCE(a) − BCE(b): lower is better."""
-    if not d.has_interval:
-        return "no interval (fewer than two bootstrap blocks of common days)"
-    if d.high < 0:
-        return f"{a} is better beyond the interval"
-    if d.low > 0:
-        return f"{b} is better beyond the interval"
-    return "no difference beyond the interval"
+def verdict(d: Estimate, a: str, b: str, margin: float) -> str:
+    """d = BCE(a) − BCE(b): lower is better; equivalence within ±margin first (report/stats.Estimate.judge)."""
+    return {
+        "—": "no interval (fewer than two bootstrap blocks of common days)",
+        "equivalent": f"equivalent (the interval lies within ±{margin:g} BCE)",
+        "better": f"{a} is better beyond the interval",
+        "worse": f"{b} is better beyond the interval",
+        "inconclusive": f"inconclusive (no difference beyond the interval, nor equivalence within ±{margin:g} BCE)",
+    }[d.judge(margin)]
 
 
 def _compare(a: Row, b: Row, split: str, options: Options) -> tuple[str, Estimate | None]:
@@ -43,7 +43,7 @@ def _compare(a: Row, b: Row, split: str, options: Options) -> tuple[str, Estimat
         return f"{a.model} vs {b.model}: no per-sample predictions, no paired interval", None
     d_auc = paired(a.scores[split], b.scores[split], "auroc", options)
     return (f"{a.model} vs {b.model}: {split} BCE {d_bce.text(4, sign=True)}, AUROC {d_auc.text(3, sign=True)}: "
-            f"{verdict(d_bce, a.model, b.model)}", d_bce)  # fmt: skip
+            f"{verdict(d_bce, a.model, b.model, options.margin)}", d_bce)  # fmt: skip
 
 
 def _power_law(fit) -> str:
@@ -77,13 +77,15 @@ def _versus_baselines(models: list[Row], baselines: list[Row], split: str, optio
     best_base = min(baselines, key=lambda r: r.scores["val"].metrics["bce"].value)
     best_model = min(models, key=lambda r: r.scores["val"].metrics["bce"].value)
     for row in models:
-        row.versus[split] = Versus(best_base.model, paired(row.scores[split], best_base.scores[split], "bce", options))
+        d = paired(row.scores[split], best_base.scores[split], "bce", options)
+        row.versus[split] = Versus(best_base.model, d, options.margin)
     line, d = _compare(best_model, best_base, split, options)
     if d is None:
         return [f"best model vs best baseline (chosen on val), {line}"]
     beaten = [m.model for m in models if m.versus[split].verdict == "better"]
     answer = (f"{', '.join(beaten)} beat{'s' if len(beaten) == 1 else ''} the best baseline ({best_base.model})"
-              if beaten else f"no model beats the best baseline ({best_base.model}) beyond the interval")  # fmt: skip
+              if beaten else f"no model beats the best baseline ({best_base.model}) beyond the interval and the "
+              f"±{options.margin:g} BCE margin")  # fmt: skip
     return [f"best model vs best baseline (chosen on val), {line}", f"{split}: {answer}"]
 
 
@@ -98,15 +100,19 @@ def _steps(models: list[Row], split: str, options: Options) -> list[str]:
         lines.append(line)
         if d is not None and d.has_interval:
             compared += 1
-            wins.append(d.high < 0)
+            wins.append(d.judge(options.margin))
     if compared:
-        if all(wins):
+        better = wins.count("better")
+        if better == compared:
             answer = "yes, at every step compared" if compared == len(models) - 1 else f"at {compared} compared steps"
         else:
-            answer = f"at {sum(wins)} of {compared} compared steps" if any(wins) else "no"
+            answer = f"at {better} of {compared} compared steps" if better else "no"
         caveat = OPTIMISTIC if split == "val" else ""
+        equivalent = (
+            f"; {wins.count('equivalent')} equivalent within ±{options.margin:g} BCE" if "equivalent" in wins else ""
+        )
         lines.append(f"larger budgets beat smaller ones beyond the {split} interval{caveat}: {answer} "
-                     f"({compared} of {len(models) - 1} steps compared)")  # fmt: skip
+                     f"({compared} of {len(models) - 1} steps compared{equivalent})")  # fmt: skip
     return lines
 
 

@@ -56,6 +56,7 @@ def _check_output(out: Path) -> None:
 MAX_BOOTSTRAP = 10_000  # the Monte Carlo error of a 95% bound is then < 1% of the interval's width; more only costs
 MAX_BLOCK = 250  # trading days: a validation split holds ~500, and a block over half of a split leaves no interval
 MAX_SEED = 2**32 - 1  # scikit-learn's random_state (the baselines)
+MAX_MARGIN = 0.1  # BCE: a quarter of the models' whole loss; a wider margin calls everything equivalent
 
 
 def check_options(options: Options) -> None:
@@ -66,6 +67,9 @@ def check_options(options: Options) -> None:
     if not 1 <= options.block <= MAX_BLOCK:
         raise ReportError(f"--block {options.block}: use --block ≥ 1 and ≤ {MAX_BLOCK} trading days (1: i.i.d. "
                           "resamples; a block over half of a split leaves no interval)")  # fmt: skip
+    if not (0 <= options.margin < MAX_MARGIN):
+        raise ReportError(f"--margin must be ≥ 0 and < {MAX_MARGIN} BCE (0: any difference beyond the interval "
+                          f"counts), got {options.margin}")  # fmt: skip
     if not 0 <= options.seed <= MAX_SEED:
         raise ReportError(f"--seed must be ≥ 0 and ≤ {MAX_SEED} (scikit-learn's random_state), got {options.seed}")
 

@@ -69,7 +69,7 @@ def _versus_cell(row: Row, split: str) -> str:
 
 
 def _versus(row: Row) -> list[str]:
-    """Per split: BCE − the best baseline's [interval] and the verdict (better / tie / worse)."""
+    """Per split: BCE − the best baseline's [interval] and the verdict (equivalent / better / worse / inconclusive)."""
     return [_versus_cell(row, split) for split in SPLITS]
 
 
@@ -94,8 +94,9 @@ def rich_table(section: Section) -> Table:
     table = Table(title=section.title, caption=caption, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
     for header in CONSOLE_HEADERS:
         short = header in ("h", "params", "split", "collapsed")
+        width = len(header) if short else len("inconclusive") if header.startswith("vs best") else None
         table.add_column(header, justify="right" if header in ("h", "params") else "left", no_wrap=short,
-                         min_width=len(header) if short else None, overflow="fold")  # fmt: skip
+                         min_width=width, overflow="fold")  # fmt: skip
     for row in section.rows:
         model = row.model if len(row.seeds) < 2 else f"{row.model} ({_seeds(row)} seeds)"
         splits = [s for s in SPLITS if s in row.scores]
@@ -145,7 +146,8 @@ def markdown(
         f"({options.n_boot} resamples, blocks of {options.block} days, seed {options.seed}). "
         "Collapsed: prediction std below 1e-3 or BCE no better than the constant training prior. "
         "vs best baseline: the model's BCE minus the baseline with the lowest validation BCE, paired on the same "
-        "days; better / worse when the interval excludes 0, else tie.",
+        f"days; equivalent when the interval lies within ±{options.margin:g} BCE (smaller differences do not matter: "
+        "about the seed-to-seed spread of one recipe), else better / worse when it excludes 0, else inconclusive.",
     ]
     for section in sections:
         lines += ["", f"## {section.title}", "", *_md_table(section), "", "### Findings", ""]

@@ -18,6 +18,10 @@ from scipy.stats import rankdata
 
 EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] for BCE, as torch's BCE clamps its logs
 LEVEL = 0.95
+# BCE differences smaller than this do not matter (`cli.py report --margin`): the seed-to-seed spread of one 2M
+# recipe's validation BCE (0.3968–0.3991, bench/RESULTS.md), and 2–3% of what the inputs gain over the constant
+# prior (≈0.48 → ≈0.40 at h = 1). Two models whose difference's interval lies inside ±MARGIN are equivalent.
+MARGIN = 0.002
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,16 @@ class Estimate:
 
     def excludes_zero(self) -> bool:
         return self.low > 0 or self.high < 0
+
+    def judge(self, margin: float) -> str:
+        """A difference a − b of a loss (lower is better), equivalence first (two one-sided tests at the interval's
+        level: the whole interval inside ±margin), then a difference beyond the interval: "equivalent", "better"
+        (a lower), "worse", "inconclusive" (neither); "—" without an interval."""
+        if not self.has_interval:
+            return "—"
+        if -margin < self.low and self.high < margin:
+            return "equivalent"
+        return "better" if self.high < 0 else "worse" if self.low > 0 else "inconclusive"
 
     @property
     def has_interval(self) -> bool:

@@ -23,7 +23,7 @@ from report.collect import collect
 from report.evaluate import Row, Scores, Section, Versus, select
 from report.plots import pixel_size, trials_figure
 from report.render import rich_table
-from report.stats import Estimate
+from report.stats import MARGIN, Estimate
 
 LARGER = ["--model.net.d_model", "64", "--model.net.d_ff", "256", "--model.net.n_layers", "3"]
 
@@ -315,9 +315,11 @@ def test_each_model_cell_has_its_difference_to_the_best_baseline_and_a_verdict(r
         assert d == pytest.approx(row["val_bce"] - best["val_bce"], abs=1e-6)
         low, high = row["val_bce_minus_best_baseline_low"], row["val_bce_minus_best_baseline_high"]
         assert low <= d <= high
-        assert row["val_verdict"] == ("better" if high < 0 else "worse" if low > 0 else "tie")
+        equivalent = -MARGIN < low and high < MARGIN
+        assert row["val_verdict"] == ("equivalent" if equivalent else "better" if high < 0 else "worse" if low > 0
+                                      else "inconclusive")  # fmt: skip
     tested = table[(table["kind"] == "model") & table["test_bce"].notna()]
-    assert tested["test_verdict"].isin(["better", "tie", "worse"]).all() and len(tested) == 1
+    assert tested["test_verdict"].isin(["better", "equivalent", "inconclusive", "worse"]).all() and len(tested) == 1
     assert "vs best baseline" in (report[0] / "report.md").read_text()
 
 
@@ -361,11 +363,11 @@ def test_the_console_table_fits_a_terminal_without_truncating(width):
     console.print(rich_table(wide_section()))
     text = console.export_text()
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= width
-    for token in ("0.3991", "±0.0123", "[0.3377,", "0.4610]", "0.797", "[-0.0060,", "+0.0272]", "tie", "worse",
+    for token in ("0.3991", "±0.0123", "[0.3377,", "0.4610]", "0.797", "[-0.0060,", "+0.0272]", "inconclusive", "worse",
                   "COLLAPSED", "2.01B", "30.3k", "logistic", "prior"):  # fmt: skip
         assert token in text, token
     if width >= 160:  # room for every cell on one line
-        assert "0.3991 ±0.0123 [0.3377, 0.4610]" in text and "tie vs gbt: +0.0106 [-0.0060, +0.0272]" in text
+        assert "0.3991 ±0.0123 [0.3377, 0.4610]" in text and "inconclusive vs gbt: +0.0106 [-0.0060, +0.0272]" in text
 
 
 def test_the_trials_plot_labels_its_parameters_axis_within_one_decade():

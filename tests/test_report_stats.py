@@ -153,3 +153,19 @@ def test_the_best_model_and_baseline_are_chosen_on_validation_also_for_the_test_
     model.scores = {"val": _scores(good, y, days), "test": _scores(good, y, days)}
     lines = _versus_baselines([model], [valid_best, test_best], "test", Options(n_boot=200, block=10))
     assert "2M vs a: test BCE" in lines[0] and "(a)" in lines[1]
+
+
+@pytest.mark.parametrize(
+    ("d", "margin", "said"),
+    [
+        (Estimate(+0.0010, +0.0000, +0.0019), 0.002, "equivalent"),  # "30k better than 2M" on test (MEASUREMENTS.md)
+        (Estimate(-0.0007, -0.0012, -0.0002), 0.002, "equivalent"),  # "20M better than 2M beyond the interval"
+        (Estimate(-0.0007, -0.0012, -0.0002), 0.0, "better"),  # without a margin: the over-reading
+        (Estimate(-0.0050, -0.0090, -0.0010), 0.002, "better"),
+        (Estimate(+0.0030, +0.0010, +0.0050), 0.002, "worse"),
+        (Estimate(+0.0010, -0.0030, +0.0050), 0.002, "inconclusive"),
+        (Estimate(+0.0010, float("nan"), float("nan")), 0.002, "—"),
+    ],
+)
+def test_a_difference_is_judged_equivalent_within_the_margin_before_beyond_the_interval(d, margin, said):
+    assert d.judge(margin) == said
