@@ -29,6 +29,7 @@ from sizing.budget import (
     FF_RATIOS,
     MIN_HEAD_DIM,
     N_LAYERS,
+    NARROW_D_MODELS,
     Shape,
     closest_depths,
     default_heads,
@@ -275,9 +276,6 @@ def _conditions_first(path: Path, params: list[Param]) -> list[Param]:
         ordered += ready
         waiting = [p for p in waiting if p not in ready]
     return ordered
-
-
-NARROW_D_MODELS = tuple(range(16, 2049, 16))  # the widths when D_MODELS leave a budget fewer than two shapes
 
 
 def _architecture(path: Path, spec: dict, config, n_channels: int) -> Architecture:

@@ -12,8 +12,10 @@ from dataclasses import dataclass, replace
 from lightning_modules.patchtst_config import PatchTSTConfig
 from sizing.accounting import parameter_count
 
-BUDGETS = {"2M": 2 * 10**6, "20M": 2 * 10**7, "200M": 2 * 10**8, "2B": 2 * 10**9}
+# three decades a CPU trains (20K … 20M) and two a GPU needs (200M, 2B)
+BUDGETS = {"20K": 2 * 10**4, "200K": 2 * 10**5, "2M": 2 * 10**6, "20M": 2 * 10**7, "200M": 2 * 10**8, "2B": 2 * 10**9}
 D_MODELS = tuple(range(64, 2049, 64))  # widths of the grid
+NARROW_D_MODELS = tuple(range(16, 2049, 16))  # the widths when D_MODELS leave a budget no shape (20K, 200K, tiny)
 N_LAYERS = tuple(range(2, 257))  # depths of the grid
 FF_RATIOS = (2, 4)  # d_ff = ratio · d_model
 GRID_TOLERANCE = 0.25  # shapes within ±25% of the budget enter the grid
@@ -103,8 +105,12 @@ def extremes(shapes: list[Shape]) -> dict[str, tuple[Shape, int]]:
 
 
 def balanced(budget: int, n_channels: int, context_length: int, base: PatchTSTConfig = SHAPE_BASE) -> Shape:
-    """The budget's balanced shape: d_ff = 4·d_model, count within ±5%, d_model/n_layers closest to 64."""
+    """The budget's balanced shape: d_ff = 4·d_model, count within ±5%, d_model/n_layers closest to 64 (below ~1M
+    parameters no shape comes near 64: the closest of the narrow widths)."""
     candidates = [s for s in grid(budget, n_channels, context_length, base, CONFIG_TOLERANCE) if s.ff_ratio == 4]
+    if not candidates:  # below ~1M no multiple of 64 wide is within ±5%: narrower widths
+        candidates = [s for s in grid(budget, n_channels, context_length, base, CONFIG_TOLERANCE, NARROW_D_MODELS)
+                      if s.ff_ratio == 4]  # fmt: skip
     if not candidates:
         raise ValueError(f"no shape with d_ff = 4·d_model within ±5% of {budget:,} parameters")
     return min(candidates, key=lambda s: (abs(math.log(s.d_model / s.n_layers / BALANCED_ASPECT)), s.n_params))

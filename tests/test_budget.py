@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -17,6 +18,8 @@ from sizing.budget import (
     D_MODELS,
     FF_RATIOS,
     N_LAYERS,
+    NARROW_D_MODELS,
+    SHAPE_BASE,
     balanced,
     default_heads,
     extremes,
@@ -47,19 +50,24 @@ def test_closed_form_and_real_counts_agree(mode, revin, d_model, n_layers, d_ff,
     assert parameter_count(7, 64, cfg) == real
 
 
+def widths(budget: int) -> tuple[int, ...]:
+    """The widths the machinery searches at a budget: multiples of 64, or of 16 below ~1M (20K, 200K)."""
+    return D_MODELS if budget >= 10**6 else NARROW_D_MODELS
+
+
 @pytest.mark.parametrize("budget", list(BUDGETS.values()))
 def test_grid_holds_every_shape_within_25_percent_once_sorted(budget):
-    shapes = grid(budget, 25, 80)
-    assert len(shapes) == len(set(shapes)) > 10
+    shapes = grid(budget, 25, 80, d_models=widths(budget))
+    assert len(shapes) == len(set(shapes)) > (10 if budget > 10**5 else 5)  # 20K: 16 wide only
     assert [s.n_params for s in shapes] == sorted(s.n_params for s in shapes)
     for s in shapes:
         assert 0.75 * budget <= s.n_params <= 1.25 * budget
-        assert s.d_model in D_MODELS and s.n_layers in N_LAYERS and s.ff_ratio in FF_RATIOS
+        assert s.d_model in widths(budget) and s.n_layers in N_LAYERS and s.ff_ratio in FF_RATIOS
     # complete: the neighbours of a shape in depth are in the grid whenever they are in range
     for s in shapes[:: max(1, len(shapes) // 20)]:
         for layers in (s.n_layers - 1, s.n_layers + 1):
             if layers in N_LAYERS:
-                cfg = PatchTSTConfig(d_model=s.d_model, n_heads=1, n_layers=layers, d_ff=s.d_ff)
+                cfg = replace(SHAPE_BASE, d_model=s.d_model, n_heads=1, n_layers=layers, d_ff=s.d_ff)
                 inside = 0.75 * budget <= parameter_count(25, 80, cfg) <= 1.25 * budget
                 assert inside == any(
                     (t.d_model, t.n_layers, t.ff_ratio) == (s.d_model, layers, s.ff_ratio) for t in shapes
@@ -68,7 +76,7 @@ def test_grid_holds_every_shape_within_25_percent_once_sorted(budget):
 
 @pytest.mark.parametrize("budget", list(BUDGETS.values()))
 def test_named_extremes_exist_in_the_grid(budget):
-    shapes = grid(budget, 25, 80)
+    shapes = grid(budget, 25, 80, d_models=widths(budget))
     corners = extremes(shapes)
     assert set(corners) == {"min_width", "max_width", "min_depth", "max_depth", "min_heads", "max_heads"}
     for shape, heads in corners.values():

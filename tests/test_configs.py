@@ -23,6 +23,8 @@ SHAPE = {"model.net.d_model", "model.net.n_heads", "model.net.n_layers", "model.
 RECIPE = {"model.optim.lr", "model.optim.warmup_steps", "model.net.mup_base_width"}
 NAME = {"trainer.logger.init_args.name"}
 MAY_DIFFER = {
+    "20K": SHAPE | NAME,
+    "200K": SHAPE | NAME,
     "20M": SHAPE | NAME,
     "200M": SHAPE | NAME,
     "2B": SHAPE | NAME | {"trainer.precision"},  # bf16-mixed on a GPU

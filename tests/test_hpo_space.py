@@ -41,7 +41,7 @@ def test_the_default_space_on_2m_is_categorical_shapes_at_the_budget_with_heads_
     assert len({tuple(sorted(p.items())) for p in extremes.values()}) == len(extremes)  # duplicates merged
 
 
-@pytest.mark.parametrize("name", ["tiny", "2M", "20M", "200M", "2B"])
+@pytest.mark.parametrize("name", ["tiny", "20K", "200K", "2M", "20M", "200M", "2B"])
 def test_the_default_space_fits_every_shipped_config(name):
     """`cli.py hpo --config configs/<name>.yaml` needs no --search_space: the default grid has shapes for each."""
     from datamodules.market_datamodule import input_columns

@@ -110,9 +110,11 @@ def test_estimates_print_with_their_interval():
     assert Estimate(-0.01, -0.02, 0.005).text(3, sign=True) == "-0.010 [-0.020, +0.005]"
 
 
-@pytest.mark.parametrize(("count", "label"), [(2_036_609, "2M"), (1_600_000, "2M"), (19_000_000, "20M"),
-                                              (2_100_000_000, "2B"), (23_841, "24k"), (1_400_000, "1.4M"),
-                                              (176_897, "180k"), (950, "950"), (9_960, "10k")])  # fmt: skip
+LABELS = [(2_036_609, "2M"), (1_600_000, "2M"), (19_000_000, "20M"), (2_100_000_000, "2B"), (23_841, "20K"),
+          (1_400_000, "1.4M"), (40_000, "40k"), (176_897, "200K"), (950, "950"), (9_960, "10k")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("count", "label"), LABELS)
 def test_budget_labels(count, label):
     assert budget_label(count) == label
 
