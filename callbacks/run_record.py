@@ -14,6 +14,9 @@ Each evaluation also leaves its per-sample predictions (date, probability, label
 the report's bootstrap intervals: fit → `val_predictions.csv` of the best epoch (rewritten whenever the
 monitor improves, so it always matches the best checkpoint), validate → `val_predictions.csv`, test →
 `test_predictions.csv`; the module's steps return them and `PredictionCollector` (the base class) keeps them.
+A model started as the logistic regression (model.baseline_start) also leaves that start's predictions on the same
+split, `start_val_predictions.csv` (fit) and `start_test_predictions.csv` (test): what training added is the
+difference.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from callbacks.prediction_writer import write_predictions
 from common.files import atomic_write_text
 from common.metric_names import NAMES, best_tag, logged, record_key
 from common.ranks import gather_in_order
+from lightning_modules.baseline_start import logistic_start
 from sizing.accounting import hparams_cost
 
 log = logging.getLogger(__name__)
@@ -172,7 +176,23 @@ class RunRecordCallback(PredictionCollector):
                               targets.tolist())  # fmt: skip
         return probs, targets
 
+    def _write_start_predictions(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """`start_<stage>_predictions.csv`: the logistic regression a hybrid model starts from (model.baseline_start),
+        on every sample of the split, so that the report can say what training added to it (the "answer" issue:
+        the transformer's own contribution)."""
+        hparams, dm, log_dir = pl_module.hparams, trainer.datamodule, trainer.log_dir  # log_dir: a collective
+        if not hparams.get("baseline_start") or not hasattr(dm, "last_day_features") or not trainer.is_global_zero:
+            return
+        x, y, _ = dm.last_day_features("train")
+        weight, bias = logistic_start(x, y, hparams["baseline_C"], hparams["n_channels"])
+        features, labels, dates = dm.last_day_features(stage)
+        probs = torch.sigmoid(torch.from_numpy(features) @ torch.from_numpy(weight) + bias)  # the model's start
+        if log_dir:
+            write_predictions(Path(log_dir) / f"start_{stage}_predictions.csv", dates, dm.sample_assets(stage),
+                              probs.tolist(), labels.tolist())  # fmt: skip
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write_start_predictions(trainer, pl_module, "val")
         checkpoint = trainer.checkpoint_callback
         if checkpoint is not None and getattr(checkpoint, "monitor", None):
             self.monitor, self.mode = checkpoint.monitor, checkpoint.mode
@@ -263,6 +283,7 @@ class RunRecordCallback(PredictionCollector):
         self.record = {**run_identity(trainer, pl_module), key: metrics, "ckpt_path": trainer.ckpt_path}
         self._write(trainer)
         self._write_predictions(trainer, pl_module, stage)
+        self._write_start_predictions(trainer, pl_module, stage)
 
 
 def end_reason(trainer: pl.Trainer) -> tuple[str, str]:

@@ -53,6 +53,7 @@ class Run:
     test: dict[str, float] | None = None  # test/* metrics of the best checkpoint, from `cli.py test`
     test_split: dict[str, Any] = field(default_factory=dict)  # n, dates and positive rate of that test
     test_predictions: Path | None = None
+    start: dict[str, Path] = field(default_factory=dict)  # by split: the logistic start's predictions (a hybrid's)
     candidates: int = 1  # configurations of its budget cell it was selected from (set by the report's selection)
     config_id: str = ""  # the run's configuration without its seed and log location: seeds of one config share it
 
@@ -198,6 +199,9 @@ def _read_run(run_dir: Path, record: dict[str, Any]) -> Run:
         run.test_predictions = (
             test_dir / "test_predictions.csv" if (test_dir / "test_predictions.csv").is_file() else None
         )
+    for split, folder in (("val", run_dir), ("test", run.test_predictions.parent if run.test_predictions else None)):
+        if folder is not None and (folder / f"start_{split}_predictions.csv").is_file():
+            run.start[split] = folder / f"start_{split}_predictions.csv"
     return run
 
 

@@ -28,6 +28,7 @@ from report.baselines import Predictions, baseline_predictions
 from report.collect import FRAME_KEYS, Run, budget_label
 from report.scaling import ScalingFit
 from report.stats import MARGIN, METRICS, Estimate, block_indices, estimate
+from report.stats import difference as estimate_difference
 from report.truth import check_labels, read_predictions, split_truth
 
 SPLITS = ("val", "test")
@@ -75,6 +76,20 @@ class Versus:
         return "—" if self.difference is None else self.difference.judge(self.margin)
 
 
+@dataclass(frozen=True)
+class StartDelta:
+    """What training added to a hybrid model's logistic start on one split: BCE(model) − BCE(start) paired on the
+    same days, and the correlation of their probabilities (1: the model still is its start)."""
+
+    difference: Estimate
+    correlation: float
+    margin: float = MARGIN
+
+    @property
+    def verdict(self) -> str:
+        return self.difference.judge(self.margin)
+
+
 @dataclass
 class Row:
     """A line of the table: a budget's selected run, or a baseline."""
@@ -87,6 +102,7 @@ class Row:
     run: Run | None = None  # the selected configuration's first seed (its identity)
     seeds: list[Run] = field(default_factory=list)  # every seed run of that configuration
     versus: dict[str, Versus] = field(default_factory=dict)  # by split: against the best baseline (chosen on val)
+    start: dict[str, StartDelta] = field(default_factory=dict)  # by split: against its own logistic start
     note: str = ""
 
 
@@ -229,6 +245,23 @@ def _model_scores(seeds: list[Run], split: str, options: Options, scope: str = "
     return _score(_only(_seed_samples(paths, asset), scope), prior, options)
 
 
+def _start_delta(seeds: list[Run], split: str, scores: Scores, options: Options, scope: str) -> StartDelta | None:
+    """The configuration's seed-mean BCE minus its logistic start's (the same start for every seed: it depends on
+    the data and baseline_C only), paired on the days both scored; None for a model without a start."""
+    runs = seeds if split == "val" else [r for r in seeds if r.test]
+    if scores.samples is None or not runs or any(split not in r.start for r in runs):
+        return None
+    start = _only(read_predictions(runs[0].start[split], runs[0].data["tickers"][0]), scope)
+    common = scores.samples.index.intersection(start.index)
+    if len(common) < 2:
+        return None
+    model, own = scores.probs(common), start.loc[common, "probability"].to_numpy(float)
+    y = scores.samples.loc[common, "label"].to_numpy(float)
+    difference = estimate_difference("bce", model, own, y, paired_resamples(common, options))
+    correlation = float(np.corrcoef(model.mean(axis=0), own)[0, 1])
+    return StartDelta(difference, correlation, options.margin)
+
+
 def evaluate_section(
     frame_runs: dict[int, dict[str, Run]], options: Options, scope: str = "", found: dict | None = None
 ) -> Section:
@@ -252,6 +285,9 @@ def evaluate_section(
                 scores = _model_scores(seeds, split, options, scope)
                 if scores is not None:
                     row.scores[split] = scores
+                    delta = _start_delta(seeds, split, scores, options, scope)
+                    if delta is not None:
+                        row.start[split] = delta
             if "val" in row.scores and row.scores["val"].samples is None and run.record.get("best_checkpoint"):
                 checkpoint = run.record["best_checkpoint"]
                 command = f"python cli.py validate --config {run.path}/config.yaml --ckpt_path {checkpoint}"

@@ -134,6 +134,11 @@ def horizon_findings(section: Section, horizon: int, options: Options) -> None:
         against = [b for b in baselines if split in b.scores]
         if scored and against:
             lines += _versus_baselines(scored, against, split, options)
+        started = [r for r in scored if split in r.start]
+        if started:
+            added = "; ".join(f"{r.model} {r.start[split].difference.text(4, sign=True)} ({r.start[split].verdict}, "
+                              f"r = {r.start[split].correlation:.4f})" for r in started)  # fmt: skip
+            lines.append(f"{split}: what training added to the logistic start (BCE − the start's): {added}")
     collapsed = [_collapse(r.model, s, r.scores[s]) for r in models for s in r.scores if r.scores[s].collapsed]
     if collapsed:
         lines.append("collapsed: " + "; ".join(collapsed))

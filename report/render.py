@@ -68,13 +68,21 @@ def _versus_cell(row: Row, split: str) -> str:
     )
 
 
+def _start_cell(row: Row, split: str) -> str:
+    start = row.start.get(split)
+    return (
+        "—" if start is None else f"{start.verdict}: {start.difference.text(4, sign=True)}, r = {start.correlation:.4f}"
+    )
+
+
 def _versus(row: Row) -> list[str]:
     """Per split: BCE − the best baseline's [interval] and the verdict (equivalent / better / worse / inconclusive)."""
     return [_versus_cell(row, split) for split in SPLITS]
 
 
 HEADERS = ["h", "model", "params", "seeds", *(f"{s} {COLUMNS[m]}" for s in SPLITS for m in METRICS), "collapsed",
-           *(f"{s} vs best baseline (ΔBCE)" for s in SPLITS)]  # fmt: skip
+           *(f"{s} vs best baseline (ΔBCE)" for s in SPLITS),
+           *(f"{s} vs its logistic start (ΔBCE, r)" for s in SPLITS)]  # fmt: skip
 CONSOLE_HEADERS = ["h", "model", "params", "split", "BCE", "AUROC", "vs best baseline (ΔBCE)", "collapsed"]
 
 
@@ -113,7 +121,8 @@ def _md_table(section: Section) -> list[str]:
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     for row in section.rows:
         model = row.model if row.kind == "model" else f"*{row.model}*"
-        cells = [str(row.horizon), model, _params(row), _seeds(row), *_values(row), _flag(row), *_versus(row)]
+        cells = [str(row.horizon), model, _params(row), _seeds(row), *_values(row), _flag(row), *_versus(row),
+                 *(_start_cell(row, split) for split in SPLITS)]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -147,7 +156,10 @@ def markdown(
         "Collapsed: prediction std below 1e-3 or BCE no better than the constant training prior. "
         "vs best baseline: the model's BCE minus the baseline with the lowest validation BCE, paired on the same "
         f"days; equivalent when the interval lies within ±{options.margin:g} BCE (smaller differences do not matter: "
-        "about the seed-to-seed spread of one recipe), else better / worse when it excludes 0, else inconclusive.",
+        "about the seed-to-seed spread of one recipe), else better / worse when it excludes 0, else inconclusive. "
+        "vs its logistic start: a model started as the logistic regression (model.baseline_start) against that "
+        "start on the same days, judged alike, and r, the correlation of their probabilities: what training (the "
+        "transformer) added; r near 1 and `equivalent` mean the model still is its start.",
     ]
     for section in sections:
         lines += ["", f"## {section.title}", "", *_md_table(section), "", "### Findings", ""]
@@ -227,6 +239,11 @@ def frame(sections: list[Section]) -> pd.DataFrame:
                 for suffix, value in (("", "value"), ("_low", "low"), ("_high", "high")):
                     record[f"{split}_bce_minus_best_baseline{suffix}"] = getattr(d, value) if d else None
                 record[f"{split}_verdict"] = versus.verdict if versus else None
+                start = row.start.get(split)
+                for suffix, value in (("", "value"), ("_low", "low"), ("_high", "high")):
+                    record[f"{split}_bce_minus_start{suffix}"] = getattr(start.difference, value) if start else None
+                record[f"{split}_corr_with_start"] = start.correlation if start else None
+                record[f"{split}_start_verdict"] = start.verdict if start else None
             records.append(record)
     table = pd.DataFrame.from_records(records)
     counts = [c for c in (*INTEGERS, "val_n", "test_n", "val_seeds", "test_seeds") if c in table]

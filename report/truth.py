@@ -108,6 +108,7 @@ def verify(runs: list[Run]) -> None:
         except (DataError, ReportError) as err:  # which run's data settings fail
             raise type(err)(f"{run.path / 'config.yaml'}: {err}") from None
         _check_hashes(run, hashes)
-        for split, path in (("val", run.val_predictions), ("test", run.test_predictions)):
+        files = [("val", run.val_predictions), ("test", run.test_predictions), *run.start.items()]
+        for split, path in files:
             if path is not None:
                 check_labels(read_predictions(path, run.data["tickers"][0]), truth[split], path)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -79,6 +80,24 @@ def test_baseline_start_is_scikit_learns_logistic_regression_before_any_step_the
     np.testing.assert_allclose(snapshot.before, reference, atol=1e-5)
     assert np.abs(snapshot.after - reference).max() > 1e-2  # training moved away from the start
     assert model.net.head.weight.abs().sum() > 0  # the transformer's head left zero: it now contributes
+
+
+def test_a_started_fit_leaves_its_start_s_predictions_and_they_are_the_model_before_training(tmp_path):
+    """start_val_predictions.csv holds the logistic start's probabilities on every validation day: after one step
+    at a negligible learning rate the model's own predictions are still those (the report's "what training added"
+    is measured against this file); a model without the start leaves none."""
+    config = tiny_config(tmp_path, max_epochs=1, limit_train_batches=1)
+    cli_ok("fit", "--config", str(config), "--model.optim.lr", "1e-12")
+    (run,) = (tmp_path / "logs" / "tiny").iterdir()
+    model = pd.read_csv(run / "val_predictions.csv", dtype={"date": str})
+    start = pd.read_csv(run / "start_val_predictions.csv", dtype={"date": str})
+    assert list(start["date"]) == list(model["date"]) and (start["label"] == model["label"]).all()
+    assert np.abs(start["probability"] - model["probability"]).max() < 1e-5
+    assert start["probability"].std() > 0.01  # a real regression, not a constant
+    cli_ok("fit", "--config", str(config), "--model.baseline_start", "false",
+           "--trainer.logger.init_args.save_dir", str(tmp_path / "plain"))  # fmt: skip
+    (plain,) = (tmp_path / "plain" / "tiny").iterdir()
+    assert (plain / "val_predictions.csv").is_file() and not (plain / "start_val_predictions.csv").exists()
 
 
 def test_without_the_baseline_start_the_model_is_not_the_logistic_regression(data_dir):

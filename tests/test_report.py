@@ -23,7 +23,7 @@ from report.collect import collect
 from report.evaluate import Row, Scores, Section, Versus, select
 from report.plots import pixel_size, trials_figure
 from report.render import rich_table
-from report.stats import MARGIN, Estimate
+from report.stats import MARGIN, Estimate, bce
 
 LARGER = ["--model.net.d_model", "64", "--model.net.d_ff", "256", "--model.net.n_layers", "3"]
 
@@ -321,6 +321,30 @@ def test_each_model_cell_has_its_difference_to_the_best_baseline_and_a_verdict(r
     tested = table[(table["kind"] == "model") & table["test_bce"].notna()]
     assert tested["test_verdict"].isin(["better", "equivalent", "inconclusive", "worse"]).all() and len(tested) == 1
     assert "vs best baseline" in (report[0] / "report.md").read_text()
+
+
+def test_a_hybrid_row_shows_what_training_added_to_its_logistic_start(report):
+    """Each model started as the logistic regression carries BCE(model) − BCE(start) on the same days, with its
+    interval, verdict and the correlation of the two; the tested one also on test."""
+    table = pd.read_csv(report[0] / "report.csv")
+    started = table[(table["kind"] == "model") & table["val_bce_minus_start"].notna() & (table["seeds"] == 1)]
+    assert len(started) >= 2 and table[table["kind"] == "baseline"]["val_bce_minus_start"].isna().all()
+    for _, row in started.iterrows():
+        run = Path(row["run"])
+        model = pd.read_csv(run / "val_predictions.csv", dtype={"date": str})
+        start = pd.read_csv(run / "start_val_predictions.csv", dtype={"date": str})
+        both = model.merge(start, on=["date", "asset"], suffixes=("", "_start"))
+        assert (both["label"] == both["label_start"]).all() and len(both) == row["val_n"]
+        expected = bce(both["probability"].to_numpy(), both["label"].to_numpy()) - bce(
+            both["probability_start"].to_numpy(), both["label"].to_numpy()
+        )
+        assert row["val_bce_minus_start"] == pytest.approx(expected, abs=1e-6)
+        assert row["val_bce_minus_start_low"] <= row["val_bce_minus_start"] <= row["val_bce_minus_start_high"]
+        r = np.corrcoef(both["probability"], both["probability_start"])[0, 1]
+        assert row["val_corr_with_start"] == pytest.approx(r, abs=1e-6)
+        assert row["val_start_verdict"] in ("equivalent", "better", "worse", "inconclusive")
+    assert table["test_bce_minus_start"].notna().sum() == 1  # the one tested run
+    assert "what training added to the logistic start" in report[1]
 
 
 def test_report_files_get_the_mode_of_any_new_file(report):
