@@ -94,3 +94,19 @@ def test_a_whole_number_of_batches_stays_a_count_whatever_was_imported_first(tmp
     result = subprocess.run([sys.executable, "-c", RICH_FIRST, str(path)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["1", "0.5"]
+
+
+@pytest.mark.parametrize("name", ["20K", "200K", "2M", "20M", "200M", "2B"])
+def test_the_transformer_arm_overlays_every_budget(name):
+    """configs/arms/transformer.yaml turns any budget into the transformer alone, with that arm's own recipe."""
+    from training.lightning_cli import parse_fit_config
+
+    config = parse_fit_config(["--config", str(ROOT / "configs" / f"{name}.yaml"),
+                               "--config", str(ROOT / "configs" / "arms" / "transformer.yaml")])  # fmt: skip
+    arm = yaml.safe_load((ROOT / "configs" / "arms" / "transformer.yaml").read_text())["model"]
+    assert config.model.net.linear_skip is False and config.model.baseline_start is False
+    assert (config.model.optim.lr, config.model.optim.warmup_epochs) == (
+        arm["optim"]["lr"],
+        arm["optim"]["warmup_epochs"],
+    )
+    assert config.model.net.d_model == load(name)["model"]["net"]["d_model"]  # the budget's shape is kept
