@@ -123,7 +123,7 @@ def smoothed_best(by_lr: dict[float, float]) -> float:
 
 def summary(rows: list[dict]) -> str:
     """Per parametrization and shape: the seed-mean best val BCE at each learning rate (over the seeds that tried
-    every rate), the best learning rate, its smoothed value, and the regret of transferring: the loss at the rate
+    every rate the shape was swept over), the best learning rate, its smoothed value, and the regret of transferring: the loss at the rate
     that is best for the narrowest width at the same depth, minus the shape's best. Then the spread of the best
     learning rates across shapes (the goal: at most 2× under µP)."""
     losses: dict[tuple, dict[int, dict[float, float]]] = {}
@@ -136,10 +136,9 @@ def summary(rows: list[dict]) -> str:
              "|---" * (len(lrs) + 7) + "|"]  # fmt: skip
     means, best, smooth = {}, {}, {}
     for shape, by_seed in losses.items():
-        seeds = [seed for seed, by_lr in by_seed.items() if set(by_lr) == set(lrs)]
-        if not seeds:
-            continue
-        mean = {lr: sum(by_seed[s][lr] for s in seeds) / len(seeds) for lr in lrs}
+        tried = set().union(*(set(by_lr) for by_lr in by_seed.values()))  # the rates this shape was swept over
+        seeds = [seed for seed, by_lr in by_seed.items() if set(by_lr) == tried]
+        mean = {lr: sum(by_seed[s][lr] for s in seeds) / len(seeds) for lr in sorted(tried)}
         means[shape] = (seeds, {lr: v for lr, v in mean.items() if math.isfinite(v)})
     for shape in sorted(means):
         seeds, by_lr = means[shape]
