@@ -1,5 +1,6 @@
-"""Does the learning rate transfer across width and depth? Learning-rate sweeps under the standard parametrization
-and under µP (model.net.mup_base_width, base 32), on validation only (issue 29).
+"""Does the learning rate transfer across width and depth? Learning-rate sweeps under the standard parametrization,
+under µP (model.net.mup_base_width, base 32) and under µP with CompleteP's depth rule (model.net.mup_base_depth,
+base 2: "mup-depth"), on validation only (issue 29).
 
 Each cell is one real fit (`cli.main`, in this process) of configs/2M.yaml's data and training settings with: the
 transformer alone (no linear path, no logistic start: µP governs the transformer's training, and the start would
@@ -41,6 +42,8 @@ LOGS = ROOT / "bench" / "logs" / "transfer"
 FIELDS = ["parametrization", "width", "depth", "lr", "seed", "epochs", "val_loss", "val_auroc", "best_epoch",
           "n_params", "wall_s"]  # fmt: skip
 BASE_WIDTH = 32
+BASE_DEPTH = 2  # "mup-depth": µP plus CompleteP's depth rule (model.net.mup_base_depth) relative to 2 layers
+PARAMETRIZATIONS = ("standard", "mup", "mup-depth")
 NEAR = 0.002  # BCE: rates this close to the best are as good (seed-to-seed differences are of this size)
 
 
@@ -69,12 +72,14 @@ def fit(cell: dict, config: Path) -> dict:
     name = "{parametrization}-w{width}-d{depth}-lr{lr:g}-s{seed}".format(**cell)
     folder = LOGS / name
     shutil.rmtree(folder, ignore_errors=True)  # an interrupted cell starts again
-    width, base = cell["width"], BASE_WIDTH if cell["parametrization"] == "mup" else None
+    width, base = cell["width"], BASE_WIDTH if cell["parametrization"] != "standard" else None
+    base_depth = BASE_DEPTH if cell["parametrization"] == "mup-depth" else None
     argv = ["fit", "--config", str(config), "--trainer.logger.init_args.save_dir", str(folder),
             "--trainer.enable_progress_bar", "false", "--seed_everything", str(cell["seed"]),
             "--model.optim.lr", str(cell["lr"]), "--model.net.d_model", str(width), "--model.net.n_heads", "4",
             "--model.net.n_layers", str(cell["depth"]), "--model.net.d_ff", str(4 * width),
-            "--model.net.mup_base_width", "null" if base is None else str(base)]  # fmt: skip
+            "--model.net.mup_base_width", "null" if base is None else str(base),
+            "--model.net.mup_base_depth", "null" if base_depth is None else str(base_depth)]  # fmt: skip
     began = time.time()
     cli.main(argv)
     found = list(folder.glob("*/*/run.json"))
@@ -123,9 +128,9 @@ def smoothed_best(by_lr: dict[float, float]) -> float:
 
 def summary(rows: list[dict]) -> str:
     """Per parametrization and shape: the seed-mean best val BCE at each learning rate (over the seeds that tried
-    every rate the shape was swept over), the best learning rate, its smoothed value, and the regret of transferring: the loss at the rate
-    that is best for the narrowest width at the same depth, minus the shape's best. Then the spread of the best
-    learning rates across shapes (the goal: at most 2× under µP)."""
+    every rate the shape was swept over), the best learning rate, its smoothed value, and the regret of
+    transferring: the loss at the rate that is best for the narrowest width at the same depth, minus the shape's
+    best. Then the spread of the best learning rates across shapes (the goal: at most 2× under µP)."""
     losses: dict[tuple, dict[int, dict[float, float]]] = {}
     for row in rows:
         shape = (row["parametrization"], int(row["width"]), int(row["depth"]))
@@ -166,7 +171,7 @@ def main() -> int:
     parser.add_argument("--depths", type=int, nargs="+", default=[2, 8])
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--parametrizations", nargs="+", default=["standard", "mup"], choices=["standard", "mup"])
+    parser.add_argument("--parametrizations", nargs="+", default=["standard", "mup"], choices=PARAMETRIZATIONS)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--summary-only", action="store_true")
     args = parser.parse_args()

@@ -103,6 +103,7 @@ class EncoderLayer(nn.Module):
     def __init__(self, cfg: PatchTSTConfig):
         super().__init__()
         self.n_heads, self.attn_dropout, self.scale = cfg.n_heads, cfg.attn_dropout, cfg.attention_scale
+        self.branch = cfg.branch_mult  # 1, or mup_base_depth / n_layers under the depth rule
         self.norm1 = nn.LayerNorm(cfg.d_model)
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
@@ -117,8 +118,12 @@ class EncoderLayer(nn.Module):
         q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))  # (B', H, T, D/H)
         p = self.attn_dropout if self.training else 0.0
         a = attention(q, k, v, p, self.scale)  # (B', H, T, D/H)
-        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, t, d)))  # (B', T, D)
-        return x + self.drop(self.ff_out(self.drop(F.gelu(self.ff_in(self.norm2(x))))))  # (B', T, D)
+        x = x + self._branch(self.drop(self.proj(a.transpose(1, 2).reshape(b, t, d))))  # (B', T, D)
+        return x + self._branch(self.drop(self.ff_out(self.drop(F.gelu(self.ff_in(self.norm2(x)))))))  # (B', T, D)
+
+    def _branch(self, y: torch.Tensor) -> torch.Tensor:
+        """A residual branch's output × the depth rule's multiplier (no multiply at 1: the usual case)."""
+        return y if self.branch == 1.0 else y * self.branch
 
 
 class PatchTST(nn.Module):

@@ -45,6 +45,10 @@ class PatchTSTConfig:
         mup_base_width: null: the standard parametrization. A width (d_model) the shapes are measured against: the
             Maximal Update Parametrization for Adam relative to it (`width_mult`, `init_std`, `lr_mult`,
             `output_mult`, `attention_scale`), so that a learning rate tuned at the base width transfers.
+        mup_base_depth: null: no depth rule (residual projections initialised with GPT-2's 1/√(2·n_layers)). A
+            depth (n_layers) the shapes are measured against: CompleteP's depth rule for Adam (Dey et al. 2025,
+            α = 1): every residual branch × mup_base_depth / n_layers (`branch_mult`), residual projections
+            initialised like the other hidden weights, so that a learning rate tuned at the base depth transfers.
     """
 
     patch_length: int = 16
@@ -61,6 +65,7 @@ class PatchTSTConfig:
     head: str = "last"
     linear_skip: bool = True
     mup_base_width: int | None = None
+    mup_base_depth: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("patch_length", "patch_stride", "d_model", "n_heads", "n_layers", "d_ff"):
@@ -82,6 +87,8 @@ class PatchTSTConfig:
         if self.mup_base_width is not None and (self.mup_base_width < 1 or self.mup_base_width % self.n_heads):
             raise ValueError(f"mup_base_width must be a width ≥ 1 that n_heads {self.n_heads} divides (or null), "
                              f"got {self.mup_base_width}")  # fmt: skip
+        if self.mup_base_depth is not None and self.mup_base_depth < 1:
+            raise ValueError(f"mup_base_depth must be a depth ≥ 1 (or null), got {self.mup_base_depth}")
 
     # the parametrization: identical to the standard one at the base width, and wherever mup_base_width is null
 
@@ -93,7 +100,8 @@ class PatchTSTConfig:
     def init_std(self, kind: str) -> float:
         """The weights' initial standard deviation (biases start at 0, norms at 1): hidden weights shrink as
         1/√width_mult (variance 1/fan-in); the rest keep the base width's."""
-        depth = 1 / math.sqrt(2 * self.n_layers) if kind == "residual" else 1.0  # GPT-2's residual scaling
+        # GPT-2's residual scaling; under the depth rule the branch multiplier does that job instead
+        depth = 1 / math.sqrt(2 * self.n_layers) if kind == "residual" and self.mup_base_depth is None else 1.0
         width = 1 / math.sqrt(self.width_mult) if kind in ("hidden", "residual") else 1.0
         return INIT_STD * depth * width
 
@@ -101,6 +109,13 @@ class PatchTSTConfig:
         """The learning rate's multiplier: hidden weights 1/width_mult (Adam's update is O(1) per coordinate, and a
         width × width matrix sums width of them), every other parameter 1."""
         return 1 / self.width_mult if kind in ("hidden", "residual") else 1.0
+
+    @property
+    def branch_mult(self) -> float:
+        """Each residual branch's multiplier: mup_base_depth / n_layers under the depth rule (CompleteP, α = 1: the
+        sum of n_layers branches moves the residual stream as much as base_depth of them do), else 1. With α = 1
+        the learning rates need no depth factor."""
+        return self.mup_base_depth / self.n_layers if self.mup_base_depth else 1.0
 
     @property
     def output_mult(self) -> float:

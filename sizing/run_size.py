@@ -102,6 +102,9 @@ def parametrization_rows(cfg, lr: float) -> list[tuple[str, str]]:
                 f"{cfg.attention_scale:.4g} (1/d_head·√base d_head), head output ×{cfg.output_mult:g}")  # fmt: skip
     else:
         name = f"standard (mup_base_width: null): attention × {cfg.attention_scale:.4g} (1/√d_head)"
+    if cfg.mup_base_depth:
+        name += (f"; depth rule (CompleteP, base depth {cfg.mup_base_depth}): residual branches "
+                 f"×{cfg.branch_mult:.4g}")  # fmt: skip
     kinds = [k for k in KINDS if k != "linear" or cfg.linear_skip]
     init = {k: f"init std {cfg.init_std(k):.3g}" for k in kinds} | {"vector": "biases 0, norms 1, positions 0.02"}
     groups = "; ".join(f"{k}: lr {lr * cfg.lr_mult(k):.3g}, {init[k]}" for k in kinds)

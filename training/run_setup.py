@@ -203,8 +203,8 @@ MODEL_KEYS = ("net", "optim", "pos_weight", "baseline_start", "baseline_C")  # w
 
 
 # model settings added after checkpoints were first written, with the value every earlier checkpoint trained with:
-# a checkpoint from before µP is the standard parametrization, whatever today's configs default to
-ADDED_SINCE = {"net": {"mup_base_width": None}}
+# a checkpoint from before µP (or its depth rule) is the standard parametrization, whatever today's configs say
+ADDED_SINCE = {"net": {"mup_base_width": None, "mup_base_depth": None}}
 
 
 def check_checkpoint(path: Path, config, subcommand: str) -> None:
