@@ -129,16 +129,17 @@ def smoothed_best(by_lr: dict[float, float]) -> float:
 def summary(rows: list[dict]) -> str:
     """Per parametrization and shape: the seed-mean best val BCE at each learning rate (over the seeds that tried
     every rate the shape was swept over), the best learning rate, its smoothed value, and the regret of
-    transferring: the loss at the rate that is best for the narrowest width at the same depth, minus the shape's
-    best. Then the spread of the best learning rates across shapes (the goal: at most 2× under µP)."""
+    transferring: the loss at the rate that is best for the narrowest width at the same depth (and for the
+    shallowest depth at the same width), minus the shape's best. Then the spread of the best learning rates across
+    shapes (the goal: at most 2× under µP)."""
     losses: dict[tuple, dict[int, dict[float, float]]] = {}
     for row in rows:
         shape = (row["parametrization"], int(row["width"]), int(row["depth"]))
         losses.setdefault(shape, {}).setdefault(int(row["seed"]), {})[float(row["lr"])] = float(row["val_loss"])
     lrs = sorted({lr for by_seed in losses.values() for by_lr in by_seed.values() for lr in by_lr})
     lines = ["| parametrization | width × depth | seeds | " + " | ".join(f"lr {lr:g}" for lr in lrs)
-             + f" | best lr | smoothed | within {NEAR} of the best | regret at the proxy's rate |",
-             "|---" * (len(lrs) + 7) + "|"]  # fmt: skip
+             + f" | best lr | smoothed | within {NEAR} of the best | regret at the narrowest width's rate "
+             "| regret at the shallowest depth's rate |", "|---" * (len(lrs) + 8) + "|"]  # fmt: skip
     means, best, smooth = {}, {}, {}
     for shape, by_seed in losses.items():
         tried = set().union(*(set(by_lr) for by_lr in by_seed.values()))  # the rates this shape was swept over
@@ -153,9 +154,13 @@ def summary(rows: list[dict]) -> str:
         proxy = min((s for s in means if s[0] == shape[0] and s[2] == shape[2]), key=lambda s: s[1])
         proxy_lr = min(means[proxy][1], key=means[proxy][1].get)
         regret = by_lr.get(proxy_lr, math.inf) - by_lr[top]
+        shallow = min((s for s in means if s[0] == shape[0] and s[1] == shape[1]), key=lambda s: s[2])
+        shallow_lr = min(means[shallow][1], key=means[shallow][1].get)
+        depth_regret = by_lr.get(shallow_lr, math.inf) - by_lr[top]
         cells = [f"{by_lr[lr]:.4f}" if lr in by_lr else "–" for lr in lrs]
         near = ", ".join(f"{lr:g}" for lr in lrs if lr in by_lr and by_lr[lr] <= by_lr[top] + NEAR)
-        tail = f" | {top:g} | {smooth[shape[0]][-1]:.2g} | {near} | {regret:+.4f} (at {proxy_lr:g}) |"
+        tail = (f" | {top:g} | {smooth[shape[0]][-1]:.2g} | {near} | {regret:+.4f} (at {proxy_lr:g}) | "
+                f"{depth_regret:+.4f} (at {shallow_lr:g}) |")  # fmt: skip
         lines.append(f"| {shape[0]} | {shape[1]} × {shape[2]} | {len(seeds)} | " + " | ".join(cells) + tail)
     for name in sorted(best):
         spread = max(best[name]) / min(best[name])
