@@ -47,10 +47,10 @@ class OptimConfig:
         decay_epochs: length of the wsd decay in epochs.
     """
 
-    lr: float = 0.0873
+    lr: float = 0.049
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    warmup_epochs: float = 1.27
+    warmup_epochs: float = 2.84
     warmup_steps: int | None = None
     min_lr_ratio: float = 0.01
     schedule: str = "wsd"

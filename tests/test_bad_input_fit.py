@@ -215,7 +215,7 @@ def test_fit_help_describes_the_network_with_the_default_experiments_values(caps
     for key, value in net.items():
         described = re.search(rf" --model\.net\.{key} \S+ (.*?) --model", shown).group(1)
         assert "default:" in described and described.split("(type:")[0].strip(), key  # a description, then type
-        if key == "mup_base_width":  # null by default, so that runs from before µP load as they trained
+        if key in ("mup_base_width", "mup_base_depth"):  # null by default: runs from before µP load as they trained
             value = None
         shown_value = "null" if value is None else str(value).lower()  # YAML's spelling of None
         assert f"default: {shown_value}" in described.lower(), (key, described)

@@ -20,7 +20,7 @@ from lightning_modules.patchtst import PatchTSTConfig
 SHAPE = {"model.net.d_model", "model.net.n_heads", "model.net.n_layers", "model.net.d_ff"}
 # the budgets share one recipe: µP's learning rate and warmup in epochs transfer across sizes (issue 29); tiny keeps
 # the standard parametrization and its warmup in steps, which the golden trace records
-RECIPE = {"model.optim.lr", "model.optim.warmup_steps", "model.net.mup_base_width"}
+RECIPE = {"model.optim.lr", "model.optim.warmup_steps", "model.net.mup_base_width", "model.net.mup_base_depth"}
 NAME = {"trainer.logger.init_args.name"}
 MAY_DIFFER = {
     "20K": SHAPE | NAME,
@@ -67,14 +67,15 @@ def test_the_pinned_differences_are_real_keys_of_2m():
 
 
 def test_the_network_and_optimizer_defaults_are_2m_yaml():
-    """All but mup_base_width, whose default stays null: a checkpoint from before µP holds no such key and must load
-    as the standard-parametrization network it trained (µP changes the forward: attention and output scales)."""
+    """All but mup_base_width and mup_base_depth, whose defaults stay null: a checkpoint from before µP holds no such
+    keys and must load as the network it trained (µP changes the forward: attention, output and branch scales)."""
     model = load("2M")["model"]
     for config, section in ((PatchTSTConfig(), "net"), (OptimConfig(), "optim")):
         expected = {f.name: model[section][f.name] for f in fields(config)}
         got = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(config).items()}
         if section == "net":
             assert got.pop("mup_base_width") is None and expected.pop("mup_base_width") == 32
+            assert got.pop("mup_base_depth") is None and expected.pop("mup_base_depth") == 10
         assert got == expected, section
 
 
