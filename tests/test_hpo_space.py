@@ -256,3 +256,16 @@ def test_a_conditional_parameter_is_sampled_only_when_its_condition_holds():
         assert ("model.optim.decay_epochs" in trial.params) == (values["model.optim.schedule"] == "wsd")
         study.tell(trial, 0.0)
     assert seen == {(True, True), (True, False), (False, False)}  # never a start without its linear path
+
+
+def test_the_proxy_space_searches_the_recipe_at_the_base_shape():
+    """configs/hpo/proxy.yaml over configs/2M.yaml at width 32 (README, "The shipped budgets use it"): no architecture,
+    the learning rate and the warmup in epochs, which clears any fixed count of warmup steps."""
+    config = parse_fit_config(["--config", str(ROOT / "configs" / "2M.yaml"), "--model.net.d_model", "32",
+                               "--model.net.d_ff", "128"])  # fmt: skip
+    assert config.model.net.d_model == config.model.net.mup_base_width  # the proxy is µP's base shape
+    assert config.model.net.n_layers == config.model.net.mup_base_depth
+    space = load_space(ROOT / "configs" / "hpo" / "proxy.yaml", config, 25)
+    assert space.architecture is None and space.keys == ["model.optim.lr", "model.optim.warmup_epochs"]
+    values = space.suggest(optuna.trial.FixedTrial({"model.optim.lr": 0.01, "model.optim.warmup_epochs": 1.0}))
+    assert values["model.optim.warmup_steps"] is None
