@@ -55,6 +55,10 @@ def test_the_default_space_fits_every_shipped_config(name):
     assert all(p[ARCH] in arch.names for p in arch.extremes().values())
     if name == "tiny":  # below the 64-wide grid: the narrow widths, tiny's own shape among them
         assert arch.names == ["d16-l7-ff4", "d32-l2-ff2", "d16-l11-ff2"]
+    else:  # the search brackets the budget's own (µP) learning rate
+        lr = next(p for p in load_space(ROOT / "configs" / "hpo" / "default.yaml", config, channels).params
+                  if p.key == "model.optim.lr")  # fmt: skip
+        assert lr.low < config.model.optim.lr < lr.high
 
 
 @pytest.mark.parametrize(
