@@ -315,33 +315,26 @@ def test_each_model_cell_has_its_difference_to_the_best_baseline_and_a_verdict(r
         assert d == pytest.approx(row["val_bce"] - best["val_bce"], abs=1e-6)
         low, high = row["val_bce_minus_best_baseline_low"], row["val_bce_minus_best_baseline_high"]
         assert low <= d <= high
-        equivalent = -MARGIN < low and high < MARGIN
-        assert row["val_verdict"] == ("equivalent" if equivalent else "better" if high < 0 else "worse" if low > 0
-                                      else "inconclusive")  # fmt: skip
+        assert row["val_verdict"] == Estimate(d, low, high).judge(MARGIN)  # its cases: tests/test_report_stats.py
     tested = table[(table["kind"] == "model") & table["test_bce"].notna()]
     assert tested["test_verdict"].isin(["better", "equivalent", "inconclusive", "worse"]).all() and len(tested) == 1
     assert "vs best baseline" in (report[0] / "report.md").read_text()
 
 
 def test_a_hybrid_row_shows_what_training_added_to_its_logistic_start(report):
-    """Each model started as the logistic regression carries BCE(model) − BCE(start) on the same days, with its
-    interval, verdict and the correlation of the two; the tested one also on test."""
+    """A model started as the logistic regression: BCE(model) − BCE(start) on its days, interval, verdict, r."""
     table = pd.read_csv(report[0] / "report.csv")
     started = table[(table["kind"] == "model") & table["val_bce_minus_start"].notna() & (table["seeds"] == 1)]
     assert len(started) >= 2 and table[table["kind"] == "baseline"]["val_bce_minus_start"].isna().all()
     for _, row in started.iterrows():
-        run = Path(row["run"])
-        model = pd.read_csv(run / "val_predictions.csv", dtype={"date": str})
-        start = pd.read_csv(run / "start_val_predictions.csv", dtype={"date": str})
+        model, start = (pd.read_csv(Path(row["run"]) / f, dtype={"date": str})
+                        for f in ("val_predictions.csv", "start_val_predictions.csv"))  # fmt: skip
         both = model.merge(start, on=["date", "asset"], suffixes=("", "_start"))
+        y, p, start = (both[c].to_numpy(float) for c in ("label", "probability", "probability_start"))
         assert (both["label"] == both["label_start"]).all() and len(both) == row["val_n"]
-        expected = bce(both["probability"].to_numpy(), both["label"].to_numpy()) - bce(
-            both["probability_start"].to_numpy(), both["label"].to_numpy()
-        )
-        assert row["val_bce_minus_start"] == pytest.approx(expected, abs=1e-6)
+        assert row["val_bce_minus_start"] == pytest.approx(bce(p, y) - bce(start, y), abs=1e-6)
         assert row["val_bce_minus_start_low"] <= row["val_bce_minus_start"] <= row["val_bce_minus_start_high"]
-        r = np.corrcoef(both["probability"], both["probability_start"])[0, 1]
-        assert row["val_corr_with_start"] == pytest.approx(r, abs=1e-6)
+        assert row["val_corr_with_start"] == pytest.approx(np.corrcoef(p, start)[0, 1], abs=1e-6)
         assert row["val_start_verdict"] in ("equivalent", "better", "worse", "inconclusive")
     assert table["test_bce_minus_start"].notna().sum() == 1  # the one tested run
     assert "what training added to the logistic start" in report[1]
