@@ -296,30 +296,53 @@ def test_a_full_disk_before_the_first_checkpoint_says_there_is_nothing_to_resume
     assert not list((run / "checkpoints").iterdir())
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not Path("/bin/mount").exists(), reason="mounting a small tmpfs needs root")
-def test_a_real_full_log_disk_is_one_line(tmp_path):
-    """A 350 KB tmpfs: the tiny run's first best checkpoint (weights only, 140 KB) fits, its last.ckpt (410 KB) does
-    not."""
+def _private_mounts() -> bool:
+    """Whether this kernel lets a process make its own user and mount namespace (`unshare -rm`), where any user may
+    mount a tmpfs that no one else sees."""
     import subprocess
 
-    from conftest import run_cli
-
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=350k", "tmpfs", str(disk)], capture_output=True,
-                             text=True)  # fmt: skip
-    if mounted.returncode:  # root in a container without CAP_SYS_ADMIN; the two tests above cover the same path
-        pytest.skip(f"root may not mount a tmpfs here: {mounted.stderr.strip()[:200]}")
     try:
-        result = run_cli("fit", "--config", TINY, "--trainer.logger.init_args.save_dir", str(disk / "logs"),
-                         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-                         "--trainer.limit_val_batches", "1")  # fmt: skip
-        lines = result.stderr.strip().splitlines()
-        assert result.returncode == 2 and len(lines) == 1 and "No space left on device" in lines[0], result.stderr
-        run = next((disk / "logs" / "tiny").iterdir())
-        assert [p.name for p in (run / "checkpoints").iterdir()] == ["best-epoch000.ckpt"]
-    finally:
-        subprocess.run(["umount", str(disk)])
+        return subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+# what the fit sees: a 350 KB tmpfs on $1, mounted in a namespace of its own; the checkpoints it kept are listed
+# into $2 (outside the tmpfs, so the test can read them after the namespace is gone)
+FULL_DISK = 'mount -t tmpfs -o size=350k tmpfs "$1" || exit 99; d=$1; out=$2; shift 2; "$@"; rc=$?; ' \
+            'ls "$d"/logs/tiny/*/checkpoints > "$out"; exit $rc'  # fmt: skip
+
+
+@pytest.mark.skipif(not _private_mounts(), reason="this kernel forbids user namespaces (unshare -rm), so no process "
+                    "may mount a tmpfs of its own; the two monkeypatched tests above cover the same path")  # fmt: skip
+def test_a_real_full_log_disk_is_one_line(tmp_path):
+    """A 350 KB tmpfs: the tiny run's first best checkpoint (weights only, 140 KB) fits, its last.ckpt (410 KB) does
+    not. No root needed: the fit runs in a user and mount namespace of its own."""
+    import subprocess
+    import sys
+
+    disk, listing = tmp_path / "disk", tmp_path / "kept.txt"
+    disk.mkdir()
+    fit = [
+        sys.executable,
+        "cli.py",
+        "fit",
+        "--config",
+        TINY,
+        "--trainer.logger.init_args.save_dir",
+        str(disk / "logs"),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+    ]
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", FULL_DISK, "sh", str(disk), str(listing), *fit], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "No space left on device" in lines[0], result.stderr
+    assert listing.read_text().split() == ["best-epoch000.ckpt"]
 
 
 def test_another_rank_claims_nothing(tmp_path, monkeypatch):
