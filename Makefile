@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 
-.PHONY: setup fit test test-all data lint bench report
+.PHONY: setup fit test test-all data lint bench report study
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,9 @@ fit: setup
 
 report: setup
 	$(PY) cli.py report
+
+study: setup    # the answer: every fit, then the tests, then results/answer/ (rerun to resume)
+	$(PY) cli.py study --config configs/study/answer.yaml
 
 test: setup
 	$(PY) -m pytest

@@ -8,6 +8,7 @@ python cli.py summary  --config configs/2B.yaml                     (size, FLOPs
 python cli.py hpo      --config configs/2M.yaml --trials 50 [--search-space …] [--storage URL] [--study-name …]
                         [--export-best FILE] [fit overrides such as --trainer.max_epochs 30]
 python cli.py campaign --config configs/campaign/scaling.yaml [--trials N] [--cells 2M:1,20M:3] [--status]
+python cli.py study    --config configs/study/answer.yaml [--status] [--results results/answer]
 python cli.py report   [--logdir logs] [--out DIR] [--bootstrap 1000] [--block 20] [--no-baselines]
 python cli.py data     build | verify | list | import | download
 """
@@ -172,6 +173,37 @@ def campaign_main(argv: list[str]) -> int:
     return run_campaign(plan, args.status)
 
 
+def _study_parser() -> argparse.ArgumentParser:
+    about = ("Every fit of a study (arms × budgets × data × horizons × seeds), then `test` of each run once all are "
+             "final, then the shipped copy and its report; rerun to resume. Other --key value arguments are fit "
+             "overrides.")  # fmt: skip
+    parser = _Parser(prog="cli.py study", description=about)
+    parser.add_argument("--config", type=Path, required=True, help="a study YAML (configs/study/)")
+    parser.add_argument("--logdir", type=Path, default=Path("logs"), help="runs go to <logdir>/study/<name>/runs/")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="where the finished study ships (default: "
+        "results/<name>): runs' configs, records and predictions, report.md, report.csv, plots/",
+    )
+    parser.add_argument("--status", action="store_true", help="print where the study stands; run nothing")
+    return parser
+
+
+def study_main(argv: list[str]) -> int:
+    from study.plan import load_study
+    from study.runner import StudyRunner
+
+    args, overrides = _study_parser().parse_known_args(argv)
+    plan = load_study(args.config, overrides)
+    runner = StudyRunner(plan, args.logdir, args.results or Path("results") / plan.name)
+    if args.status:
+        runner.print_status()
+        return 0
+    return runner.run()
+
+
 def _report_parser() -> argparse.ArgumentParser:
     from report.stats import MARGIN
 
@@ -206,10 +238,11 @@ COMMANDS = {  # name → what it does, in one line (`python cli.py --help`)
     "summary": "size, FLOPs and memory of a config; nothing is built",
     "hpo": "Optuna search over architectures and training settings (default: configs/2M.yaml)",
     "campaign": "the HPO study of every budget × horizon cell, resumable",
+    "study": "every fit of a study (arms × sizes × data × seeds), its tests and its shipped report, resumable",
     "report": "scaling table, baselines, intervals, fits and plots from the runs under logs/",
     "data": "raw sources and versioned datasets: build | verify | list | import | download",
 }
-MAINS = {"data": data_main, "hpo": hpo_main, "campaign": campaign_main, "report": report_main}
+MAINS = {"data": data_main, "hpo": hpo_main, "campaign": campaign_main, "study": study_main, "report": report_main}
 
 
 def usage() -> str:
