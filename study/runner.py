@@ -3,8 +3,9 @@
 Each run is its own `cli.py fit` process writing `<logs>/study/<name>/runs/<budget>-<arm>/<version>/` (its output in
 `…/output/`), so a run's folder says where it stands and rerunning the command resumes: a finished (or diverged)
 run is skipped, a run with `last.ckpt` resumes from it, a run that died before its first epoch starts again.
-Runs of models under `parallel_below` parameters run `workers` at a time on a share of the cores each; larger ones
-run alone on all of them. Test metrics are opened only after every fit is final, once per run.
+Runs of models under `parallel_below` parameters (and every test) run `workers` at a time on a share of the cores
+each, in worker processes that start Python and torch once (`study/worker.py`); larger ones run alone on all of
+them, each in its own process. Test metrics are opened only after every fit is final, once per run.
 
 The stop file (`<logs>/STOP`) and SIGTERM/SIGINT stop the running fits at their next batch (they keep `last.ckpt`)
 and start no more. A `kill -9` of the study also stops its fits (the kernel sends them SIGTERM: `PR_SET_PDEATHSIG`);
@@ -17,6 +18,7 @@ import ctypes
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -57,12 +59,61 @@ def _die_with_parent() -> None:  # in the child, before exec: SIGTERM (a gracefu
 
 
 @dataclass
+class Worker:
+    """A `study/worker.py` process: jobs in on its stdin, one exit code per job back on its stdout."""
+
+    process: subprocess.Popen
+    threads: int
+    busy: bool = False
+
+    @classmethod
+    def start(cls, threads: int, log: Path) -> Worker:
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join([str(CLI.parent), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        }
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as err:
+            process = subprocess.Popen([sys.executable, "-m", "study.worker"], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, stderr=err, env=env, text=True,
+                                       preexec_fn=_die_with_parent)  # fmt: skip
+        return cls(process, threads)
+
+    def submit(self, argv: list[str], log: Path) -> None:
+        self.busy = True
+        self.process.stdin.write(json.dumps({"argv": argv, "log": str(log)}) + "\n")
+        self.process.stdin.flush()
+
+    def result(self) -> int | None:
+        """The job's exit code once it has ended (1 if the worker died), else None."""
+        if select.select([self.process.stdout], [], [], 0)[0]:
+            line = self.process.stdout.readline()
+            if line:
+                self.busy = False
+                return int(json.loads(line)["code"])
+        if self.process.poll() is not None:
+            self.busy = False
+            return 1
+        return None
+
+
+@dataclass
 class Job:
     run: StudyRun
     kind: str  # fit | test
-    process: subprocess.Popen
+    process: subprocess.Popen | None  # its own process, or None when a worker runs it
     began: float
     threads: int
+    worker: Worker | None = None
+
+    def exit_code(self) -> int | None:
+        return self.worker.result() if self.worker is not None else self.process.poll()
+
+    def terminate(self) -> None:
+        (self.worker.process if self.worker is not None else self.process).send_signal(signal.SIGTERM)
 
 
 @dataclass
@@ -101,6 +152,7 @@ class StudyRunner:
                 if run is not None and entry.get(f"{kind}_s"):
                     self.times.add(plan, run, kind, float(entry[f"{kind}_s"]))
         self.jobs: list[Job] = []
+        self.pool: list[Worker] = []
         self.failed: list[str] = []
 
     # state -----------------------------------------------------------------------------------------------------
@@ -191,16 +243,27 @@ class StudyRunner:
                     str(folder / "checkpoints" / Path(best).name)]  # fmt: skip
         output = self.dir / "output" / run.experiment / f"{run.version(self.plan.version)}.{kind}.log"
         output.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
         with open(output, "a") as out:
             out.write(f"$ cli.py {' '.join(args)}\n")
-            out.flush()
-            process = subprocess.Popen([sys.executable, str(CLI), *args], stdout=out, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)  # fmt: skip
+        if self._pooled(run, kind):
+            worker = next((w for w in self.pool if not w.busy and w.process.poll() is None), None)
+            if worker is None:
+                self.pool = [w for w in self.pool if w.process.poll() is None]
+                worker = Worker.start(threads, self.dir / "output" / "workers.log")
+                self.pool.append(worker)
+            worker.submit(args, output)
+            process, job = worker.process, Job(run, kind, None, time.time(), threads, worker)
+        else:
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                   "PYTHONUNBUFFERED": "1"}  # fmt: skip
+            with open(output, "a") as out:
+                process = subprocess.Popen([sys.executable, str(CLI), *args], stdout=out, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)  # fmt: skip
+            job = Job(run, kind, process, time.time(), threads)
         entry = self._entry(run)
         entry.update(pid=process.pid, pid_started=process_started(process.pid))
         self._save_state()
-        self.jobs.append(Job(run, kind, process, time.time(), threads))
+        self.jobs.append(job)
 
     def _finish(self, job: Job, code: int) -> str:
         seconds = time.time() - job.began
@@ -233,24 +296,26 @@ class StudyRunner:
 
     # the loop --------------------------------------------------------------------------------------------------
 
-    def _can_start(self, run: StudyRun) -> int:
-        """Threads for the run if it may start now, else 0."""
-        large = self.plan.params(run) >= self.plan.parallel_below or self.plan.workers == 1
-        if large:
+    def _pooled(self, run: StudyRun, kind: str) -> bool:
+        """Whether the job runs in a worker, beside others: a test, or a fit of a model under parallel_below."""
+        return kind == "test" or self.plan.params(run) < self.plan.parallel_below
+
+    def _can_start(self, run: StudyRun, kind: str) -> int:
+        """Threads for the job if it may start now, else 0."""
+        if not self._pooled(run, kind):
             return cores() if not self.jobs else 0
-        running_large = any(self.plan.params(j.run) >= self.plan.parallel_below for j in self.jobs)
-        if running_large or len(self.jobs) >= self.plan.workers:
+        if any(job.worker is None for job in self.jobs) or len(self.jobs) >= self.plan.workers:
             return 0
         return max(1, cores() // self.plan.workers)
 
     def _eta(self, todo: list[tuple[StudyRun, str]]) -> float:
         seconds = 0.0
         for run, kind in todo:
-            share = 1 if self.plan.params(run) >= self.plan.parallel_below else self.plan.workers
+            share = self.plan.workers if self._pooled(run, kind) else 1
             seconds += self.times.predict(self.plan, run, kind) / share
         for job in self.jobs:
             left = self.times.predict(self.plan, job.run, job.kind) - (time.time() - job.began)
-            seconds += max(0.0, left) / (1 if len(self.jobs) == 1 else self.plan.workers)
+            seconds += max(0.0, left) / (1 if job.worker is None else self.plan.workers)
         return seconds
 
     def _phase(self, kind: str, todo: list[StudyRun], progress) -> None:
@@ -265,15 +330,15 @@ class StudyRunner:
                     log.warning("study %s: stop requested (%s): the running fits stop at their next batch",
                                 self.plan.name, self.stop.requested())  # fmt: skip
                     for job in self.jobs:
-                        job.process.send_signal(signal.SIGTERM)
+                        job.terminate()
                     terminated = True
                 queue = []
-            while queue and (threads := self._can_start(queue[0])):
+            while queue and (threads := self._can_start(queue[0], kind)):
                 self._start(queue.pop(0), kind, threads)
             time.sleep(POLL_S)
-            for job in [j for j in self.jobs if j.process.poll() is not None]:
+            for job, code in [(j, c) for j in list(self.jobs) if (c := j.exit_code()) is not None]:
                 self.jobs.remove(job)
-                outcome = self._finish(job, job.process.returncode)
+                outcome = self._finish(job, code)
                 done += 1
                 eta = self._eta([(r, kind) for r in queue])
                 progress(kind, done, total, job, outcome, time.time() - began, eta)
@@ -310,6 +375,9 @@ class StudyRunner:
                     )
                 else:
                     self._phase("test", tests, self._line)
+        for worker in self.pool:  # no more jobs: each worker ends when its stdin does
+            worker.process.stdin.close()
+            worker.process.wait()
         self.state.pop("owner", None)
         self._save_state()
         if self.stop.requested():
