@@ -99,21 +99,26 @@ class _UniqueKeys(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_spec(path: Path, kind: str, keys: set[str], optional: set[str]) -> dict[str, Any]:
+    """A campaign's or study's YAML: a mapping of `keys` (all but `optional` required), each key once; any
+    mistake one line."""
     try:
         spec = yaml.load(path.read_text(), Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader
     except FileNotFoundError:
-        raise ConfigError(f"campaign config not found: {path}") from None
+        raise ConfigError(f"{kind} config not found: {path}") from None
     except (OSError, yaml.YAMLError) as err:
         detail = f": {err.problem}" if getattr(err, "problem", None) else ""
-        raise ConfigError(f"{path}: unreadable campaign config ({type(err).__name__}{detail})") from None
+        raise ConfigError(f"{path}: unreadable {kind} config ({type(err).__name__}{detail})") from None
     if not isinstance(spec, dict):
-        raise ConfigError(f"{path}: a campaign config is a mapping of {', '.join(sorted(KEYS))}")
-    unknown = set(spec) - KEYS
-    missing = KEYS - set(spec) - set(OPTIONAL)
+        raise ConfigError(f"{path}: a {kind} config is a mapping of {', '.join(sorted(keys))}")
+    unknown, missing = set(spec) - keys, keys - set(spec) - optional
     if unknown or missing:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
     return spec
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return read_spec(path, "campaign", KEYS, set(OPTIONAL))
 
 
 def load_plan(
@@ -130,7 +135,7 @@ def load_plan(
     spec = _check(path, _read(path))
     budgets, horizons = spec["budgets"], spec["horizons"]
     trials = spec["trials"] if trials is None else trials
-    if not _whole(trials):
+    if not whole(trials):
         raise ConfigError(f"trials per cell must be a whole number ≥ 1, got {trials!r}")
     overrides = [str(o) for o in spec.get("overrides") or []] + list(extra or [])
     axis_keys = [o for o in overrides if o.split("=")[0] in AXIS_KEYS]
@@ -160,7 +165,8 @@ def beside(campaign: Path, value: str) -> Path:
     return Path(os.path.normpath(path if path.is_absolute() else Path(campaign).parent / path))
 
 
-def _whole(value: Any) -> bool:
+def whole(value: Any) -> bool:
+    """A whole number ≥ 1 (not a bool)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
@@ -169,7 +175,7 @@ def _check(path: Path, spec: dict[str, Any]) -> dict[str, Any]:
     budgets, horizons = spec["budgets"], spec["horizons"]
     if not isinstance(budgets, dict) or not budgets or not isinstance(horizons, list) or not horizons:
         raise ConfigError(f"{path}: budgets must map names to fit configs and horizons list trading days")
-    if not all(_whole(h) for h in horizons):
+    if not all(whole(h) for h in horizons):
         raise ConfigError(f"{path}: horizons must be whole trading days ≥ 1, got {horizons}")
     if len(set(horizons)) != len(horizons):
         raise ConfigError(f"{path}: horizons repeats a value: {horizons}; each horizon is one cell")
@@ -181,7 +187,7 @@ def _check(path: Path, spec: dict[str, Any]) -> dict[str, Any]:
     twice = next((c for c, r in zip(budgets.values(), resolved, strict=True) if resolved.count(r) > 1), None)
     if twice:
         raise ConfigError(f"{path}: budgets name one fit config twice ({twice}): their cells would be the same")
-    if not _whole(spec["version"]) or not isinstance(spec["name"], str):
+    if not whole(spec["version"]) or not isinstance(spec["name"], str):
         raise ConfigError(f"{path}: name must be text and version a whole number ≥ 1")
     _check_axes(path, spec)
     if not isinstance(spec["search_space"], str) or not spec["search_space"]:

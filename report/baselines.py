@@ -28,6 +28,7 @@ from report.stats import bce
 
 VERSION = 3  # bump when a baseline's procedure changes: old caches are then ignored
 NAMES = ("base rate", "logistic", "gbt")
+DECIMALS = 8  # of every cached probability (and of fresh ones, rounded alike)
 LOGISTIC_C = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 GBT_LEAVES = (4, 8, 16)
 GBT_ROUNDS = (25, 50, 100, 200, 400)
@@ -138,6 +139,8 @@ def _predict(dm, split: str, params: dict[str, dict[str, Any]], seed: int) -> Pr
         gbt = _gbt(params["gbt"]["max_leaf_nodes"], params["gbt"]["max_iter"], seed).fit(x_train, y_train)
     probs = {"base rate": np.full(len(y), prior), "logistic": logistic.predict_proba(x)[:, 1],
              "gbt": gbt.predict_proba(x)[:, 1]}  # fmt: skip
+    probs = {name: np.round(p, DECIMALS) for name, p in probs.items()}  # as the cache holds them: a report from
+    # the cache (another machine's, a shipped study's) scores exactly what the first one did
     return Predictions(dates, dm.sample_assets(split), y.astype(float), probs, prior, params,
                        dict(dm.asset_positive_rates))  # fmt: skip
 
@@ -148,7 +151,7 @@ def _write(path: Path, predictions: Predictions) -> None:
     )
     for name in NAMES:
         frame[name] = predictions.probs[name]
-    atomic_write_bytes(path, frame.to_csv(index=False, float_format="%.8f").encode())
+    atomic_write_bytes(path, frame.to_csv(index=False, float_format=f"%.{DECIMALS}f").encode())
 
 
 def _meta(path: Path) -> dict[str, Any]:

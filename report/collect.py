@@ -56,6 +56,7 @@ class Run:
     start: dict[str, Path] = field(default_factory=dict)  # by split: the logistic start's predictions (a hybrid's)
     candidates: int = 1  # configurations of its budget cell it was selected from (set by the report's selection)
     config_id: str = ""  # the run's configuration without its seed and log location: seeds of one config share it
+    arm: str = "hybrid"  # what predicts: hybrid (linear path started as the logistic regression), transformer, …
 
     @property
     def n_params(self) -> int:
@@ -153,20 +154,31 @@ def configuration_id(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _config(run_dir: Path) -> tuple[dict[str, Any], str]:
-    """The run's data settings and its configuration id, from config.yaml."""
+def arm_of(config: dict[str, Any]) -> str:
+    """The model family a run belongs to, from its config: `transformer` (no linear path: every prediction is the
+    transformer's), `hybrid` (the linear path started as the logistic regression) or `linear+transformer` (a linear
+    path trained from scratch). The report never selects across arms: each is its own answer."""
+    model = config.get("model") or {}
+    if not (model.get("net") or {}).get("linear_skip", True):
+        return "transformer"
+    return "hybrid" if model.get("baseline_start") else "linear+transformer"
+
+
+def _config(run_dir: Path) -> tuple[dict[str, Any], str, str]:
+    """The run's data settings, its configuration id and its arm, from config.yaml."""
     path = run_dir / "config.yaml"
     try:
         config = yaml.safe_load(path.read_text())
         data = current_data_keys(config["data"])
         data["splits"] = {k: str(v) if v is not None else None for k, v in dict(data["splits"]).items()}
         int(data["horizon"]), float(data["threshold"]), str(data["tickers"][0])
+        arm = arm_of(config)
     except FileNotFoundError:
         raise ReportError(f"{path} is missing: the run's data settings are unknown") from None
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, IndexError) as err:
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
         detail = " ".join(str(err).split())[:200]  # YAML's messages span lines: the error stays one line
         raise ReportError(f"{path}: unreadable config ({type(err).__name__}: {detail})") from None
-    return data, configuration_id(config)
+    return data, configuration_id(config), arm
 
 
 def _evaluations(run_dir: Path, kind: str, best_checkpoint: str | None) -> list[tuple[Path, dict]]:
@@ -184,8 +196,8 @@ def _evaluations(run_dir: Path, kind: str, best_checkpoint: str | None) -> list[
 
 
 def _read_run(run_dir: Path, record: dict[str, Any]) -> Run:
-    data, config_id = _config(run_dir)
-    run = Run(run_dir, record, data, config_id=config_id)
+    data, config_id, arm = _config(run_dir)
+    run = Run(run_dir, record, data, config_id=config_id, arm=arm)
     own = run_dir / "val_predictions.csv"
     checkpoint = record.get("best_checkpoint")
     validated = [d / "val_predictions.csv" for d, _ in _evaluations(run_dir, "validate", checkpoint)]

@@ -32,6 +32,7 @@ class DataSizeStudy:
     title: str
     horizon: int
     cells: list[Cell]
+    arm: str = "hybrid"
     fit: JointFit | None = None
     findings: list[str] = field(default_factory=list)
 
@@ -46,12 +47,13 @@ def _axis_key(section: Section) -> str:
     settings = json.loads(json.dumps(section.settings, default=str))
     settings["splits"] = {k: v for k, v in settings["splits"].items() if k != "train_start"}
     settings.pop("data_dir", None)
-    return json.dumps([settings, section.scope], sort_keys=True)
+    return json.dumps([settings, section.scope, section.arm], sort_keys=True)
 
 
 def data_size_studies(sections: list[Section], options: Options) -> list[DataSizeStudy]:
     """Every group of sections with at least two first training dates, per horizon."""
     groups: dict[str, list[Section]] = {}
+    arms = {s.arm for s in sections}  # named in the titles when the report holds several
     for section in sections:
         groups.setdefault(_axis_key(section), []).append(section)
     studies = []
@@ -59,13 +61,14 @@ def data_size_studies(sections: list[Section], options: Options) -> list[DataSiz
         if len({s.settings["splits"].get("train_start") for s in group}) < 2:
             continue
         settings = group[0].settings | {"splits": {**group[0].settings["splits"], "train_start": None}}
-        title = frame_title(settings, group[0].scope)
+        title = frame_title(settings, group[0].scope) + (f" · {group[0].arm}" if len(arms) > 1 else "")
         for horizon in sorted({r.horizon for s in group for r in s.rows}):
             rows = [r for s in group for r in s.rows if r.kind == "model" and r.horizon == horizon]
             cells = [Cell(r.model, r.n_params, training_windows(r), r) for r in rows
                      if "val" in r.scores and training_windows(r)]  # fmt: skip
-            if cells:
-                study = DataSizeStudy(title, horizon, sorted(cells, key=lambda c: (c.n_params, c.n_data)))
+            if len({c.n_data for c in cells}) >= 2:  # a horizon run at one data size only is no data-size axis
+                cells.sort(key=lambda c: (c.n_params, c.n_data))
+                study = DataSizeStudy(title, horizon, cells, group[0].arm)
                 study.findings = _budget_lines(study, options) + _joint_lines(study, options)
                 studies.append(study)
     return studies

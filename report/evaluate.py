@@ -1,7 +1,7 @@
 """The report's numbers: each cell's best run and the baselines, scored with bootstrap intervals; scaling fits
 and the paired comparisons that answer "does bigger help?".
 
-Selection uses validation only: in each (data settings, horizon, budget) cell the configuration with the lowest
+Selection uses validation only: in each (data settings, arm, horizon, budget) cell the configuration with the lowest
 best-epoch validation BCE, averaged over its seeds, represents the budget (runs whose configs differ only in the
 seed are seeds of one configuration); its scores are seed means, with the seeds' spread beside them. Test numbers
 appear only where `cli.py test` evaluated that run's best checkpoint; the baselines' test numbers only for horizons
@@ -33,6 +33,7 @@ from report.truth import check_labels, read_predictions, split_truth
 
 SPLITS = ("val", "test")
 SELECTABLE = ("finished", "complete")  # fits that ended and complete trials (pruned and failed ones are not)
+ARM_ORDER = {"hybrid": 0, "transformer": 1}  # sections of one data setting: the shipped recipe first
 
 
 @dataclass
@@ -103,6 +104,7 @@ class Row:
     seeds: list[Run] = field(default_factory=list)  # every seed run of that configuration
     versus: dict[str, Versus] = field(default_factory=dict)  # by split: against the best baseline (chosen on val)
     start: dict[str, StartDelta] = field(default_factory=dict)  # by split: against its own logistic start
+    vs_hybrid: dict[str, Estimate] = field(default_factory=dict)  # by split: BCE − the hybrid arm's at its budget
     note: str = ""
 
 
@@ -113,6 +115,7 @@ class Section:
     title: str
     settings: dict
     scope: str = ""  # "": every asset of the data (pooled); else the one asset its rows are scored on
+    arm: str = "hybrid"  # the model family of its rows (collect.arm_of): arms are never selected across
     rows: list[Row] = field(default_factory=list)
     fits: dict[int, ScalingFit] = field(default_factory=dict)  # by horizon
     findings: list[str] = field(default_factory=list)
@@ -188,12 +191,12 @@ def _train_prior(run: Run, scope: str = "") -> float:
 
 
 def select(runs: list[Run]) -> dict[tuple, dict[int, dict[str, list[Run]]]]:
-    """frame → horizon → budget label → the seeds of the configuration with the lowest seed-mean validation BCE
-    (`candidates` counts the configurations it was chosen from: 50 searched trials have an advantage over one)."""
+    """(frame, arm) → horizon → budget label → the seeds of the configuration with the lowest seed-mean validation
+    BCE (`candidates` counts the configurations it was chosen from: 50 searched trials have an advantage over one)."""
     groups: dict[tuple, dict[str, list[Run]]] = {}
     for run in runs:
         if run.state in SELECTABLE and math.isfinite(run.val_loss):
-            cell = groups.setdefault((run.frame, run.horizon, budget_label(run.budget)), {})
+            cell = groups.setdefault(((run.frame, run.arm), run.horizon, budget_label(run.budget)), {})
             cell.setdefault(run.config_id or str(run.path), []).append(run)
     cells: dict[tuple, dict[int, dict[str, list[Run]]]] = {}
     for (frame, horizon, label), configs in groups.items():
@@ -263,13 +266,19 @@ def _start_delta(seeds: list[Run], split: str, scores: Scores, options: Options,
 
 
 def evaluate_section(
-    frame_runs: dict[int, dict[str, Run]], options: Options, scope: str = "", found: dict | None = None
+    frame_runs: dict[int, dict[str, Run]],
+    options: Options,
+    scope: str = "",
+    found: dict | None = None,
+    arms: int = 1,
 ) -> Section:
-    """The rows of one set of data settings: each budget's selected run, then the baselines, per horizon; scored
-    on every asset's samples, or on one asset's (scope). `found` shares the baselines' predictions between scopes."""
+    """The rows of one set of data settings and one arm: each budget's selected run, then the baselines, per
+    horizon; scored on every asset's samples, or on one asset's (scope). `found` shares the baselines' predictions
+    between scopes and arms; with several arms in the report (`arms`), the title names the section's."""
     any_run = next(iter(next(iter(frame_runs.values())).values()))[0]
     settings = {k: any_run.data.get(k) for k in (*FRAME_KEYS, "data_dir")}
-    section = Section(frame_title(settings, scope), settings, scope)
+    title = frame_title(settings, scope) + (f" · {any_run.arm}" if arms > 1 else "")
+    section = Section(title, settings, scope, any_run.arm)
     found = {} if found is None else found
     for horizon in sorted(frame_runs):
         cell = sorted(frame_runs[horizon].items(), key=lambda kv: kv[1][0].n_params)
@@ -321,10 +330,10 @@ def evaluate(runs: list[Run], options: Options) -> list[Section]:
     cells = select(runs)
     if not cells:
         raise ReportError("no finished fit or complete hpo trial to report")
-    sections = []
-    for _, frame_runs in sorted(cells.items()):
+    sections, found = [], {}
+    arms = len({arm for _, arm in cells})
+    for _key, frame_runs in sorted(cells.items(), key=lambda kv: (kv[0][0], ARM_ORDER.get(kv[0][1], 9))):
         tickers = next(iter(next(iter(frame_runs.values())).values()))[0].data["tickers"]
-        found: dict = {}
         for scope in ["", *tickers] if len(tickers) > 1 else [""]:  # pooled, then each asset alone
-            sections.append(evaluate_section(frame_runs, options, scope, found))
+            sections.append(evaluate_section(frame_runs, options, scope, found, arms))
     return sections

@@ -5,6 +5,8 @@ which baseline are "best" is decided on validation, also where their test number
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from report.evaluate import Options, Row, Scores, Section, Versus, paired_resamples
@@ -148,3 +150,28 @@ def horizon_findings(section: Section, horizon: int, options: Options) -> None:
 def add_findings(section: Section, options: Options) -> None:
     for horizon in sorted({r.horizon for r in section.rows}):
         horizon_findings(section, horizon, options)
+
+
+def arm_findings(sections: list[Section], options: Options) -> None:
+    """Each other arm against the hybrid on the same data, horizon and budget: BCE(arm) − BCE(hybrid), paired on
+    the same days (Row.vs_hybrid), and a line per horizon and split in the other arm's findings."""
+    hybrids = {(json.dumps(s.settings, sort_keys=True, default=str), s.scope): s for s in sections if s.arm == "hybrid"}
+    for section in sections:
+        hybrid = hybrids.get((json.dumps(section.settings, sort_keys=True, default=str), section.scope))
+        if section.arm == "hybrid" or hybrid is None:
+            continue
+        for horizon in sorted({r.horizon for r in section.rows}):
+            theirs = {r.model: r for r in hybrid.rows if r.kind == "model" and r.horizon == horizon}
+            for split in ("val", "test"):
+                parts = []
+                for row in (r for r in section.rows if r.kind == "model" and r.horizon == horizon):
+                    other = theirs.get(row.model)
+                    if other is None or split not in row.scores or split not in other.scores:
+                        continue
+                    d = paired(row.scores[split], other.scores[split], "bce", options)
+                    if d is not None:
+                        row.vs_hybrid[split] = d
+                        parts.append(f"{row.model} {d.text(4, sign=True)} ({d.judge(options.margin)})")
+                if parts:
+                    section.findings.append(f"h={horizon}: {split}: {section.arm} − hybrid at the same budget "
+                                            f"(BCE): {'; '.join(parts)}")  # fmt: skip

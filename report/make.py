@@ -19,7 +19,7 @@ from report.baselines import save as save_baselines
 from report.collect import collect
 from report.data_size import data_size_studies
 from report.evaluate import Options, evaluate
-from report.findings import add_findings
+from report.findings import add_findings, arm_findings
 from report.plots import figures, save
 from report.render import frame, markdown, rich_table
 from report.truth import verify
@@ -53,6 +53,8 @@ def _check_output(out: Path) -> None:
             raise ReportError(f"cannot write the report to {out}: {out / name} is in the way (not a {kind})")
 
 
+CSV_FLOAT = "%.8g"  # report.csv: 8 significant digits, so a report regenerated on another CPU (other BLAS and SIMD
+# sums, differences near 1e-16) writes the same file
 MAX_BOOTSTRAP = 10_000  # the Monte Carlo error of a 95% bound is then < 1% of the interval's width; more only costs
 MAX_BLOCK = 250  # trading days: a validation split holds ~500, and a block over half of a split leaves no interval
 MAX_SEED = 2**32 - 1  # scikit-learn's random_state (the baselines)
@@ -86,6 +88,7 @@ def make_report(logdir: Path, out: Path | None, options: Options) -> int:
     sections = evaluate(found.runs, options)
     for section in sections:
         add_findings(section, options)
+    arm_findings(sections, options)
     data_sizes = data_size_studies(sections, options)
     _print(sections, data_sizes)
     try:
@@ -114,7 +117,8 @@ def _write(out: Path, sections: list, found, options: Options, data_sizes: list)
     figs = figures(sections, found.studies, data_sizes)  # drawn before the first write
     out.mkdir(parents=True, exist_ok=True)
     plots = [f"plots/{name}" for name in save(figs, out / "plots", out / "tensorboard")]
-    atomic_write_bytes(out / "report.csv", frame(sections).to_csv(index=False).encode())
+    table = frame(sections, options.margin).to_csv(index=False, float_format=CSV_FLOAT)
+    atomic_write_bytes(out / "report.csv", table.encode())
     atomic_write_bytes(out / "report.md", markdown(sections, options, plots, found.skipped, data_sizes).encode())
     for predictions in (p for s in sections for p in s.baselines):
         save_baselines(predictions)

@@ -120,25 +120,146 @@ def trials_figure(studies: dict[str, pd.DataFrame]) -> Figure | None:
 
 
 def data_size_figure(studies: list[DataSizeStudy]) -> Figure:
-    """One panel per data-size study (settings × horizon): val BCE against training windows, a line per budget,
-    and the joint law's curves where it was identified."""
+    """One panel per data-size study (settings × arm × horizon): val BCE against training windows, a line per budget
+    (seed mean, ±1 seed sd shaded), and the joint law's curves (dashed; the caption says whether it is identified)."""
     fig, axes = _figure(1, len(studies))
     for ax, study in zip(axes.flat, studies, strict=True):
         for i, budget in enumerate(dict.fromkeys(c.budget for c in study.cells)):
             own = [c for c in study.cells if c.budget == budget]
-            e = [c.row.scores["val"].metrics["bce"] for c in own]
             d = np.array([c.n_data for c in own], dtype=float)
-            err = np.array([[x.value - x.low, x.high - x.value] if math.isfinite(x.low) else [0, 0] for x in e]).T
-            ax.errorbar(d, [x.value for x in e], yerr=err, fmt="o-", capsize=3, color=f"C{i}", label=budget)
+            spread = np.array([c.row.scores["val"].spread.get("bce", np.nan) for c in own])
+            _band(ax, d, [c.row.scores["val"].metrics["bce"] for c in own], spread, f"C{i}", budget)
             fit = study.fit
-            if fit is not None and fit.law is not None and not fit.unidentified:
+            if fit is not None and fit.law is not None:  # drawn also when unidentified: the caption says so
                 grid = np.geomspace(d.min() / 1.5, d.max() * 1.5, 50)
                 ax.plot(grid, fit.law(np.full_like(grid, own[0].n_params), grid), color=f"C{i}", lw=1, ls="--")
+        if study.fit is not None and study.fit.law is not None:
+            fit = study.fit
+            said = "not identified" if fit.unidentified else f"α = {fit.alpha.text(2)}, β = {fit.beta.text(2)}"
+            ax.text(0.02, 0.02, f"L(N, D) fit (dashed): {said}", transform=ax.transAxes, fontsize=6)
         _log_x(ax, "training windows (D)")
         ax.set_ylabel("val BCE (lower is better)")
-        ax.set_title(f"h = {study.horizon}: {study.title[:60]}", fontsize=7)
+        ax.set_title(f"{study.arm}, h = {study.horizon}: {study.title[:50]}", fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def _size_groups(sections: list[Section]) -> dict[tuple, list[Section]]:
+    """Sections (pooled scope) that differ only in their first training date and arm, with ≥ 2 budgets: the lines
+    of one answer figure. Key: the data settings without train_start."""
+    groups: dict[tuple, list[Section]] = {}
+    for section in (s for s in sections if not s.scope):
+        settings = {**section.settings, "splits": {k: v for k, v in section.settings["splits"].items()
+                                                   if k != "train_start"}}  # fmt: skip
+        if len({r.n_params for r in section.rows if r.kind == "model"}) >= 2:
+            groups.setdefault((repr(sorted(settings.items())),), []).append(section)
+    return groups
+
+
+def _band(ax, x: np.ndarray, e: list, spread: np.ndarray, color: str, label: str) -> None:
+    """The seed-mean line with its seeds' ±1 standard deviation shaded."""
+    value = np.array([v.value for v in e])
+    ax.plot(x, value, "o-", color=color, label=label, ms=4)
+    ok = np.isfinite(spread)
+    if ok.any():
+        ax.fill_between(x[ok], (value - spread)[ok], (value + spread)[ok], color=color, alpha=0.2, lw=0)
+
+
+def answer_figure(group: list[Section], split: str, metric: str) -> Figure | None:
+    """Rows: arms; columns: horizons. A line per amount of training data (first training date): the metric of each
+    budget's configuration (seed mean, ±1 seed sd shaded) against parameters; the logistic and boosted-tree
+    baselines of the full history as lines (on AUROC with their bootstrap intervals as bands); on validation BCE
+    the fitted power law (dotted)."""
+    arms = list(dict.fromkeys(s.arm for s in group))
+    horizons = sorted({r.horizon for s in group for r in s.rows if r.kind == "model" and split in r.scores})
+    if not horizons:
+        return None
+    label = dict(PLOTTED)[metric]
+    fig, axes = _figure(len(arms), len(horizons))
+    for row_index, arm in enumerate(arms):
+        own = sorted((s for s in group if s.arm == arm), key=lambda s: s.settings["splits"].get("train_start") or "")
+        for col, horizon in enumerate(horizons):
+            ax = axes[row_index, col]
+            for i, section in enumerate(own):
+                models = sorted((r for r in section.rows if r.kind == "model" and r.horizon == horizon
+                                 and split in r.scores), key=lambda r: r.n_params)  # fmt: skip
+                if not models:
+                    continue
+                n = np.array([r.n_params for r in models], dtype=float)
+                spread = np.array([r.scores[split].spread.get(metric, np.nan) for r in models])
+                start = section.settings["splits"].get("train_start")
+                d = models[0].run.record["splits"]["train"]["n"] if models[0].run else "?"
+                _band(ax, n, [r.scores[split].metrics[metric] for r in models], spread, f"C{i}",
+                      f"D = {d:,}" + (f" (from {start})" if start else " (all)"))  # fmt: skip
+                fit = section.fits.get(horizon)
+                if metric == "bce" and split == "val" and fit is not None and fit.law is not None:
+                    grid = np.geomspace(n.min() / 1.3, n.max() * 1.3, 100)
+                    ax.plot(grid, fit.law(grid), color=f"C{i}", lw=1, ls=":")
+            full = next((s for s in own if not s.settings["splits"].get("train_start")), own[0])
+            for r in (r for r in full.rows if r.kind == "baseline" and r.horizon == horizon and split in r.scores):
+                if r.model == "base rate":  # far off (BCE ≈ 0.48 at h = 1; AUROC 0.5): it would flatten the rest
+                    continue
+                e = r.scores[split].metrics[metric]
+                style = BASELINE_STYLE.get(r.model, "--")
+                ax.axhline(e.value, color="gray", ls=style, lw=1, label=r.model)
+                if metric == "auroc" and math.isfinite(e.low):  # on BCE the days' common noise would hide the lines
+                    ax.axhspan(e.low, e.high, color="gray", alpha=0.08, lw=0)
+            _log_x(ax)
+            ax.set_ylabel(f"{split} {label}")
+            ax.set_title(f"{arm}, h = {horizon}", fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def _slice_label(section: Section) -> str:
+    settings, start = section.settings, section.settings["splits"].get("train_start")
+    label = f"{'+'.join(settings['tickers'])} {settings['tier']}"
+    label += f" (+{settings['threshold']:.0%})" if settings["threshold"] != 0.01 else ""
+    label += f" from {start}" if start else ""
+    return label + (f" · {section.scope} only" if section.scope else "")
+
+
+def slices_figure(sections: list[Section], split: str) -> Figure | None:
+    """The slices: sections of one budget each (other tiers, pools, scopes), beside that budget's row of the
+    other sections (the full history's). Rows BCE and AUROC, columns horizons; a point per section and arm (seed
+    mean, its bootstrap interval), the section's best baseline (gbt or logistic) as a cross."""
+    single = [s for s in sections if len({r.model for r in s.rows if r.kind == "model"}) == 1]
+    budgets = {r.model for s in single for r in s.rows if r.kind == "model"}
+    sections = [s for s in sections if any(r.model in budgets for r in s.rows if r.kind == "model")]
+    horizons = sorted({r.horizon for s in single for r in s.rows if r.kind == "model" and split in r.scores})
+    if not horizons:
+        return None
+    labels = list(dict.fromkeys(_slice_label(s) for s in sections))
+    arms = list(dict.fromkeys(s.arm for s in sections))
+    fig, axes = _figure(len(PLOTTED), len(horizons))
+    for col, horizon in enumerate(horizons):
+        for row_index, (metric, label) in enumerate(PLOTTED):
+            ax = axes[row_index, col]
+            for a, arm in enumerate(arms):
+                for section in (s for s in sections if s.arm == arm):
+                    x = labels.index(_slice_label(section)) + (a - (len(arms) - 1) / 2) * 0.15
+                    rows = [r for r in section.rows if r.horizon == horizon and split in r.scores]
+                    for r in (r for r in rows if r.kind == "model" and r.model in budgets):
+                        e = r.scores[split].metrics[metric]
+                        err = [[e.value - e.low], [e.high - e.value]] if math.isfinite(e.low) else None
+                        ax.errorbar([x], [e.value], yerr=err, fmt="o", capsize=3, color=f"C{a}", ms=4)
+                    bases = [r for r in rows if r.kind == "baseline" and r.model != "base rate"]
+                    if bases and a == 0:
+                        best = min(bases, key=lambda r: r.scores[split].metrics["bce"].value)
+                        ax.plot([labels.index(_slice_label(section))], [best.scores[split].metrics[metric].value],
+                                "x", color="gray", ms=6)  # fmt: skip
+            for a, arm in enumerate(arms):
+                ax.plot([], [], "o", color=f"C{a}", label=arm)
+            ax.plot([], [], "x", color="gray", label="best baseline")
+            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=6)
+            ax.set_ylabel(f"{split} {label}")
+            ax.set_title(f"{', '.join(sorted(budgets))}, h = {horizon}", fontsize=9)
+            ax.grid(True, axis="y", alpha=0.3)
+            ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
 
@@ -148,14 +269,22 @@ def figures(
 ) -> dict[str, Figure]:
     """File stem → figure."""
     found: dict[str, Figure] = {}
+    groups = list(_size_groups(sections).values())
+    for g, group in enumerate(groups):
+        for split in ("val", "test"):
+            for metric in ("bce", "auroc"):
+                fig = answer_figure(group, split, metric)
+                if fig is not None:
+                    found[f"{'loss' if metric == 'bce' else metric}_vs_params_{split}{f'_{g + 1}' if g else ''}"] = fig
     if data_sizes:
         found["data_size_val"] = data_size_figure(list(data_sizes))
-    for i, section in enumerate(sections):
-        suffix = "" if i == 0 else f"_{i + 1}"
-        for split in ("val", "test"):
-            fig = scaling_figure(section, split)
-            if fig is not None:
-                found[f"scaling_{split}{suffix}"] = fig
+    covered = {id(s) for group in groups for s in group}
+    rest = [s for s in sections if id(s) not in covered]  # one budget each (the slices), or one asset's scope
+    for split in ("val", "test"):
+        full = [s for group in groups for s in group if not s.settings["splits"].get("train_start")]
+        fig = slices_figure(full + rest, split) if len(rest) > 1 else scaling_figure(rest[0], split) if rest else None
+        if fig is not None:
+            found[f"{'slices' if len(rest) > 1 else 'scaling'}_{split}"] = fig
     fig = trials_figure(studies)
     if fig is not None:
         found["hpo_trials"] = fig
@@ -169,6 +298,8 @@ def save(figs: dict[str, Figure], folder: Path, tensorboard: Path) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     for old in tensorboard.glob("events.out.tfevents.*") if tensorboard.is_dir() else ():
         old.unlink()  # the report's images are replaced, not stacked
+    for old in folder.glob("*.png"):
+        old.unlink()  # nor do figures of an earlier report (other runs, other names) stay beside them
     names = []
     writer = SummaryWriter(str(tensorboard))
     try:

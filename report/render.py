@@ -13,7 +13,7 @@ from rich.table import Table
 
 from common.formatting import compact_count
 from report.evaluate import SPLITS, Options, Row, Scores, Section
-from report.stats import METRICS, Estimate
+from report.stats import MARGIN, METRICS, Estimate
 
 COLUMNS = {"auroc": "AUROC", "bce": "BCE", "brier": "Brier"}
 
@@ -207,13 +207,14 @@ def _datasets(record: dict) -> list[dict]:
     return record.get("datasets") or ([record["dataset"]] if record.get("dataset") else [])
 
 
-def frame(sections: list[Section]) -> pd.DataFrame:
+def frame(sections: list[Section], margin: float = MARGIN) -> pd.DataFrame:
     """One row per (data settings, horizon, model): every number of the table, with interval bounds."""
     records = []
     for section in sections:
         s = section.settings
         for row in section.rows:
-            record = {"tickers": "+".join(s["tickers"]), "scored_on": section.scope or "all", "tier": s["tier"],
+            record = {"arm": section.arm, "tickers": "+".join(s["tickers"]), "scored_on": section.scope or "all",
+                      "tier": s["tier"],
                       "version": json.dumps(s["version"]), "scaling": s.get("scaling"), "threshold": s["threshold"],
                       "label_price": s["label_price"], "features": json.dumps(s["features"]),
                       "splits": json.dumps(s["splits"], sort_keys=True), "horizon": row.horizon, "model": row.model,
@@ -244,6 +245,10 @@ def frame(sections: list[Section]) -> pd.DataFrame:
                     record[f"{split}_bce_minus_start{suffix}"] = getattr(start.difference, value) if start else None
                 record[f"{split}_corr_with_start"] = start.correlation if start else None
                 record[f"{split}_start_verdict"] = start.verdict if start else None
+                d = row.vs_hybrid.get(split)
+                for suffix, value in (("", "value"), ("_low", "low"), ("_high", "high")):
+                    record[f"{split}_bce_minus_hybrid{suffix}"] = getattr(d, value) if d else None
+                record[f"{split}_hybrid_verdict"] = d.judge(margin) if d else None
             records.append(record)
     table = pd.DataFrame.from_records(records)
     counts = [c for c in (*INTEGERS, "val_n", "test_n", "val_seeds", "test_seeds") if c in table]

@@ -1,5 +1,8 @@
 """Scaling fits across budgets: loss(N) = a·N^(−α) + c, and the log-log line log loss = log b − β·log N; and
-the joint law over model and data size L(N, D) = E + A·N^(−α) + B·D^(−β) (Hoffmann et al. 2022).
+the joint law over model and data size L(N, D) = E + A·N^(−α) + B·D^(−β) (Hoffmann et al. 2022), fitted as the
+replication of Besiroglu et al. 2024 recommends: the Huber loss (δ = 1e-3) of log-loss residuals, minimised by
+L-BFGS-B from several initialisations, with bootstrap intervals. Unlike their log-sum-exp form, A and B keep their
+sign, so a loss that does not fall with N (or D) shows as A ≤ 0 (B ≤ 0) instead of an exponent pushed anywhere.
 
 All are fitted to one loss per cell; their bootstrap intervals come from refitting on paired resamples
 of the validation samples (every cell is scored on the same resampled days).
@@ -11,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import least_squares, minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 
 from report.stats import Estimate, interval, seed_mean
 
@@ -112,11 +115,13 @@ def fit_scaling(n_params: np.ndarray, probs, y: np.ndarray, idx: np.ndarray | No
 
 
 # The joint law L(N, D) = E + A·N^(−α) + B·D^(−β). Given (α, β) the rest is linear: (E, A, B) by least squares
-# for every grid pair at once, the best pair refined by nonlinear least squares on the point estimate only.
+# for every grid pair at once. The grid's best pairs (and the best of each region of the grid) start the Huber fit.
 
 EXPONENTS = np.geomspace(1e-3, 3.0, 80)  # α and β searched: coarser than ALPHAS, 6400 pairs per resample
 N_FREE = 5  # E, A, α, B, β
 CHUNK = 32  # resamples profiled at once
+HUBER_DELTA = 1e-3  # Hoffmann et al. 2022 and Besiroglu et al. 2024: Huber loss of log-loss residuals
+REGIONS = 4  # the exponent grid cut into REGIONS² blocks: the best pair of each also starts a Huber fit
 
 
 @dataclass(frozen=True)
@@ -180,14 +185,18 @@ def _joint_profile(design: tuple[np.ndarray, ...], losses: np.ndarray) -> tuple[
 
 
 def _resample_fits(n: np.ndarray, d: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Per resample (rows of losses (B, k)): α, β (between grid points), A_ref, B_ref of the best grid fit;
-    CHUNK resamples at a time keeps the (CHUNK, P, k) residuals small."""
+    """Per resample (rows of losses (B, k)): α, β, A_ref, B_ref of its Huber fit, started from its best grid pair
+    (moved between grid points) with that pair's least-squares (E, A_ref, B_ref); CHUNK resamples at a time keeps
+    the (CHUNK, P, k) residuals small."""
     design, out = _joint_design(n, d), []
     for chunk in np.array_split(losses, max(1, -(-len(losses) // CHUNK))):
         coef, sse = _joint_profile(design, chunk)
         i, j = np.unravel_index(np.argmin(sse.reshape(len(sse), -1), axis=1), sse.shape[1:])
-        out.append(np.column_stack([*_subgrid(sse, i, j), coef[np.arange(len(sse)), i, j]]))
-    return tuple(np.concatenate(out).T)
+        for row, alpha, beta in zip(chunk, *_subgrid(sse, i, j), strict=True):
+            (e, a_ref, b_ref), _ = _linear(n, d, row, np.array([alpha, beta]))
+            theta, _ = _huber_fit(n, d, row, [np.array([e, a_ref, alpha, b_ref, beta])])
+            out.append(theta[[2, 4, 1, 3]])
+    return tuple(np.array(out).T)
 
 
 def _linear(n: np.ndarray, d: np.ndarray, losses: np.ndarray, ab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -226,22 +235,63 @@ def design_problem(n_params: np.ndarray, n_data: np.ndarray) -> str:
     return ""
 
 
+def _huber_objective(theta: np.ndarray, n: np.ndarray, d: np.ndarray, log_l: np.ndarray) -> tuple[float, np.ndarray]:
+    """Σ Huber_δ(log L̂ − log L) and its gradient in θ = (E, A_ref, α, B_ref, β) on scaled n, d; a prediction
+    ≤ 0 (no log) costs a steep, differentiable penalty that points back to positive losses."""
+    e, a, alpha, b, beta = theta
+    xn, xd = n**-alpha, d**-beta
+    pred = e + a * xn + b * xd
+    dpred = np.stack([np.ones_like(n), xn, -a * xn * np.log(n), xd, -b * xd * np.log(d)])  # (5, k)
+    bad = pred <= 1e-12
+    if bad.any():
+        return float(1e6 * (1e-12 - pred[bad]).sum() + 1e3), -1e6 * dpred[:, bad].sum(axis=1)
+    r = np.log(pred) - log_l
+    huber = np.where(np.abs(r) <= HUBER_DELTA, 0.5 * r**2, HUBER_DELTA * (np.abs(r) - 0.5 * HUBER_DELTA))
+    return float(huber.sum()), dpred @ (np.clip(r, -HUBER_DELTA, HUBER_DELTA) / pred)
+
+
+def _huber_fit(n: np.ndarray, d: np.ndarray, losses: np.ndarray, starts: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    """The lowest Huber objective over L-BFGS-B runs from each start (E, A_ref, α, B_ref, β), exponents within the
+    searched range; its θ and objective."""
+    bounds = [(None, None), (None, None), (EXPONENTS[0], EXPONENTS[-1]), (None, None), (EXPONENTS[0], EXPONENTS[-1])]
+    log_l, best = np.log(losses), (None, np.inf)
+    for start in starts:
+        found = minimize(_huber_objective, start, args=(n, d, log_l), jac=True, method="L-BFGS-B", bounds=bounds,
+                         options={"ftol": 1e-15, "gtol": 1e-13, "maxiter": 2000})  # fmt: skip
+        if found.fun < best[1]:
+            best = (found.x, float(found.fun))
+    return best
+
+
+def _starts(n: np.ndarray, d: np.ndarray, losses: np.ndarray, sse: np.ndarray) -> list[np.ndarray]:
+    """Initialisations: the grid's best (α, β) and the best pair of each of REGIONS² blocks of the grid, each with
+    its least-squares (E, A_ref, B_ref)."""
+    pairs = [np.unravel_index(int(np.argmin(sse)), sse.shape)]
+    for rows in np.array_split(np.arange(len(EXPONENTS)), REGIONS):
+        for cols in np.array_split(np.arange(len(EXPONENTS)), REGIONS):
+            block = sse[np.ix_(rows, cols)]
+            if np.isfinite(block).any():
+                i, j = np.unravel_index(int(np.argmin(block)), block.shape)
+                pairs.append((rows[i], cols[j]))
+    starts = []
+    for i, j in dict.fromkeys(pairs):
+        ab = np.array([EXPONENTS[i], EXPONENTS[j]])
+        (e, a_ref, b_ref), _ = _linear(n, d, losses, ab)
+        starts.append(np.array([e, a_ref, ab[0], b_ref, ab[1]]))
+    return starts
+
+
 def fit_joint_law(n_params: np.ndarray, n_data: np.ndarray, losses: np.ndarray) -> JointLaw:
-    """Least squares over (E, A, α, B, β): a grid over (α, β) (the rest is linear), refined by nonlinear least
-    squares between the best pair's neighbours."""
+    """The Huber fit of (E, A, α, B, β) (Besiroglu et al. 2024), started from the best pairs of a grid over (α, β)
+    (where the rest is linear: least squares) and the best pair of each region of that grid."""
     if problem := design_problem(n_params, n_data):
         raise ValueError(f"joint law not identifiable: {problem}")
     n, d, ref_n, ref_d = _scaled(n_params, n_data)
     losses = np.asarray(losses, dtype=float)
     _, sse = _joint_profile(_joint_design(n, d), losses[None, :])
-    i, j = np.unravel_index(int(np.argmin(sse[0])), sse[0].shape)
-    near = [(EXPONENTS[max(m - 1, 0)], EXPONENTS[min(m + 1, len(EXPONENTS) - 1)]) for m in (i, j)]
-    start = np.array([EXPONENTS[i], EXPONENTS[j]])
-    best = least_squares(lambda ab: _linear(n, d, losses, ab)[1], start, bounds=np.array(near).T,
-                         x_scale=start, xtol=1e-12, ftol=1e-12, gtol=1e-12)  # fmt: skip
-    ab = best.x if 2 * best.cost <= sse[0, i, j] else start
-    (e, a_ref, b_ref), _ = _linear(n, d, losses, ab)
-    return JointLaw(float(e), float(a_ref * ref_n ** ab[0]), float(ab[0]), float(b_ref * ref_d ** ab[1]), float(ab[1]))
+    theta, _ = _huber_fit(n, d, losses, _starts(n, d, losses, sse[0]))
+    e, a_ref, alpha, b_ref, beta = map(float, theta)
+    return JointLaw(e, a_ref * ref_n**alpha, alpha, b_ref * ref_d**beta, beta)
 
 
 def _at_edge(x: float) -> bool:

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from campaign.plan import AXIS_KEYS, _UniqueKeys, _whole, beside
+from campaign.plan import AXIS_KEYS, beside, read_spec, whole
 from common.errors import ConfigError, DataError
 from datamodules.assets import data_label, tickers_of
 from datamodules.splits import iso_date
@@ -101,22 +101,6 @@ class StudyPlan:
         return self.n_params[(run.budget, run.arm)]
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        spec = yaml.load(path.read_text(), Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader
-    except FileNotFoundError:
-        raise ConfigError(f"study config not found: {path}") from None
-    except (OSError, yaml.YAMLError) as err:
-        detail = f": {err.problem}" if getattr(err, "problem", None) else ""
-        raise ConfigError(f"{path}: unreadable study config ({type(err).__name__}{detail})") from None
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{path}: a study config is a mapping of {', '.join(sorted(KEYS))}")
-    unknown, missing = set(spec) - KEYS, KEYS - set(spec) - set(OPTIONAL)
-    if unknown or missing:
-        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
-    return spec
-
-
 def _files(path: Path, what: str, values: Any) -> list[Path]:
     where = f"(paths are relative to {path.parent}/, the study file's folder)"
     if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
@@ -150,7 +134,7 @@ def _block_runs(path: Path, block: Any, index: int, budgets: dict, arms: dict) -
         if unknown:
             raise ConfigError(f"{path}: block {index}: unknown {key} {unknown}; known: {', '.join(map(str, known))}")
     for key in ("horizons", "seeds"):
-        if not all(_whole(v) or key == "seeds" and v == 0 for v in axes[key]):
+        if not all(whole(v) or key == "seeds" and v == 0 for v in axes[key]):
             least = "≥ 0" if key == "seeds" else "≥ 1"
             raise ConfigError(f"{path}: block {index}: {key} must be whole numbers ({least}), got {axes[key]}")
     try:
@@ -191,8 +175,8 @@ def count_params(configs: list[Path], channels: int = 25, context: int = 80) -> 
 
 def load_study(path: Path, extra: list[str] | None = None) -> StudyPlan:
     """The study of `path`, with fit overrides from the command line appended to its own."""
-    spec = _read(path)
-    if not isinstance(spec["name"], str) or not _whole(spec["version"]):
+    spec = read_spec(path, "study", KEYS, set(OPTIONAL))
+    if not isinstance(spec["name"], str) or not whole(spec["version"]):
         raise ConfigError(f"{path}: name must be text and version a whole number ≥ 1")
     check_name(spec["name"], f"{path}: study name")
     budgets, arms = spec["budgets"], spec["arms"]
@@ -218,7 +202,7 @@ def load_study(path: Path, extra: list[str] | None = None) -> StudyPlan:
         raise ConfigError(f"{path}: {', '.join(taken)} in the overrides: the study sets the data, seed and run folder "
                           "of every run through its blocks")  # fmt: skip
     workers, below = spec.get("workers", 1), spec.get("parallel_below", 0)
-    if not _whole(workers) or not (_whole(below) or below == 0):
+    if not whole(workers) or not (whole(below) or below == 0):
         raise ConfigError(f"{path}: workers must be a whole number ≥ 1 and parallel_below a parameter count ≥ 0")
     plan = StudyPlan(spec["name"], int(spec["version"]), budget_files, arm_files, runs, overrides, int(workers),
                      int(below), path)  # fmt: skip

@@ -326,7 +326,7 @@ def test_campaign_command_line_mistakes(campaign, tmp_path, capsys, extra, fragm
 
 
 def test_a_cell_without_its_dataset(campaign, tmp_path, capsys):
-    refused(["campaign", "--config", str(_edit(campaign, tiers=["a100"]))], "no dataset GSPC.dataset.a100", capsys,
+    refused(["campaign", "--config", str(_edit(campaign, tiers=["a200"]))], "no dataset GSPC.dataset.a200", capsys,
             tmp_path)  # fmt: skip
 
 

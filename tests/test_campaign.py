@@ -282,9 +282,9 @@ def test_data_axes_multiply_the_cells_and_name_them(tmp_path):
 
 def test_a_cell_without_its_dataset_stops_the_campaign_before_anything_runs(tmp_path, capsys):
     config = write_campaign(tmp_path)
-    spec = yaml.safe_load(config.read_text()) | {"tiers": ["a25", "a100"]}  # a100 is not shipped built
+    spec = yaml.safe_load(config.read_text()) | {"tiers": ["a25", "a200"]}  # a200 is not shipped built
     config.write_text(yaml.safe_dump(spec, sort_keys=False))
-    fragment = "no dataset GSPC.dataset.a100 v1; build it with `python cli.py data build"
+    fragment = "no dataset GSPC.dataset.a200 v1; build it with `python cli.py data build"
     assert_refused(["campaign", "--config", str(config)], fragment, capsys, tmp_path)
     assert not (tmp_path / "logs" / "hpo").exists()
 

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import ROOT, assert_refused, cli_exit, run_cli, tiny_config
@@ -149,7 +150,12 @@ def test_kill_9_and_stop_then_resume_to_the_shipped_report(tmp_path):
         names = {p.name for p in shipped if str(p).startswith(run)}
         assert {"config.yaml", "run.json", "val_predictions.csv", "test_predictions.csv"} <= names
     assert "start_val_predictions.csv" in {p.name for p in shipped if "hybrid" in str(p)}
-    assert (results / "report.csv").is_file() and (results / "report.md").is_file()
+    table = pd.read_csv(results / "report.csv")
+    models = table[table["kind"] == "model"]
+    assert sorted(models["arm"]) == ["hybrid", "transformer"]  # one budget: each arm its own row, never merged
+    transformer = models[models["arm"] == "transformer"].iloc[0]
+    assert transformer["val_hybrid_verdict"] in ("better", "worse", "equivalent", "inconclusive")
+    assert "transformer − hybrid at the same budget" in (results / "report.md").read_text()
     assert "owner" not in json.loads(state.read_text())
     status = run_cli("study", *args[1:], "--status")
     assert status.returncode == 0 and "left: 0 fits and 0 tests" in status.stdout
