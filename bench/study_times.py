@@ -47,8 +47,9 @@ def main() -> int:
         own = sum(r["wall"] for r in runs)
         total, tests = total + own, tests + sum(test)
         test_s = f"{mean(test):.1f}" if test else "—"
-        print(f"| {experiment} | {len(runs)} | {sorted({r['threads'] for r in runs})} | {wall:.1f} | "
-              f"{wall - inside:.1f} | {epochs:.1f} | {inside / epochs:.1f} | {test_s} | {own / 60:.1f} min |")  # fmt: skip
+        threads = sorted({r["threads"] for r in runs})
+        print(f"| {experiment} | {len(runs)} | {threads} | {wall:.1f} | {wall - inside:.1f} | {epochs:.1f} | "
+              f"{inside / epochs:.1f} | {test_s} | {own / 60:.1f} min |")  # fmt: skip
     print(f"\nfit jobs: {total / 60:.1f} min of job time; test jobs: {tests / 60:.1f} min (jobs overlap when run two "
           "at a time: the study's wall time is less)")  # fmt: skip
     return 0
