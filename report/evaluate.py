@@ -326,13 +326,24 @@ def _baselines(data: dict, split: str, options: Options, found: dict) -> Predict
     return found[key]
 
 
+def _reading_order(cell: tuple) -> tuple:
+    """Sections as a reader wants them: one asset before pools, fewer features first, the whole history before
+    later first training dates, the hybrid before the transformer; then the rest of the data settings."""
+    from datamodules.features import TIERS
+
+    (frame, arm), frame_runs = cell
+    data = next(iter(next(iter(frame_runs.values())).values()))[0].data
+    start = (data.get("splits") or {}).get("train_start") or ""
+    return (len(data["tickers"]), len(TIERS.get(data["tier"], ())), start, frame, ARM_ORDER.get(arm, 9), arm)
+
+
 def evaluate(runs: list[Run], options: Options) -> list[Section]:
     cells = select(runs)
     if not cells:
         raise ReportError("no finished fit or complete hpo trial to report")
     sections, found = [], {}
     arms = len({arm for _, arm in cells})
-    for _key, frame_runs in sorted(cells.items(), key=lambda kv: (kv[0][0], ARM_ORDER.get(kv[0][1], 9))):
+    for _key, frame_runs in sorted(cells.items(), key=_reading_order):
         tickers = next(iter(next(iter(frame_runs.values())).values()))[0].data["tickers"]
         for scope in ["", *tickers] if len(tickers) > 1 else [""]:  # pooled, then each asset alone
             sections.append(evaluate_section(frame_runs, options, scope, found, arms))

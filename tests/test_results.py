@@ -20,8 +20,9 @@ def test_every_run_of_the_study_ships_light():
         names = {p.relative_to(folder).as_posix().split("/")[-1] for p in folder.rglob("*") if p.is_file()}
         assert {"config.yaml", "run.json", "val_predictions.csv", "test_predictions.csv"} <= names, folder
         assert ("start_val_predictions.csv" in names) == (run.arm == "hybrid"), folder
+    runs = [p for p in (RESULTS / "runs").rglob("*") if p.is_file()]
+    assert not [p for p in runs if p.suffix == ".ckpt" or p.name.startswith("events.out")]  # no checkpoint, no log
     shipped = [p for p in RESULTS.rglob("*") if p.is_file()]
-    assert not [p for p in shipped if p.suffix == ".ckpt" or p.name.startswith("events.out")]
     assert sum(p.stat().st_size for p in shipped) < 30e6  # small enough to commit
 
 
