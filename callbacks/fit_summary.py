@@ -123,7 +123,7 @@ def baseline_scores(run_dir: Path, record: dict, cache: Path) -> dict[str, tuple
     from report.stats import auroc, bce, brier
 
     try:
-        data, _ = _config(run_dir)  # the data settings exactly as the report reads them
+        data = _config(run_dir)[0]  # the data settings exactly as the report reads them
         settings = {k: data.get(k) for k in (*FRAME_KEYS, "data_dir")}
         settings |= {"horizon": int(data["horizon"]), "context_length": data["context_length"]}
         key = _key(settings, ",".join(d["hash"] for d in record["datasets"]), 0)  # the report's default seed

@@ -122,7 +122,9 @@ def _edit_manifest(kind: str, edit: Callable[[dict], object]) -> Callable[[Path]
 
 
 def _first_entry(**fields) -> Callable[[dict], object]:
-    return lambda payload: payload["entries"][0].update(fields)
+    """Edit a manifest's first entry; in the processed one GSPC.dataset.a25's (what `data build` makes by default)."""
+    entries = lambda payload: [e for e in payload["entries"] if e["name"] == "GSPC.dataset.a25"] or payload["entries"]  # noqa: E731
+    return lambda payload: entries(payload)[0].update(fields)
 
 
 def _write(relative: str, content: bytes) -> Callable[[Path], None]:

@@ -57,7 +57,7 @@ def test_list_starts_without_torch(data_dir):
 
 def test_verify_of_the_shipped_data_in_a_real_process(data_dir):
     verified = run_cli("data", "verify", "--data-dir", str(data_dir))
-    assert verified.returncode == 0 and "all 7 entries match" in verified.stdout, verified.stderr[-2000:]
+    assert verified.returncode == 0 and "all 9 entries match" in verified.stdout, verified.stderr[-2000:]
 
 
 def test_verify_names_each_mismatch_and_exits_1(data_dir, capsys):
@@ -82,7 +82,7 @@ def test_build_writes_a_new_version_and_import_registers_a_csv(data_dir, tmp_pat
     built = cli_ok("data", "build", "--ticker", "SPY", "--tier", "a25", "--data-dir", data_dir)
     assert "built SPY.dataset.a25 v1" in built and "199 warm-up rows" in built
     assert (data_dir / "processed" / "SPY.dataset.a25" / "v1" / "data.parquet").exists()
-    assert "all 9 entries match" in cli_ok("data", "verify", "--data-dir", data_dir)
+    assert "all 11 entries match" in cli_ok("data", "verify", "--data-dir", data_dir)
 
 
 def _bad_csv(kind: str, tmp_path: Path) -> Path:
@@ -264,13 +264,13 @@ def test_a_killed_build_blocks_nothing_and_verify_names_what_it_left(data_dir, c
     capsys.readouterr()
     assert cli.main(["data", "verify", "--data-dir", str(data_dir)]) == 0  # strays are not corruption
     out = " ".join(capsys.readouterr().out.split())
-    assert f"STRAY {version / left[0]}" in out and f"rm '{version / left[0]}'" in out and "all 7 entries match" in out
+    assert f"STRAY {version / left[0]}" in out and f"rm '{version / left[0]}'" in out and "all 9 entries match" in out
     built = " ".join(cli_ok("data", "build", "--ticker", "GSPC", "--tier", "a25", "--version", "2", "--data-dir",
                             data_dir).split())  # fmt: skip
     assert "GSPC.dataset.a25 v2" in built
     assert ("as it was: an interrupted build left it behind" in built) == (where == "registering")
     verified = " ".join(cli_ok("data", "verify", "--data-dir", data_dir).split())
-    assert "all 8 entries match" in verified and ("STRAY" in verified) == (where == "writing")
+    assert "all 10 entries match" in verified and ("STRAY" in verified) == (where == "writing")
 
 
 def test_verify_lists_no_strays_on_the_shipped_data_and_names_unimported_raw_files(data_dir):

@@ -148,7 +148,7 @@ def test_the_summary_scores_cached_baselines_on_the_runs_validation_days(tiny_ru
     record = json.loads((tiny_run / "run.json").read_text())
     cache = tmp_path / "baselines"
     assert baseline_scores(tiny_run, record, cache) == {}  # nothing cached: nothing computed
-    data, _ = _config(tiny_run)
+    data = _config(tiny_run)[0]
     settings = {k: data.get(k) for k in (*FRAME_KEYS, "data_dir")} | {"horizon": 1, "context_length": 80}
     cached = baselines.baseline_predictions(settings, "val", cache)
     baselines.save(cached)
