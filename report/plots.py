@@ -48,6 +48,15 @@ def _log_x(ax, label: str = "parameters") -> None:
     ax.set_xlabel(label)
 
 
+def _finish(ax, ylabel: str, title: str, fontsize: int = 9, xlabel: str = "parameters") -> None:
+    """A panel's log x axis, labels, grid and legend."""
+    _log_x(ax, xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=fontsize)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6)
+
+
 def _figure(rows: int, columns: int) -> tuple[Figure, np.ndarray]:
     fig, axes = plt.subplots(rows, columns, figsize=(columns * PANEL[0], rows * PANEL[1]), dpi=DPI, squeeze=False)
     return fig, axes
@@ -79,11 +88,7 @@ def scaling_figure(section: Section, split: str) -> Figure | None:
             if metric == "bce" and split == "val" and fit is not None and fit.law is not None:
                 grid = np.geomspace(n.min() / 2, n.max() * 2, 100)
                 ax.plot(grid, fit.law(grid), color="C1", linewidth=1, label=f"fit α={fit.law.alpha:.2f}")
-            _log_x(ax)
-            ax.set_ylabel(f"{split} {label}")
-            ax.set_title(f"h = {horizon}", fontsize=9)
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=6)
+            _finish(ax, f"{split} {label}", f"h = {horizon}")
     fig.tight_layout()
     return fig
 
@@ -206,11 +211,7 @@ def answer_figure(group: list[Section], split: str, metric: str) -> Figure | Non
                 ax.axhline(e.value, color="gray", ls=style, lw=1, label=r.model)
                 if metric == "auroc" and math.isfinite(e.low):  # on BCE the days' common noise would hide the lines
                     ax.axhspan(e.low, e.high, color="gray", alpha=0.08, lw=0)
-            _log_x(ax)
-            ax.set_ylabel(f"{split} {label}")
-            ax.set_title(f"{arm}, h = {horizon}", fontsize=9)
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=6)
+            _finish(ax, f"{split} {label}", f"{arm}, h = {horizon}")
     fig.tight_layout()
     return fig
 
