@@ -57,13 +57,26 @@ class Estimate:
 # Metrics take probabilities p and labels y of shape (..., n) and reduce the last axis.
 
 
-def bce(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _bce_terms(p: np.ndarray, y: np.ndarray) -> np.ndarray:
     p = np.clip(p, EPS, 1 - EPS)
-    return -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean(axis=-1)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def _brier_terms(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return (p - y) ** 2
+
+
+def bce(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return _bce_terms(p, y).mean(axis=-1)
 
 
 def brier(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return ((p - y) ** 2).mean(axis=-1)
+    return _brier_terms(p, y).mean(axis=-1)
+
+
+# Per-sample terms of the metrics that are means: a resample's value is the mean of the gathered terms, bit for
+# bit the metric of the gathered samples, with the logs taken once per sample instead of once per resample.
+TERMS = {"bce": _bce_terms, "brier": _brier_terms}
 
 
 def auroc(p: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -107,7 +120,29 @@ def seed_mean(metric: str, p: np.ndarray, y: np.ndarray, idx: np.ndarray | None 
     Without idx a scalar; with idx (B, n) one value per resample, every seed resampled on the same days."""
     p = np.atleast_2d(p)  # (S, n)
     f = METRICS[metric]
-    return f(p, y).mean(axis=0) if idx is None else f(p[:, idx], y[idx]).mean(axis=0)  # () or (B,)
+    if idx is None:
+        return f(p, y).mean(axis=0)  # ()
+    if metric in TERMS:
+        return TERMS[metric](p, y)[:, idx].mean(axis=-1).mean(axis=0)  # (B,)
+    return np.mean([resampled_auroc(row, y, idx) for row in p], axis=0)
+
+
+def resampled_auroc(p: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """auroc(p[idx], y[idx]) for every resample (B, n) at once, without ranking each: the samples sorted once, each
+    resample counts how often it drew every sample, and the pairs (positive above negative, ties half) are counted
+    over groups of equal scores. Integer counts throughout, one division: the same values on every CPU."""
+    order = np.argsort(p, kind="stable")
+    sorted_p, sorted_y = p[order], y[order]
+    starts = np.flatnonzero(np.r_[True, sorted_p[1:] != sorted_p[:-1]])  # first sample of each group of ties
+    n_boot, n = len(idx), len(p)
+    flat = (np.arange(n_boot)[:, None] * n + idx).ravel()
+    counts = np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n)[:, order].astype(float)
+    positives = np.add.reduceat(counts * sorted_y, starts, axis=1)  # (B, groups)
+    negatives = np.add.reduceat(counts * (1 - sorted_y), starts, axis=1)
+    below = np.cumsum(negatives, axis=1) - negatives
+    pairs = (positives * (below + 0.5 * negatives)).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return pairs / (positives.sum(axis=1) * negatives.sum(axis=1))
 
 
 def estimate(metric: str, p: np.ndarray, y: np.ndarray, idx: np.ndarray | None) -> Estimate:

@@ -171,3 +171,18 @@ def test_the_best_model_and_baseline_are_chosen_on_validation_also_for_the_test_
 )
 def test_a_difference_is_judged_equivalent_within_the_margin_before_beyond_the_interval(d, margin, said):
     assert d.judge(margin) == said
+
+
+@pytest.mark.parametrize("decimals", [2, 8])  # many ties, and almost none
+def test_resampled_metrics_equal_the_metric_of_each_resample(decimals):
+    """seed_mean's fast paths (BCE and Brier from per-sample terms, AUROC from counts over sorted scores) give the
+    metric of every gathered resample exactly, ties and one-class resamples (NaN) included."""
+    from report.stats import METRICS, resampled_auroc, seed_mean
+
+    rng = np.random.default_rng(decimals)
+    p, y = rng.random((2, 300)).round(decimals), (rng.random(300) < 0.2).astype(float)
+    idx = block_indices(300, 200, 10, seed=1)
+    for metric, f in METRICS.items():
+        np.testing.assert_array_equal(seed_mean(metric, p, y, idx), f(p[:, idx], y[idx]).mean(axis=0))
+    one_class = np.tile(np.flatnonzero(y == 0)[:50], (3, 1))
+    assert np.isnan(resampled_auroc(p[0], y, one_class)).all()
