@@ -14,18 +14,14 @@ the next start waits for any of them still writing.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
-import select
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from statistics import median
@@ -35,106 +31,14 @@ from common.errors import ConfigError
 from common.files import atomic_write_bytes
 from common.formatting import duration
 from hpo.storage import alive, process_started
-from study.plan import StudyPlan, StudyRun, data_fraction
+from study.jobs import CLI, Job, Times, Worker, cores, die_with_parent
+from study.plan import StudyPlan, StudyRun
 
 log = logging.getLogger(__name__)
-CLI = Path(__file__).resolve().parent.parent / "cli.py"
 FINAL = ("finished", "diverged")  # a run's status that no rerun changes
 LIGHT_FILES = ("config.yaml", "run.json", "val_predictions.csv", "start_val_predictions.csv")
 LIGHT_TEST_FILES = ("run.json", "test_predictions.csv", "start_test_predictions.csv")
-# predicting a fit's seconds before any has run (2 quiet cores, bench/RESULTS.md "One fit per budget and arm"):
-# start-up, then ~8 epochs of a fixed part and a part proportional to parameters × training windows
-PRIOR_START_S, PRIOR_EPOCHS, PRIOR_EPOCH_S, PRIOR_S_PER_PARAM_WINDOW, FULL_WINDOWS = 8.0, 8, 0.25, 6.7e-10, 3726
-TEST_PRIOR_S = 8.0
-POLL_S = 0.5
-
-
-def cores() -> int:
-    """Threads the study may use: OMP_NUM_THREADS when set, else the CPUs this process may run on."""
-    return int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
-
-
-def _die_with_parent() -> None:  # in the child, before exec: SIGTERM (a graceful stop) when the study dies
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-@dataclass
-class Worker:
-    """A `study/worker.py` process: jobs in on its stdin, one exit code per job back on its stdout."""
-
-    process: subprocess.Popen
-    threads: int
-    busy: bool = False
-
-    @classmethod
-    def start(cls, threads: int, log: Path) -> Worker:
-        env = {
-            **os.environ,
-            "OMP_NUM_THREADS": str(threads),
-            "MKL_NUM_THREADS": str(threads),
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join([str(CLI.parent), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-        }
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "a") as err:
-            process = subprocess.Popen([sys.executable, "-m", "study.worker"], stdin=subprocess.PIPE,
-                                       stdout=subprocess.PIPE, stderr=err, env=env, text=True,
-                                       preexec_fn=_die_with_parent)  # fmt: skip
-        return cls(process, threads)
-
-    def submit(self, argv: list[str], log: Path) -> None:
-        self.busy = True
-        self.process.stdin.write(json.dumps({"argv": argv, "log": str(log)}) + "\n")
-        self.process.stdin.flush()
-
-    def result(self) -> int | None:
-        """The job's exit code once it has ended (1 if the worker died), else None."""
-        if select.select([self.process.stdout], [], [], 0)[0]:
-            line = self.process.stdout.readline()
-            if line:
-                self.busy = False
-                return int(json.loads(line)["code"])
-        if self.process.poll() is not None:
-            self.busy = False
-            return 1
-        return None
-
-
-@dataclass
-class Job:
-    run: StudyRun
-    kind: str  # fit | test
-    process: subprocess.Popen | None  # its own process, or None when a worker runs it
-    began: float
-    threads: int
-    worker: Worker | None = None
-
-    def exit_code(self) -> int | None:
-        return self.worker.result() if self.worker is not None else self.process.poll()
-
-    def terminate(self) -> None:
-        (self.worker.process if self.worker is not None else self.process).send_signal(signal.SIGTERM)
-
-
-@dataclass
-class Times:
-    """Seconds of finished jobs, to predict the rest (per budget, arm and kind; the prior before any has run)."""
-
-    seen: dict[tuple, list[float]] = field(default_factory=lambda: defaultdict(list))  # key → observed / prior
-
-    def prior(self, plan: StudyPlan, run: StudyRun, kind: str) -> float:
-        if kind == "test":
-            return TEST_PRIOR_S
-        windows = FULL_WINDOWS * data_fraction(run)
-        return PRIOR_START_S + PRIOR_EPOCHS * (PRIOR_EPOCH_S + PRIOR_S_PER_PARAM_WINDOW * plan.params(run) * windows)
-
-    def add(self, plan: StudyPlan, run: StudyRun, kind: str, seconds: float) -> None:
-        self.seen[(kind, run.budget, run.arm)].append(seconds / self.prior(plan, run, kind))
-
-    def predict(self, plan: StudyPlan, run: StudyRun, kind: str) -> float:
-        ratios = self.seen.get((kind, run.budget, run.arm)) or [r for k, v in self.seen.items() if k[0] == kind
-                                                                 for r in v]  # fmt: skip
-        return self.prior(plan, run, kind) * (median(ratios) if ratios else 1.0)
+POLL_S = 0.5  # seconds between looks at the running jobs
 
 
 class StudyRunner:
@@ -258,7 +162,7 @@ class StudyRunner:
                    "PYTHONUNBUFFERED": "1"}  # fmt: skip
             with open(output, "a") as out:
                 process = subprocess.Popen([sys.executable, str(CLI), *args], stdout=out, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)  # fmt: skip
+                                           stdin=subprocess.DEVNULL, env=env, preexec_fn=die_with_parent)  # fmt: skip
             job = Job(run, kind, process, time.time(), threads)
         entry = self._entry(run)
         entry.update(pid=process.pid, pid_started=process_started(process.pid))
