@@ -30,6 +30,11 @@ def cores() -> int:
     return int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
 
 
+def child_env(threads: int) -> dict[str, str]:
+    """The environment of a job's process: this one's, with its share of the cores and unbuffered output."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+
+
 def die_with_parent() -> None:  # in the child, before exec: SIGTERM (a graceful stop) when the study dies
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -44,13 +49,8 @@ class Worker:
 
     @classmethod
     def start(cls, threads: int, log: Path) -> Worker:
-        env = {
-            **os.environ,
-            "OMP_NUM_THREADS": str(threads),
-            "MKL_NUM_THREADS": str(threads),
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join([str(CLI.parent), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-        }
+        path = os.pathsep.join([str(CLI.parent), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env = child_env(threads) | {"PYTHONPATH": path}  # `-m study.worker` from any working folder
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as err:
             process = subprocess.Popen([sys.executable, "-m", "study.worker"], stdin=subprocess.PIPE,

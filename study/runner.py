@@ -31,7 +31,7 @@ from common.errors import ConfigError
 from common.files import atomic_write_bytes
 from common.formatting import duration
 from hpo.storage import alive, process_started
-from study.jobs import CLI, Job, Times, Worker, cores, die_with_parent
+from study.jobs import CLI, Job, Times, Worker, child_env, cores, die_with_parent
 from study.plan import StudyPlan, StudyRun
 
 log = logging.getLogger(__name__)
@@ -158,11 +158,10 @@ class StudyRunner:
             worker.submit(args, output)
             process, job = worker.process, Job(run, kind, None, time.time(), threads, worker)
         else:
-            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                   "PYTHONUNBUFFERED": "1"}  # fmt: skip
             with open(output, "a") as out:
                 process = subprocess.Popen([sys.executable, str(CLI), *args], stdout=out, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL, env=env, preexec_fn=die_with_parent)  # fmt: skip
+                                           stdin=subprocess.DEVNULL, env=child_env(threads),
+                                           preexec_fn=die_with_parent)  # fmt: skip
             job = Job(run, kind, process, time.time(), threads)
         entry = self._entry(run)
         entry.update(pid=process.pid, pid_started=process_started(process.pid))

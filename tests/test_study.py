@@ -19,12 +19,14 @@ from conftest import ROOT, assert_refused, cli_exit, run_cli, tiny_config
 from hpo.storage import alive
 from study.plan import StudyRun, load_study
 
-SMALL = ["--trainer.max_epochs", "3", "--trainer.limit_train_batches", "2", "--trainer.log_every_n_steps", "1"]
+SMALL = ["--trainer.max_epochs", "3", "--trainer.limit_train_batches", "8", "--trainer.log_every_n_steps", "1"]
 
 
 def write_study(tmp_path: Path, **changes) -> Path:
     """A study of configs/tiny.yaml (logs and stop file under tmp_path): the hybrid arm at seeds 0 and 1, the
-    transformer arm at seed 0, three 2-batch epochs each, two at a time."""
+    transformer arm at seed 0, three 8-batch epochs each. parallel_below lies between the arms' sizes (30,331 and
+    30,305 parameters): the transformer's fit and every test run in a worker, the hybrid's fits in their own
+    processes, so both ways a job runs are stopped, killed and resumed."""
     spec = {
         "name": "t",
         "version": 1,
@@ -33,7 +35,7 @@ def write_study(tmp_path: Path, **changes) -> Path:
         "blocks": [{"arms": ["hybrid"], "seeds": [0, 1]}, {"arms": ["transformer"]}],
         "overrides": SMALL,
         "workers": 2,
-        "parallel_below": 1_000_000,
+        "parallel_below": 30_320,
     }
     spec.update(changes)
     path = tmp_path / "study.yaml"
@@ -118,20 +120,20 @@ def test_kill_9_and_stop_then_resume_to_the_shipped_report(tmp_path):
     runner = start(args, tmp_path / "first.log")
     try:
         wait(lambda: any((logs / "study" / "t" / "runs").glob("*/*/checkpoints/last.ckpt")))
-        code, _, err = cli_exit(*args)
-        assert code == 2 and f"running in process {runner.pid}" in err
-        children = children_of(state, runner.pid)
-        assert children
+        children = children_of(state, runner.pid)  # at once: the fit is short
         runner.send_signal(signal.SIGKILL)
+        assert children
         runner.wait()
         wait(lambda: not any(alive(int(pid), started) for pid, started in children), timeout=120)
     finally:
         runner.kill()
     stopped = [name for name, r in records(logs).items() if r["status"] == "stopped"]
-    assert stopped, records(logs)  # the kernel's SIGTERM stopped them at a batch: last.ckpt kept
+    assert stopped, {k: (r["status"], r.get("epochs_run")) for k, r in records(logs).items()}
 
     runner = start(args, tmp_path / "second.log")  # the stop file: the running fits stop, none starts
     wait(lambda: children_of(state, runner.pid))
+    code, _, err = cli_exit(*args)
+    assert code == 2 and f"running in process {runner.pid}" in err  # one runner per study
     (logs / "STOP").touch()
     assert runner.wait(timeout=120) == 0
     assert "stopped by" in (tmp_path / "second.log").read_text()
@@ -144,6 +146,7 @@ def test_kill_9_and_stop_then_resume_to_the_shipped_report(tmp_path):
     assert {r["epochs_run"] for r in final.values()} == {3}
     outputs = "".join(p.read_text() for p in (logs / "study" / "t" / "output").glob("*/*.fit.log"))
     assert "--ckpt_path" in outputs  # a run continued from its last.ckpt
+    assert (logs / "study" / "t" / "output" / "workers.log").is_file()  # the pooled jobs ran in a worker
     shipped = sorted(p.relative_to(results / "runs") for p in (results / "runs").rglob("*") if p.is_file())
     assert not [p for p in shipped if p.suffix == ".ckpt" or "events" in p.name]
     for run in ("tiny-hybrid/h1-GSPC.dataset.a25-v1-s0", "tiny-transformer/h1-GSPC.dataset.a25-v1-s0"):
