@@ -93,15 +93,14 @@ def data_main(argv: list[str]) -> int:
 def _budget_counters() -> dict:
     """Budget → parameter count of its shipped config's shape on C input channels (for `data list`; torch-free:
     the counter and the configuration never load the network's module)."""
-    import yaml
-
+    from common.config_files import fit_config
     from lightning_modules.patchtst_config import PatchTSTConfig
     from sizing.accounting import parameter_count
     from sizing.budget import BUDGETS
 
     counters = {}
     for name in BUDGETS:
-        config = yaml.safe_load((Path(__file__).parent / "configs" / f"{name}.yaml").read_text())
+        config = fit_config(Path(__file__).parent / "configs" / f"{name}.yaml")
         net, context = PatchTSTConfig(**config["model"]["net"]), int(config["data"]["context_length"])
         counters[name] = lambda channels, net=net, context=context: parameter_count(channels, context, net)
     return counters

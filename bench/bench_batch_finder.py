@@ -15,12 +15,12 @@ import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from callbacks.batch_finder import MemoryAwareBatchFinder  # noqa: E402
+from common.config_files import fit_config  # noqa: E402
 from datamodules.market_datamodule import MarketDataModule  # noqa: E402
 from lightning_modules.forecaster import Forecaster  # noqa: E402
 from lightning_modules.patchtst import PatchTSTConfig  # noqa: E402
@@ -42,7 +42,7 @@ class TrainingPeak(pl.Callback):
 
 
 def measure(name: str, limit: str) -> dict:
-    net = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())["model"]["net"]
+    net = fit_config(ROOT / "configs" / f"{name}.yaml")["model"]["net"]
     pl.seed_everything(0)
     dm = MarketDataModule()
     model = Forecaster(n_channels=25, context_length=80, net=PatchTSTConfig(**net))

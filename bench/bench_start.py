@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import lightning_modules.forecaster as forecaster  # noqa: E402
+from common.config_files import fit_config  # noqa: E402
 from lightning_modules.baseline_start import logistic_start  # noqa: E402
 from report.stats import block_indices, difference, seed_mean  # noqa: E402
 
@@ -62,12 +63,11 @@ def run(solver: str, seed: int, horizon: int) -> pd.DataFrame:
 
 def starts(horizon: int) -> None:
     """Both starts on the 2M config's data: the largest weight difference, each one's validation BCE."""
-    import yaml
 
     from datamodules.market_datamodule import MarketDataModule
     from datamodules.splits import Splits
 
-    config = yaml.safe_load((ROOT / "configs" / "2M.yaml").read_text())
+    config = fit_config(ROOT / "configs" / "2M.yaml")
     data, c = config["data"], config["model"]["baseline_C"]
     keys = ("tickers", "tier", "version", "context_length")
     dm = MarketDataModule(**{k: data[k] for k in keys}, horizon=horizon, splits=Splits(**data["splits"]))

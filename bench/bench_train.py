@@ -23,16 +23,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common.config_files import fit_config  # noqa: E402
 from lightning_modules import patchtst  # noqa: E402
 from lightning_modules.patchtst import PatchTST, PatchTSTConfig  # noqa: E402
 from sizing.accounting import parameter_count, training_flops_per_sample  # noqa: E402
 
-GEOMETRIES = {name: PatchTSTConfig(**yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())["model"]["net"])
+GEOMETRIES = {name: PatchTSTConfig(**fit_config(ROOT / "configs" / f"{name}.yaml")["model"]["net"])
               for name in ("2M", "20M")}  # fmt: skip
 C, L = 25, 80
 

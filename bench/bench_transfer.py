@@ -35,6 +35,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common.config_files import fit_config  # noqa: E402
 from common.files import atomic_write_text  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "transfer.csv"
@@ -49,7 +50,7 @@ NEAR = 0.002  # BCE: rates this close to the best are as good (seed-to-seed diff
 
 def config_file(epochs: int) -> Path:
     """configs/2M.yaml with a fixed budget: no early stopping, cosine over `epochs`, the transformer alone."""
-    config = yaml.safe_load((ROOT / "configs" / "2M.yaml").read_text())
+    config = fit_config(ROOT / "configs" / "2M.yaml")
     config["trainer"]["max_epochs"] = epochs
     for callback in config["trainer"]["callbacks"]:
         if callback["class_path"].endswith("DecayEarlyStopping"):

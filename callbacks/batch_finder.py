@@ -27,6 +27,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from common.lightning_compat import rebuild_train_loader
 from lightning_modules.patchtst import PatchTST
 from sizing.accounting import parameter_count
 from sizing.memory import available_memory, estimate_training_memory, parse_bytes, read_peak, reset_peak
@@ -103,8 +104,7 @@ class MemoryAwareBatchFinder(pl.Callback):
         # Lightning built the train loader before on_fit_start (to size the LR schedule): build it again with
         # the new micro-batch. The module re-reads trainer.estimated_stepping_batches in its own on_fit_start.
         rng = _rng_state()
-        trainer.fit_loop._combined_loader = None
-        trainer.fit_loop.setup_data()
+        rebuild_train_loader(trainer)
         _set_rng_state(rng)  # building a loader draws from the global generator
         mb = 2**20
         say = log.info if trainer.is_global_zero else log.debug

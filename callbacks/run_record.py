@@ -36,11 +36,10 @@ import torch
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-from callbacks.divergence_guard import TrainingDiverged
 from callbacks.prediction_collector import PredictionCollector
 from callbacks.prediction_writer import write_predictions
+from common.errors import TrainingDiverged
 from common.files import atomic_write_text
 from common.metric_names import NAMES, best_tag, logged, record_key
 from common.ranks import gather_in_order
@@ -49,6 +48,12 @@ from sizing.accounting import hparams_cost
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
+# The HParams columns, in this order after a trial's own (its study, number and sampled settings): what a study, a
+# campaign or a search varies (data, horizon, seed, arm, size, recipe), so that the metrics sit right of them.
+# Every other setting is in the run's config.yaml, its identity in run.json.
+COLUMNS = ("data.horizon", "run.seed", "data.tickers", "data.tier", "data.version", "data.splits.train_start",
+           "model.net.linear_skip", "model.baseline_start", "run.n_params", "model.net.d_model", "model.net.n_layers",
+           "model.net.n_heads", "model.net.d_ff", "model.optim.lr", "model.optim.warmup_epochs")  # fmt: skip
 
 
 def git_commit() -> str:
@@ -114,16 +119,18 @@ class RunRecordCallback(PredictionCollector):
     """Writes run.json and the HParams record; tracks the best epoch of the checkpoint's monitor."""
 
     def __init__(self, monitor: str = "val/loss", mode: str = "min", extra_hparams: dict[str, Any] | None = None,
-                 extra_metrics: tuple[str, ...] = ()):  # fmt: skip
+                 extra_metrics: tuple[str, ...] = (), sampled: tuple[str, ...] = ()):  # fmt: skip
         """
         Args:
             monitor, mode: the metric whose best epoch is recorded (the checkpoint's monitor overrides them).
-            extra_hparams: more HParams columns (an HPO trial adds its study and number).
+            extra_hparams: more HParams columns, first (an HPO trial adds its study and number).
             extra_metrics: more HParams metric names, logged by someone else (an HPO trial's final state).
+            sampled: settings shown next (an HPO trial's sampled keys, e.g. model.net.dropout), then COLUMNS.
         """
         super().__init__()
         self.monitor, self.mode = monitor, mode
         self.extra_hparams, self.extra_metrics = dict(extra_hparams or {}), tuple(extra_metrics)
+        self.sampled = tuple(sampled)
         self.best: dict[str, float] = {}
         self.best_outputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self.record: dict[str, Any] = {}
@@ -135,21 +142,12 @@ class RunRecordCallback(PredictionCollector):
         self.best = dict(state_dict.get("best", {}))
 
     def _params(self, trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, Any]:
+        """The HParams columns: the trial's own, its sampled settings, then COLUMNS (those the run has)."""
         data = dict(getattr(trainer.datamodule, "hparams", {}))
         params = flatten({"model": dict(module.hparams), "data": data})
-        params = {k: v for k, v in params.items() if not k.split(".")[-1].startswith("_")}
-        identity = self.record
-        params.update({
-            "run.n_params": identity["n_params"], "run.seed": identity["seed"],
-            "run.git_commit": identity["git_commit"],
-            "run.forward_flops_per_sample": identity["forward_flops_per_sample"] or 0,
-            "run.train_flops_per_sample": identity["train_flops_per_sample"] or 0,
-            "run.dataset_hash": ",".join(d["hash"] for d in identity["datasets"]),
-            "trainer.max_epochs": trainer.max_epochs or -1, "trainer.precision": str(trainer.precision),
-            "trainer.accumulate_grad_batches": trainer.accumulate_grad_batches,
-            "trainer.gradient_clip_val": float(trainer.gradient_clip_val or 0.0),
-        })  # fmt: skip
-        return params | self.extra_hparams
+        params |= {"run.n_params": self.record["n_params"], "run.seed": self.record["seed"]}
+        shown = dict.fromkeys(k for k in (*self.sampled, *COLUMNS) if k in params)
+        return self.extra_hparams | {k: params[k] for k in shown}
 
     def _write(self, trainer: pl.Trainer, log_dir: str | None = None) -> None:
         log_dir = log_dir or trainer.log_dir  # trainer.log_dir is a collective under DDP: every rank must ask
@@ -206,10 +204,8 @@ class RunRecordCallback(PredictionCollector):
             if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
                 names = [best_tag(name) for name in NAMES] + ["best/epoch", *self.extra_metrics]
                 names += [best_tag(name, a) for a in _pooled_assets(trainer) for name in NAMES]
-                metrics = dict.fromkeys(names, 0.0)
-                writer = logger.experiment._get_file_writer()
-                for summary in hparams_summary(self._params(trainer, pl_module), metrics):  # declares names only
-                    writer.add_summary(summary)
+                # NaN until a value is logged: TensorBoard shows a metric's last value, never a made-up one
+                logger.log_hyperparams(self._params(trainer, pl_module), dict.fromkeys(names, math.nan))
 
     def _improved(self, value: float) -> bool:
         if not math.isfinite(value):

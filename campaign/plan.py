@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from common.config_files import read_spec
 from common.errors import ConfigError, DataError
 from datamodules.assets import tickers_of
 from datamodules.splits import iso_date
@@ -86,35 +85,6 @@ class Plan:
                 if value not in values[axis]:
                     values[axis].append(value)
         return values
-
-
-class _UniqueKeys(yaml.SafeLoader):
-    """YAML whose mappings name each key once: a budget listed twice is a mistake, not "the last one wins"."""
-
-    def construct_mapping(self, node, deep=False):
-        keys = [self.construct_object(key, deep=True) for key, _ in node.value]
-        twice = next((k for k in keys if keys.count(k) > 1), None)
-        if twice is not None:
-            raise yaml.constructor.ConstructorError(None, None, f"key {twice!r} appears twice", node.start_mark)
-        return super().construct_mapping(node, deep)
-
-
-def read_spec(path: Path, kind: str, keys: set[str], optional: set[str]) -> dict[str, Any]:
-    """A campaign's or study's YAML: a mapping of `keys` (all but `optional` required), each key once; any
-    mistake one line."""
-    try:
-        spec = yaml.load(path.read_text(), Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader
-    except FileNotFoundError:
-        raise ConfigError(f"{kind} config not found: {path}") from None
-    except (OSError, yaml.YAMLError) as err:
-        detail = f": {err.problem}" if getattr(err, "problem", None) else ""
-        raise ConfigError(f"{path}: unreadable {kind} config ({type(err).__name__}{detail})") from None
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{path}: a {kind} config is a mapping of {', '.join(sorted(keys))}")
-    unknown, missing = set(spec) - keys, keys - set(spec) - optional
-    if unknown or missing:
-        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
-    return spec
 
 
 def _read(path: Path) -> dict[str, Any]:

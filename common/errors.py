@@ -22,3 +22,8 @@ class DataError(ValueError):
 
 class MemoryPreflightError(ValueError):
     """The run cannot fit the device's memory: one line with what it needs, has, and what would fit."""
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss became non-finite or exploded (`Forecaster`); the message says where (docs/lessons.md #14).
+    Not a refused setting: `fit` exits 1, an hpo trial is recorded as failed."""

@@ -259,12 +259,12 @@ def _check_trainer(config):
     if any(k in str(trainer.strategy).lower() for k in ("ddp", "fsdp")) or several:
         raise ConfigError(
             "hpo runs each trial in its own single-device process (a DDP launcher would re-run the whole study "
-            "per rank); run one hpo worker per device on one storage instead (README: GPUs and trials)"
+            "per rank); run one hpo worker per device on one storage instead (docs/search.md: GPUs and trials)"
         )
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError(
             "hpo was started by torchrun with several processes: each would run a study of its own; run one "
-            "hpo worker per device on one storage instead (README: GPUs and trials)"
+            "hpo worker per device on one storage instead (docs/search.md: GPUs and trials)"
         )
     check_trainer(config, "fit")
     logger = trainer.get("logger")

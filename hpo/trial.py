@@ -108,6 +108,7 @@ class TrialRunner:
         record = RunRecordCallback(
             extra_hparams={"hpo.study": self.settings.name, "hpo.trial": trial.number, "hpo.budget": self.budget},
             extra_metrics=records.HPO_METRICS,
+            sampled=tuple(values),
         )
         try:
             cli = self._fit(trial, self.argv(values, version, resume), pruning, record, began, run_dir)
@@ -160,7 +161,7 @@ class TrialRunner:
 
     def _fit(self, trial: optuna.Trial, argv: list[str], pruning: TrialPruning, record, began: float, run_dir: Path):
         """The trial's fit (its LightningCLI); an error becomes the trial's recorded failure."""
-        from callbacks.divergence_guard import TrainingDiverged
+        from common.errors import TrainingDiverged
         from training.lightning_cli import run_lightning
 
         try:

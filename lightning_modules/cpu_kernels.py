@@ -6,7 +6,8 @@ separate passes over memory; on the small tensors of a 2M model that was 30% of 
 narrow shapes a search favours have many of them (bench/RESULTS.md, issue 18). The kernel draws counter-based
 random bits (a hash of the position and two keys), so backward regenerates the mask from the keys instead of
 keeping it, and the mask does not depend on the number of threads. The keys come from torch's generator:
-seeding, checkpointed RNG state and per-rank seeds apply as for any torch op.
+seeding, checkpointed RNG state and per-rank seeds apply as for any torch op. Each call runs on at most
+torch.get_num_threads() threads (passed to the loop: the library's OpenMP runtime may not be torch's).
 
 The library is built with the C compiler (`$CC`, else `cc`) into ~/.cache/finscale (`$XDG_CACHE_HOME`), once per
 source, compiler and machine. Without a compiler, or with FINSCALE_CPU_KERNELS=0, the torch fallback runs: the
@@ -62,7 +63,7 @@ def library() -> ctypes.CDLL | None:
                     "runs")  # fmt: skip
         return None
     lib.finscale_dropout.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint32,
-                                     ctypes.c_uint32, ctypes.c_uint32, ctypes.c_float]  # fmt: skip
+                                     ctypes.c_uint32, ctypes.c_uint32, ctypes.c_float, ctypes.c_int32]  # fmt: skip
     lib.finscale_dropout.restype = None
     return lib
 
@@ -107,7 +108,7 @@ def apply_mask(x: torch.Tensor, keys: tuple[int, int], dropped: int, use_kernel:
     if lib is None:
         return x.mul(kept(x.numel(), keys, dropped).view(x.shape)).mul_(scale)
     out = torch.empty_like(x)
-    lib.finscale_dropout(x.data_ptr(), out.data_ptr(), x.numel(), *keys, dropped, scale)
+    lib.finscale_dropout(x.data_ptr(), out.data_ptr(), x.numel(), *keys, dropped, scale, torch.get_num_threads())
     return out
 
 

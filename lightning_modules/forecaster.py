@@ -1,8 +1,10 @@
 """Forecaster: the LightningModule around PatchTST. Owns loss, metrics, optimizer and logging only.
 
 What others need from a fit lives in callbacks: FLOPs and throughput (`callbacks/throughput.py`, counted by
-`sizing.accounting`), divergence (`callbacks/divergence_guard.py`), the per-sample predictions of an epoch
-(`callbacks/prediction_collector.py`, from what `validation_step` / `test_step` return).
+`sizing.accounting`), the per-sample predictions of an epoch (`callbacks/prediction_collector.py`, from what
+`validation_step` / `test_step` return). Divergence is checked here, where the loss is made (docs/lessons.md #14):
+a non-finite training loss before its backward pass, and an epoch whose training BCE is over DIVERGENCE_FACTOR ×
+the constant-prior BCE right after the epoch's metrics, before any checkpoint callback writes the epoch.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
+from common.errors import TrainingDiverged
+from common.lightning_compat import attached_trainer
 from common.ranks import gather_in_order
 from lightning_modules.baseline_start import logistic_start
 from lightning_modules.metrics import PerAssetMetrics, StageMetrics
@@ -24,6 +28,8 @@ PROGRESS_BAR = ("val/loss", "val/auroc")  # the epoch metrics the progress bar s
 
 
 SCHEDULES = ("wsd", "cosine")
+DIVERGENCE_FACTOR = 10.0  # an epoch's training BCE this many times the constant-prior BCE: diverged
+DIVERGENCE_ADVICE = "lower model.optim.lr or raise model.optim.warmup_epochs"
 
 
 @dataclass
@@ -146,7 +152,7 @@ class Forecaster(pl.LightningModule):
         return self.net(x)
 
     def setup(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule if self._trainer else None
+        datamodule = self.trainer.datamodule if attached_trainer(self) else None
         prior = getattr(datamodule, "train_positive_rate", None)
         if prior is not None:
             self.train_prior.fill_(prior)
@@ -229,7 +235,7 @@ class Forecaster(pl.LightningModule):
         """Under DDP every rank was seeded alike (so all build the same model) and would draw the same dropout masks
         for its samples: from here each rank > 0 draws from a stream of its own (rank 0 keeps the run's stream, and
         DDP has already copied rank 0's weights to every rank)."""
-        if self._trainer is not None and self.global_rank > 0:
+        if attached_trainer(self) is not None and self.global_rank > 0:
             torch.manual_seed(rank_seed(torch.initial_seed(), self.global_rank))
 
     def on_train_epoch_start(self) -> None:
@@ -245,7 +251,7 @@ class Forecaster(pl.LightningModule):
         Lightning divides each micro-batch loss by A; this restores each sample's 1/window weight, also in
         the last, partial window of an epoch (where a plain division by A would over-weight the samples). Part of
         the loss (each sample's weight in an optimizer step), so it stays here: a callback cannot change the loss."""
-        a = self.trainer.accumulate_grad_batches if self._trainer else 1
+        a = self.trainer.accumulate_grad_batches if attached_trainer(self) else 1
         if a == 1 or not getattr(self, "_epoch_samples", 0):
             return 1.0
         start = (self._batch_idx // a) * a * self._micro_batch
@@ -270,7 +276,8 @@ class Forecaster(pl.LightningModule):
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         return torch.sigmoid(self(batch[0]).float())
 
-    def _epoch_end(self, stage: str) -> None:
+    def _epoch_end(self, stage: str) -> dict[str, torch.Tensor]:
+        """Log the stage's epoch metrics (every rank's samples) and return them."""
         metrics = self.stage_metrics[f"{stage}_metrics"]
         values = metrics.compute(float(self.train_prior))
         shown = PROGRESS_BAR if stage == "val" else ()
@@ -282,9 +289,25 @@ class Forecaster(pl.LightningModule):
             gather = lambda values: gather_in_order(values, self.trainer)[0].to(self.device)  # noqa: E731 - all ranks
             self.log_dict(per_asset.compute(self.asset_priors, gather))
             per_asset.reset()
+        return values
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        # under DDP all ranks decide together: one rank raising alone would leave the others in the all-reduce
+        if self.trainer.strategy.reduce_boolean_decision(torch.isfinite(loss.detach()), all=True):
+            return
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        raise TrainingDiverged(f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, step "
+                               f"{self.global_step}, lr {lr:.3g}: {DIVERGENCE_ADVICE}")  # fmt: skip
 
     def on_train_epoch_end(self) -> None:
-        self._epoch_end("train")  # DivergenceGuard reads train/loss and train/prior_bce next
+        values = self._epoch_end("train")
+        # Lightning runs this hook after plain callbacks and before checkpoint and early-stopping callbacks: a
+        # diverged epoch never reaches last.ckpt
+        loss, prior = float(values["train/loss"]), float(values["train/prior_bce"])  # prior: constant base rate
+        if loss > DIVERGENCE_FACTOR * prior:
+            raise TrainingDiverged(f"training loss {loss:.3g} at epoch {self.current_epoch} is over "
+                                   f"{DIVERGENCE_FACTOR:g}× the constant-prior BCE {prior:.3f}: diverged; "
+                                   f"{DIVERGENCE_ADVICE}")  # fmt: skip
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")
@@ -293,7 +316,8 @@ class Forecaster(pl.LightningModule):
         self._epoch_end("test")
 
     def _mixed_precision(self) -> bool:
-        return self._trainer is not None and str(self._trainer.precision).endswith("-mixed")
+        trainer = attached_trainer(self)
+        return trainer is not None and str(trainer.precision).endswith("-mixed")
 
     def parameter_groups(self) -> list[dict]:
         """AdamW's groups: weight decay on matrices only, and each group's learning rate times its kind's multiplier

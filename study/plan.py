@@ -27,7 +27,8 @@ from typing import Any
 
 import yaml
 
-from campaign.plan import AXIS_KEYS, beside, read_spec, whole
+from campaign.plan import AXIS_KEYS, beside, whole
+from common.config_files import fit_config, read_spec
 from common.errors import ConfigError, DataError
 from datamodules.assets import data_label, tickers_of
 from datamodules.splits import iso_date
@@ -151,14 +152,10 @@ def _block_runs(path: Path, block: Any, index: int, budgets: dict, arms: dict) -
 
 def _merged_net(configs: list[Path]) -> dict[str, Any]:
     """model.net of a budget config with its arm's overlays applied (later files win, key by key)."""
-    net: dict[str, Any] = {}
-    for config in configs:
-        try:
-            spec = yaml.safe_load(config.read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"{config}: unreadable fit config ({type(err).__name__})") from None
-        net.update(((spec.get("model") or {}).get("net") or {}) if isinstance(spec, dict) else {})
-    return net
+    try:
+        return fit_config(*configs).get("model", {}).get("net") or {}
+    except (OSError, yaml.YAMLError, AttributeError) as err:
+        raise ConfigError(f"{configs[0]}: unreadable fit config ({type(err).__name__})") from None
 
 
 def count_params(configs: list[Path], channels: int = 25, context: int = 80) -> int:

@@ -60,7 +60,9 @@ def tiny_config(tmp_path: Path, **trainer) -> Path:
     """configs/tiny.yaml with its logs and stop file under tmp_path and these trainer settings (e.g. max_epochs=2)."""
     import yaml
 
-    config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    from common.config_files import fit_config
+
+    config = fit_config(ROOT / "configs" / "tiny.yaml")
     config["trainer"].update(trainer)
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
     for callback in config["trainer"]["callbacks"]:

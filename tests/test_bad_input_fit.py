@@ -16,6 +16,8 @@ import pytest
 import torch
 from conftest import ROOT, assert_refused, assert_user_error, run_cli
 
+from common.config_files import fit_config
+
 TINY = str(ROOT / "configs" / "tiny.yaml")
 
 
@@ -203,20 +205,17 @@ def test_help_lists_the_commands_and_exits_0():
 
 
 def test_fit_help_describes_the_network_with_the_default_experiments_values(capsys):
-    import yaml
-
+    """The defaults shown are configs/base.yaml's (read under every config), the shape the dataclass's (2M's)."""
     import cli
 
     with pytest.raises(SystemExit) as exit_:
         cli.main(["fit", "--help"])
     assert exit_.value.code == 0
     shown = " ".join(capsys.readouterr().out.split())
-    net = yaml.safe_load((ROOT / "configs" / "2M.yaml").read_text())["model"]["net"]
+    net = fit_config(ROOT / "configs" / "2M.yaml")["model"]["net"]
     for key, value in net.items():
         described = re.search(rf" --model\.net\.{key} \S+ (.*?) --model", shown).group(1)
         assert "default:" in described and described.split("(type:")[0].strip(), key  # a description, then type
-        if key in ("mup_base_width", "mup_base_depth"):  # null by default: runs from before µP load as they trained
-            value = None
         shown_value = "null" if value is None else str(value).lower()  # YAML's spelling of None
         assert f"default: {shown_value}" in described.lower(), (key, described)
     assert "newest last.ckpt" in shown.split(" --ckpt_path CKPT_PATH ")[-1][:300]

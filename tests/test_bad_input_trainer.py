@@ -363,10 +363,9 @@ def test_an_unset_precision_is_lightnings_32_true(tmp_path):
     from training.lightning_cli import parse_fit_config
     from training.trainer_checks import check_trainer
 
-    config = yaml.safe_load(Path(TINY).read_text())
-    del config["trainer"]["precision"]
-    (tmp_path / "no_precision.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    check_trainer(parse_fit_config(["--config", str(tmp_path / "no_precision.yaml")]), "fit")
+    config = parse_fit_config(["--config", str(TINY), "--trainer.precision", "null"])  # Trainer's own default: None
+    assert config.trainer.precision is None
+    check_trainer(config, "fit")
 
 
 def test_a_checkpoint_from_before_a_setting_existed_is_the_same_model(checkpoint, tmp_path):

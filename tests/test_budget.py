@@ -8,9 +8,9 @@ import sys
 from dataclasses import replace
 
 import pytest
-import yaml
 from conftest import ROOT
 
+from common.config_files import fit_config
 from lightning_modules.patchtst import PatchTST, PatchTSTConfig
 from sizing.accounting import parameter_count
 from sizing.budget import (
@@ -94,7 +94,7 @@ def test_head_choices_divide_the_width():
 
 @pytest.mark.parametrize("name", list(BUDGETS))
 def test_shipped_budget_configs_are_the_balanced_shapes_within_5_percent(name):
-    net = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())["model"]["net"]
+    net = fit_config(ROOT / "configs" / f"{name}.yaml")["model"]["net"]
     cfg = PatchTSTConfig(**net)
     shape = balanced(BUDGETS[name], 25, 80)
     assert (cfg.d_model, cfg.n_layers, cfg.d_ff) == (shape.d_model, shape.n_layers, shape.d_ff)

@@ -15,9 +15,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks.batch_finder import MemoryAwareBatchFinder
-from callbacks.divergence_guard import DivergenceGuard, TrainingDiverged
 from callbacks.last_checkpoint import LastCheckpoint
-from common.errors import ConfigError
+from common.errors import ConfigError, TrainingDiverged
 from common.files import atomic_writer
 from datamodules.market_datamodule import MarketDataModule
 from lightning_modules.forecaster import Forecaster, OptimConfig
@@ -274,17 +273,17 @@ def _diverging_fit(tmp_path, bias: float, lr: float, callbacks: list) -> None:
 def test_an_exploding_finite_loss_stops_training_with_its_reason(tmp_path):
     # confidently wrong on all-positive labels (BCE ≈ 200), and a learning rate too small to move
     with pytest.raises(TrainingDiverged, match=r"training loss 200 at epoch 0 is over 10× the constant-prior BCE"):
-        _diverging_fit(tmp_path, -200.0, 1e-12, [DivergenceGuard()])
+        _diverging_fit(tmp_path, -200.0, 1e-12, [])
 
 
 def test_a_non_finite_loss_stops_training_with_its_reason(tmp_path):
     with pytest.raises(TrainingDiverged, match=r"non-finite training loss \(nan\) at epoch 0, step 0"):
-        _diverging_fit(tmp_path, float("nan"), 3e-4, [DivergenceGuard()])
+        _diverging_fit(tmp_path, float("nan"), 3e-4, [])
 
 
 def test_a_diverged_epoch_never_reaches_last_ckpt(tmp_path):
-    # the guard sees the epoch's train/loss (logged by the module's own epoch-end hook) and raises before
-    # LastCheckpoint writes: a plain callback would run before the module's hook and miss the epoch
+    # the module checks its epoch's train/loss in its own epoch-end hook, which Lightning runs before the
+    # checkpoint callbacks': LastCheckpoint never writes the diverged epoch
     with pytest.raises(TrainingDiverged, match="at epoch 0"):
-        _diverging_fit(tmp_path, -200.0, 1e-12, [LastCheckpoint(), DivergenceGuard()])
+        _diverging_fit(tmp_path, -200.0, 1e-12, [LastCheckpoint()])
     assert not list(tmp_path.rglob("*.ckpt"))

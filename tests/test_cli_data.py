@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 from conftest import ROOT, assert_refused, cli_ok, run_cli, synthetic_ohlcv, write_csv
 
+from common.config_files import fit_config
+
 
 def contents(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -29,12 +31,11 @@ def test_list_and_a_no_op_build_on_the_shipped_data(data_dir):
     listed = cli_ok("data", "list", "--data-dir", data_dir)
     for name in ("GSPC.OHLCV.daily", "IXIC.OHLCV.daily", "VIX.OHLCV.daily", "GSPC.dataset.a25", "IXIC.dataset.a25"):
         assert name in listed
-    import yaml
 
     from lightning_modules.patchtst import PatchTSTConfig
     from sizing.accounting import parameter_count
 
-    two_billion = PatchTSTConfig(**yaml.safe_load((ROOT / "configs" / "2B.yaml").read_text())["model"]["net"])
+    two_billion = PatchTSTConfig(**fit_config(ROOT / "configs" / "2B.yaml")["model"]["net"])
     row = next(line for line in listed.splitlines() if line.startswith("│ a200+c "))
     assert "208" in row and "yes" in row and f"{parameter_count(208, 80, two_billion):,}" in row  # a tier × budget
     before = contents(data_dir)

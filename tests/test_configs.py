@@ -1,8 +1,8 @@
-"""The shipped fit configs are complete files (one reads top to bottom), and this test pins exactly how each may
-differ from configs/2M.yaml, the default experiment: the budget's shape, its learning-rate recipe, its precision,
-its log folder name, and for tiny the sizes that make it fast. A setting changed in one file but not the others
-(a callback, a split date, a label rule) fails here. The Python defaults of the network and optimizer
-dataclasses are 2M.yaml's values."""
+"""The shipped fit configs are overlays of configs/base.yaml, and this test pins exactly what each overlay says:
+the budget's shape and its log folder name, 2B its precision, tiny the recipe and sizes that make it fast. A
+setting written into one budget file but not the others (a callback, a split date, a label rule) fails here; the
+whole config a run sees is base.yaml with the overlay on top, as `--print_config` shows it. The Python defaults
+of the network and optimizer dataclasses are the 2M run's values."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 import yaml
 from conftest import ROOT, tiny_config
 
+from common.config_files import fit_config, merge
 from lightning_modules.forecaster import OptimConfig
 from lightning_modules.patchtst import PatchTSTConfig
 
@@ -22,54 +23,73 @@ SHAPE = {"model.net.d_model", "model.net.n_heads", "model.net.n_layers", "model.
 # the standard parametrization and its warmup in steps, which the golden trace records
 RECIPE = {"model.optim.lr", "model.optim.warmup_steps", "model.net.mup_base_width", "model.net.mup_base_depth"}
 NAME = {"trainer.logger.init_args.name"}
-MAY_DIFFER = {
+OVERLAYS = {
     "20K": SHAPE | NAME,
     "200K": SHAPE | NAME,
+    "2M": SHAPE | NAME,
     "20M": SHAPE | NAME,
     "200M": SHAPE | NAME,
     "2B": SHAPE | NAME | {"trainer.precision"},  # bf16-mixed on a GPU
-    "tiny": SHAPE | RECIPE | NAME | {"trainer.max_epochs", "data.batch_size",
-                                     "trainer.callbacks.DecayEarlyStopping.patience",
-                                     "trainer.callbacks.MemoryAwareBatchFinder.effective_batch_size"},
-}  # fmt: skip
+    "tiny": SHAPE | RECIPE | NAME | {"trainer.max_epochs", "data.batch_size", "trainer.callbacks"},
+}
+# tiny restates trainer.callbacks (a list is replaced whole) and changes only these in it
+TINY_CALLBACKS = {"DecayEarlyStopping.patience": 2, "MemoryAwareBatchFinder.effective_batch_size": 128}
 
 
-def flat(node, prefix: str = "") -> dict:
-    """Nested config → {"a.b.c": value}; a callback list is keyed by class name (its order is pinned separately)."""
+def keys(node, prefix: str = "") -> set[str]:
+    """Dotted keys of a nested mapping; a list is one key."""
     if isinstance(node, dict):
-        return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
-    if isinstance(node, list) and node and all(isinstance(x, dict) and "class_path" in x for x in node):
-        found = {}
-        for item in node:
-            name = item["class_path"].rsplit(".", 1)[-1]
-            found[f"{prefix}{name}"] = item["class_path"]
-            found.update(flat(item.get("init_args") or {}, f"{prefix}{name}."))
-        return found
-    return {prefix[:-1]: node}
+        return {k for key, value in node.items() for k in keys(value, f"{prefix}{key}.")}
+    return {prefix[:-1]}
+
+
+def by_class(callbacks: list[dict]) -> dict:
+    """A callback list → {"Class.arg": value}, with the class order under "order"."""
+    found: dict = {"order": [c["class_path"] for c in callbacks]}
+    for c in callbacks:
+        name = c["class_path"].rsplit(".", 1)[-1]
+        found |= {f"{name}.{k}": v for k, v in (c.get("init_args") or {}).items()}
+    return found
 
 
 def load(name: str) -> dict:
     return yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
 
 
-@pytest.mark.parametrize("name", sorted(MAY_DIFFER))
-def test_each_config_differs_from_2m_only_where_its_budget_does(name):
-    base, other = flat(load("2M")), flat(load(name))
-    differing = {key for key in base.keys() | other.keys() if base.get(key, "<absent>") != other.get(key, "<absent>")}
-    assert differing == MAY_DIFFER[name], f"{name}.yaml differs from 2M.yaml at {sorted(differing)}"
-    callbacks = [[c["class_path"] for c in load(n)["trainer"]["callbacks"]] for n in ("2M", name)]
-    assert callbacks[0] == callbacks[1]  # same callbacks in the same order (LastCheckpoint after ModelCheckpoint)
+@pytest.mark.parametrize("name", sorted(OVERLAYS))
+def test_each_budget_file_overlays_only_what_its_budget_changes(name):
+    assert keys(load(name)) == OVERLAYS[name]
+    assert len((ROOT / "configs" / f"{name}.yaml").read_text().splitlines()) <= (50 if name == "tiny" else 15)
 
 
-def test_the_pinned_differences_are_real_keys_of_2m():
-    base = flat(load("2M"))
-    assert set().union(*MAY_DIFFER.values()) <= base.keys()
+def test_tiny_restates_the_base_callbacks_but_for_its_two_values():
+    base, tiny = by_class(load("base")["trainer"]["callbacks"]), by_class(load("tiny")["trainer"]["callbacks"])
+    assert {k: v for k, v in tiny.items() if base.get(k) != v} == TINY_CALLBACKS
+    assert tiny.keys() == base.keys()
+
+
+def test_the_base_leaves_the_shape_to_the_budget_files():
+    assert not keys(load("base")) & SHAPE
+
+
+def test_the_fit_config_reader_merges_as_a_later_config_does(tmp_path):
+    """common.config_files.fit_config (what torch-free readers use) is what the CLI parses."""
+    from training.lightning_cli import parse_fit_config
+
+    merged = fit_config(ROOT / "configs" / "20M.yaml", ROOT / "configs" / "arms" / "transformer.yaml")
+    parsed = parse_fit_config(["--config", str(ROOT / "configs" / "20M.yaml"),
+                               "--config", str(ROOT / "configs" / "arms" / "transformer.yaml")])  # fmt: skip
+    for key in ("d_model", "n_layers", "linear_skip", "dropout", "mup_base_width"):
+        assert merged["model"]["net"][key] == parsed.model.net[key], key
+    assert merged["model"]["optim"]["lr"] == parsed.model.optim.lr
+    assert merged["trainer"]["logger"]["init_args"]["name"] == parsed.trainer.logger.init_args.name == "20M"
+    assert merge({"a": {"b": 1, "c": [1]}}, {"a": {"c": [2]}}) == {"a": {"b": 1, "c": [2]}}
 
 
 def test_the_network_and_optimizer_defaults_are_2m_yaml():
     """All but mup_base_width and mup_base_depth, whose defaults stay null: a checkpoint from before µP holds no such
     keys and must load as the network it trained (µP changes the forward: attention, output and branch scales)."""
-    model = load("2M")["model"]
+    model = fit_config(ROOT / "configs" / "2M.yaml")["model"]
     for config, section in ((PatchTSTConfig(), "net"), (OptimConfig(), "optim")):
         expected = {f.name: model[section][f.name] for f in fields(config)}
         got = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(config).items()}
@@ -111,3 +131,4 @@ def test_the_transformer_arm_overlays_every_budget(name):
         arm["optim"]["warmup_epochs"],
     )
     assert config.model.net.d_model == load(name)["model"]["net"]["d_model"]  # the budget's shape is kept
+    assert config.trainer.logger.init_args.name == name

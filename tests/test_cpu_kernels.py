@@ -99,6 +99,28 @@ def test_the_mask_does_not_depend_on_the_thread_count(use_kernel):
     assert done.stdout.split() == ["True", str(use_kernel)]
 
 
+OPENMP_DEFAULT = """
+import ctypes, os, torch
+from lightning_modules import cpu_kernels
+torch.set_num_threads(1)
+gomp = next(line.split()[-1] for line in open("/proc/self/maps") if "libgomp" in line)
+ctypes.CDLL(gomp).omp_set_num_threads(4)  # an OpenMP runtime whose default is not torch's setting
+before = len(os.listdir("/proc/self/task"))
+cpu_kernels.apply_mask(torch.randn(1 << 22), (1, 2), 6554)
+print(len(os.listdir("/proc/self/task")) - before)
+"""
+
+
+@needs_compiler
+def test_the_kernel_runs_no_more_threads_than_torch(kernel):
+    """Two hpo workers × 1 torch thread must not run 4 threads: the kernel takes torch.get_num_threads() as its
+    thread count, whatever its OpenMP runtime's default (set to 4 here); without that it starts 3 more threads."""
+    done = subprocess.run([sys.executable, "-c", OPENMP_DEFAULT], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0"]
+
+
 @pytest.mark.parametrize("use_kernel", BOTH, indirect=True)
 def test_successive_masks_are_independent(use_kernel):
     """Two calls draw new keys: the values both keep are (1 − p)² of all, as for independent masks."""

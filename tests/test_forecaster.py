@@ -7,10 +7,10 @@ import math
 import lightning.pytorch as pl
 import pytest
 import torch
-import yaml
 from conftest import ROOT
 from torch.utils.data import DataLoader, TensorDataset
 
+from common.config_files import fit_config
 from lightning_modules.forecaster import Forecaster, OptimConfig, lr_factor
 from lightning_modules.metrics import StageMetrics, constant_prior_bce
 from lightning_modules.patchtst import PatchTSTConfig
@@ -125,5 +125,5 @@ def test_collapse_is_flagged_for_constant_predictions_and_not_for_a_real_signal(
 
 
 def test_the_2m_config_is_about_two_million_parameters():
-    net = yaml.safe_load((ROOT / "configs" / "2M.yaml").read_text())["model"]["net"]
+    net = fit_config(ROOT / "configs" / "2M.yaml")["model"]["net"]
     assert abs(parameter_count(25, 80, PatchTSTConfig(**net)) - 2e6) / 2e6 < 0.05

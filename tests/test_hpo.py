@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -152,7 +153,14 @@ def test_each_trial_is_a_tensorboard_run_with_hparams_and_its_final_state(study_
         hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
         assert hparams["hpo.trial"].number_value == trial.number
         assert hparams["model.optim.lr"].number_value == pytest.approx(trial.params["model.optim.lr"])
-        scalars = {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+        # each HParams metric is declared NaN at step 0 (tensorboard shows its last value), then logged for real
+        scalars = {tag: [e.value for e in acc.Scalars(tag) if not math.isnan(e.value)] for tag in acc.Tags()["scalars"]}
+        experiment = plugin_data_pb2.HParamsPluginData.FromString(
+            acc.PluginTagToContent("hparams")["_hparams_/experiment"]
+        ).experiment
+        columns = [h.name for h in experiment.hparam_infos]
+        sampled = list(trial.user_attrs["values"])  # config keys (the architecture as its shape's keys)
+        assert columns[:3] == ["hpo.study", "hpo.trial", "hpo.budget"] and columns[3 : 3 + len(sampled)] == sampled
         pruned = trial.state == optuna.trial.TrialState.PRUNED
         assert scalars["hpo/pruned"] == [float(pruned)] and scalars["hpo/failed"] == [0.0]
         # the objective is the best epoch's value, not the last one's

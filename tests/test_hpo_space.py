@@ -263,8 +263,8 @@ def test_a_conditional_parameter_is_sampled_only_when_its_condition_holds():
 
 
 def test_the_proxy_space_searches_the_recipe_at_the_base_shape():
-    """configs/hpo/proxy.yaml over configs/2M.yaml at width 32 (README, "The shipped budgets use it"): no architecture,
-    the learning rate and the warmup in epochs, which clears any fixed count of warmup steps."""
+    """configs/hpo/proxy.yaml over configs/2M.yaml at width 32 (docs/training.md, "The shipped budgets use it"): no
+    architecture, the learning rate and the warmup in epochs, which clears any fixed count of warmup steps."""
     config = parse_fit_config(["--config", str(ROOT / "configs" / "2M.yaml"), "--model.net.d_model", "32",
                                "--model.net.d_ff", "128"])  # fmt: skip
     assert config.model.net.d_model == config.model.net.mup_base_width  # the proxy is µP's base shape

@@ -8,6 +8,7 @@ import yaml
 from conftest import ROOT, assert_refused, cli_ok, tiny_config
 
 from bench.bench_memory import measure
+from common.config_files import fit_config
 from sizing.memory import PeakMemory, parse_bytes, precision_bytes
 
 FSDP = ROOT / "configs" / "strategy" / "fsdp.yaml"  # the FSDP layer on top of a budget's config
@@ -74,7 +75,7 @@ def test_summary_shows_what_each_tier_s_channels_do_to_the_parameter_count():
     from lightning_modules.patchtst import PatchTSTConfig
     from sizing.accounting import parameter_count
 
-    config = yaml.safe_load((ROOT / "configs" / "2M.yaml").read_text())
+    config = fit_config(ROOT / "configs" / "2M.yaml")
     cfg = PatchTSTConfig(**config["model"]["net"])
     stdout = cli_ok("summary", "--config", ROOT / "configs" / "2M.yaml", "--data.tickers", "[GSPC, IXIC]",
                     "--data.asset_channels", "true")  # fmt: skip
@@ -110,7 +111,7 @@ def test_fsdp_is_suggested_only_over_the_gpus_the_machine_has(monkeypatch, gpus,
     from sizing.run_size import size_run, what_would_fit
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
-    net = yaml.safe_load((ROOT / "configs" / "2B.yaml").read_text())["model"]["net"]
+    net = fit_config(ROOT / "configs" / "2B.yaml")["model"]["net"]
     size = size_run(25, 80, PatchTSTConfig(**net), "bf16-mixed", 1, 1, "cuda")
     options = what_would_fit(size, 24 * 10**9)
     assert any("fsdp.yaml --trainer.devices 2" in o for o in options) == suggested

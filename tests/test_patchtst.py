@@ -23,8 +23,7 @@ def test_windows_in_one_logit_out(channel_mode, revin):
     net = PatchTST(25, 80, small(channel_mode=channel_mode, revin=revin))
     assert net.n_patches == 9  # (80 − 16) // 8 + 1
     logits = net(torch.randn(7, 80, 25) * 5)
-    assert logits.shape == (7,) and logits.dtype == torch.float32
-    assert not any(isinstance(m, torch.nn.Sigmoid) for m in net.modules())
+    assert logits.shape == (7,) and logits.dtype == torch.float32  # logits, not probabilities: the next test
 
 
 def test_outputs_are_logits_not_probabilities():
@@ -84,13 +83,20 @@ def test_the_fast_cpu_dropout_draws_independent_masks_per_position():
 
 
 def test_attention_with_dropout_is_the_same_maths_as_torch_s():
-    """On CPU with dropout the weights are computed here (so that `dropout` draws their mask); with a dropout
-    too small to drop anything it equals torch's fused attention."""
+    """On CPU with dropout the weights are computed here (so that `dropout` draws their mask): with a dropout too
+    small to drop anything it equals torch's fused attention, at the default and at a given scale; with p = 0.3 it
+    is softmax(q·kᵀ·scale) with that mask, then · v."""
     torch.manual_seed(0)
     q, k, v = (torch.randn(6, 2, 9, 16) for _ in range(3))
-    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    assert torch.allclose(attention(q, k, v, 1e-9), expected, atol=1e-6)  # 1e-9 of 65536 values: none dropped
-    assert torch.equal(attention(q, k, v, 0.0), expected)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    assert torch.allclose(attention(q, k, v, 1e-9), sdpa(q, k, v), atol=1e-6)  # 1e-9 of 65536 values: none dropped
+    assert torch.allclose(attention(q, k, v, 1e-9, scale=0.5), sdpa(q, k, v, scale=0.5), atol=1e-6)
+    torch.manual_seed(1)
+    got = attention(q, k, v, 0.3)
+    torch.manual_seed(1)  # the same keys: the same mask
+    weights = dropout(torch.softmax(q @ k.transpose(-2, -1) / 4.0, dim=-1), 0.3, training=True)
+    assert torch.allclose(got, weights @ v, atol=1e-6)
+    assert not torch.allclose(got, sdpa(q, k, v), atol=1e-2)  # and something was dropped
 
 
 @pytest.mark.parametrize(

@@ -20,13 +20,14 @@ import torch
 import yaml
 from conftest import ROOT, assert_refused, cli_ok, touch_when, wait_for
 
+from common.config_files import fit_config
 from datamodules.market_datamodule import MarketDataModule
 
 
 def long_config(tmp_path: Path, epochs: int = 1000, monitor: str = "val/loss", probe: bool = False) -> Path:
     """tiny.yaml with short epochs, no early stopping, logs and stop file under tmp_path; `monitor` picks the best
     checkpoint; `probe` makes the batch finder probe even where its estimate fits."""
-    config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    config = fit_config(ROOT / "configs" / "tiny.yaml")
     config["trainer"].update(max_epochs=epochs, limit_train_batches=4, limit_val_batches=1)
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
     for callback in config["trainer"]["callbacks"]:

@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import typing
 from pathlib import Path
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Callback
 from lightning.pytorch.cli import LightningCLI
 from omegaconf.errors import OmegaConfBaseException
 
+from common.config_files import BASE
 from common.errors import ConfigError, DataError
 from common.files import disk_error, remove_temporaries
+from common.lightning_compat import CompatCLI, whole_numbers_stay_batch_counts
 from sizing.run_size import preflight
 from training.checkpoint_io import atomic_checkpoints
 from training.lightning_output import quiet_lightning
@@ -35,35 +37,32 @@ CKPT_HELP = ("a checkpoint written by fit, or `last`: the newest last.ckpt of th
 USER_ERRORS = (ConfigError, DataError, MisconfigurationException)  # raised by Lightning or finscale for bad settings
 
 
-def _whole_numbers_stay_batch_counts() -> None:
-    """Trainer annotates limit_*_batches, val_check_interval and overfit_batches as Optional[Union[int, float]]
-    (int: batches, float: a fraction). typing caches unions by set equality, so when another library (rich) made
-    Optional[Union[float, int]] first, Lightning's annotation IS that object and jsonargparse, trying float first,
-    reads `limit_train_batches: 2` as 2.0 and `1` as 1.0 (all batches), depending on import order. `int | float |
-    None` is a new, uncached union in that order: int is tried first whatever was imported before."""
-    from lightning.pytorch import Trainer
-
-    hints = Trainer.__init__.__annotations__
-    for name, hint in hints.items():
-        if typing.get_origin(hint) is typing.Union and set(typing.get_args(hint)) == {int, float, type(None)}:
-            hints[name] = int | float | None
+whole_numbers_stay_batch_counts()
 
 
-_whole_numbers_stay_batch_counts()
+RUN_CALLBACKS_HELP = ("callbacks every run has, whatever trainer.callbacks says (configs/base.yaml lists them: the "
+                      "run record the report reads, the parameter table, throughput, predict's writer, fit's "
+                      "summary)")  # fmt: skip
 
 
-class FinscaleCLI(LightningCLI):
-    """LightningCLI with data→model links, the memory pre-flight, run naming and one-line config errors.
+class FinscaleCLI(CompatCLI):
+    """LightningCLI with configs/base.yaml under every config, the run callbacks, data→model links, the memory
+    pre-flight, run naming and one-line config errors.
 
     A run refused after its folder was created (Lightning rejects a setting late) leaves no folder behind."""
 
     run_dir: Path | None = None  # where this run writes (known once the config is parsed)
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, record: Callback | None = None, **kwargs) -> None:
+        """record: a RunRecordCallback that replaces run_callbacks' own (an hpo trial's, which knows its study)."""
         argv = kwargs.get("args") or []
         self._only = argv[0] if argv and argv[0] in LightningCLI.subcommands() else None
+        self.record = record
         self.created: list[Path] = []  # the run folder this run claimed and the parents it made, deepest first
-        super().__init__(*args, **kwargs)
+        parser_kwargs = {"parser_mode": "omegaconf", "exit_on_error": False}
+        base = {"default_config_files": [str(BASE)]}
+        parser_kwargs |= {self._only: base} if self._only else base  # the subcommand's parser, or the only one
+        super().__init__(*args, parser_kwargs=parser_kwargs, **kwargs)
 
     def subcommands(self) -> dict[str, set[str]]:
         """The parser of the subcommand being run only: building all four costs ~1 s at every start (and trial)."""
@@ -73,16 +72,15 @@ class FinscaleCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         limit_help = "memory the pre-flight may plan for (e.g. 16GB); default: what the device has free"
         parser.add_argument("--memory_limit", type=str | None, default=None, help=limit_help)
+        parser.add_argument("--run_callbacks", type=list[Callback] | None, default=None, help=RUN_CALLBACKS_HELP)
         parser.link_arguments("data.context_length", "model.context_length")
         channels = lambda dm: dm.n_channels  # noqa: E731 - known from the tier, before any data is read
         parser.link_arguments("data", "model.n_channels", compute_fn=channels, apply_on="instantiate")
 
-    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+    def adjust_parser(self, parser, subcommand: str) -> None:
         for action in parser._actions:
             if "--ckpt_path" in action.option_strings:
                 action.help = CKPT_HELP
-        return parser
 
     def parse_arguments(self, parser, args) -> None:
         try:
@@ -90,7 +88,7 @@ class FinscaleCLI(LightningCLI):
         except (argparse.ArgumentError, OmegaConfBaseException) as err:
             raise ConfigError(_one_line(err)) from None
 
-    def _parse_ckpt_path(self) -> None:
+    def load_ckpt_hparams(self, load) -> None:
         """Resolve `--ckpt_path last` and check the checkpoint before Lightning reads its hyperparameters."""
         config = self.config.get(self.config.get("subcommand") or "", None)
         if config is None or not config.get("ckpt_path"):
@@ -98,7 +96,7 @@ class FinscaleCLI(LightningCLI):
         config.ckpt_path = str(resolve_last(config))
         check_checkpoint(Path(config.ckpt_path), config, self.config.get("subcommand"))
         try:
-            super()._parse_ckpt_path()
+            load()
         except (SystemExit, Exception) as err:  # hyperparameters that no longer parse
             raise ConfigError(f"{config.ckpt_path}: its model settings do not parse ({_one_line(err)})") from None
 
@@ -111,11 +109,11 @@ class FinscaleCLI(LightningCLI):
         self.created = name_run(self.subcommand, config)  # the last step: it claims the run folder
         self.run_dir = run_folder(config)
 
-    def _run_subcommand(self, subcommand: str) -> None:
+    def run_subcommand(self, subcommand: str, run) -> None:
         if subcommand == "fit" and self.run_dir is not None:  # a resumed run: what a killed save left is stale
             remove_temporaries(self.run_dir / "checkpoints")
         try:
-            super()._run_subcommand(subcommand)
+            run()
         except (*USER_ERRORS, ValueError, OSError) as err:
             trained = self.trainer.fit_loop.epoch_loop.batch_progress.total.completed > 0
             refused = disk_error(err) if subcommand == "fit" and trained else None
@@ -137,6 +135,15 @@ class FinscaleCLI(LightningCLI):
             return "the run folder holds no checkpoint to resume"
         return f"the run is kept: once there is room, resume it with --ckpt_path {last}"
 
+    def instantiate_trainer(self, **kwargs):
+        """The trainer with trainer.callbacks, then run_callbacks (the hpo trial's record in place of the own)."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        listed = config["trainer"].get("callbacks") or []
+        always = [self.record if self.record is not None and type(c) is type(self.record) else c
+                  for c in config.get("run_callbacks") or []]  # fmt: skip
+        listed = listed if isinstance(listed, list) else [listed]
+        return super().instantiate_trainer(**kwargs, callbacks=[*listed, *always])
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
@@ -149,22 +156,6 @@ class FinscaleCLI(LightningCLI):
             _remove_created(self.created)
             raise
         atomic_checkpoints(self.trainer)
-
-
-def _trainer_defaults(extra_callbacks: list | None = None, record=None) -> dict:
-    from callbacks.divergence_guard import DivergenceGuard
-    from callbacks.fit_summary import FitSummaryCallback
-    from callbacks.model_summary import ParameterSummary
-    from callbacks.prediction_writer import PredictionWriter
-    from callbacks.run_record import RunRecordCallback
-    from callbacks.throughput import ThroughputCallback
-
-    record = record or RunRecordCallback()
-    callbacks = [record, ParameterSummary(), ThroughputCallback(), DivergenceGuard(), PredictionWriter(),
-                 FitSummaryCallback()]  # fmt: skip
-    # every run has these (configs list the ones a run may change or leave out); ParameterSummary replaces
-    # Lightning's model summary (rounded counts, "Total FLOPs: 0")
-    return {"callbacks": [*callbacks, *(extra_callbacks or [])], "enable_model_summary": False}
 
 
 def _remove_created(folders: list[Path]) -> None:
@@ -185,14 +176,11 @@ def snake_options(argv: list[str]) -> list[str]:
             if a.startswith("--") else a for a in argv]  # fmt: skip
 
 
-PARSER_KWARGS = {"parser_mode": "omegaconf", "exit_on_error": False}
-
-
 def run_lightning(argv: list[str], extra_callbacks: list | None = None, record=None) -> FinscaleCLI:
     """One LightningCLI run (`fit`, `validate`, `test`, `predict` + config arguments), in this process.
 
     The one fit path: `cli.py fit` and every `hpo` trial come through here; a trial adds its pruning
-    callback and a run record that knows the trial."""
+    callback (`extra_callbacks`) and a run record that knows the trial."""
     from datamodules.market_datamodule import MarketDataModule
     from lightning_modules.forecaster import Forecaster
 
@@ -202,8 +190,8 @@ def run_lightning(argv: list[str], extra_callbacks: list | None = None, record=N
         Forecaster,
         MarketDataModule,
         args=argv,
-        parser_kwargs=PARSER_KWARGS,
-        trainer_defaults=_trainer_defaults(extra_callbacks, record),
+        record=record,
+        trainer_defaults={"callbacks": list(extra_callbacks or [])},
         save_config_kwargs={"overwrite": True},  # a resumed run records the command that resumed it
         auto_configure_optimizers=False,
     )
@@ -232,7 +220,7 @@ def seed_list(argv: list[str]) -> tuple[list[str], list[int | None]]:
 def run_trainer(argv: list[str]) -> int:
     """`fit`, `validate`, `test`, `predict`: exit code 1 when training diverged. `fit --seeds 0,1,2` runs the
     configuration once per seed (each its own run; the report scores them as seeds of one configuration)."""
-    from callbacks.divergence_guard import TrainingDiverged
+    from common.errors import TrainingDiverged
 
     argv, seeds = seed_list(snake_options(argv))
     for seed in seeds:
@@ -260,7 +248,7 @@ def parse_fit_config(argv: list[str]):
             pass
 
     cli = ParseOnly(Forecaster, MarketDataModule, args=argv, run=False, auto_configure_optimizers=False,
-                    parser_kwargs=PARSER_KWARGS, seed_everything_default=False)  # fmt: skip
+                    seed_everything_default=False)  # fmt: skip
     return cli.config
 
 
@@ -293,7 +281,7 @@ def run_summary(argv: list[str]) -> int:
     seed.disabled = True
     try:
         SummaryCLI(Forecaster, MarketDataModule, args=argv, run=False, auto_configure_optimizers=False,
-                   parser_kwargs=PARSER_KWARGS, seed_everything_default=False)  # fmt: skip
+                   seed_everything_default=False)  # fmt: skip
     finally:
         seed.disabled = False
     return 0

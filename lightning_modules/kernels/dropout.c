@@ -5,7 +5,9 @@
    from the keys instead of keeping it. Value 2w reads the word's low 16 bits u, value 2w + 1 its high 16 bits;
    a value is kept (and scaled) when u >= dropped, i.e. with probability 1 - dropped / 65536.
    lightning_modules/cpu_kernels.py computes the same bits with torch operations (its fallback when no C compiler
-   is found); tests/test_cpu_kernels.py checks that both give the same values bit for bit. */
+   is found); tests/test_cpu_kernels.py checks that both give the same values bit for bit.
+   The caller passes the thread count (torch.get_num_threads()): the loop never runs more threads than torch's own
+   ops, whichever OpenMP runtime the library was linked against. */
 
 #include <stdint.h>
 
@@ -27,9 +29,10 @@ static inline uint32_t word(uint32_t w, uint32_t k0, uint32_t k1) { return lowbi
 #endif
 
 /* y[i] = x[i] * scale where value i is kept, else x[i] * 0; n < 2^33. x and y may be the same array. */
-AUTO_SIMD void finscale_dropout(const float *x, float *y, int64_t n, uint32_t k0, uint32_t k1, uint32_t dropped, float scale) {
+AUTO_SIMD void finscale_dropout(const float *x, float *y, int64_t n, uint32_t k0, uint32_t k1, uint32_t dropped, float scale,
+                                int32_t threads) {
     int64_t pairs = n / 2;
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for schedule(static) num_threads(threads) if (n > 65536 && threads > 1)
     for (int64_t w = 0; w < pairs; ++w) {
         uint32_t r = word((uint32_t)w, k0, k1);
         y[2 * w] = x[2 * w] * ((r & 0xffffu) >= dropped ? scale : 0.0f);
