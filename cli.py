@@ -91,8 +91,7 @@ def data_main(argv: list[str]) -> int:
 
 
 def _budget_counters() -> dict:
-    """Budget → parameter count of its shipped config's shape on C input channels (for `data list`; torch-free:
-    the counter and the configuration never load the network's module)."""
+    """Budget → parameter count of its shipped config's shape on C input channels (for `data list`)."""
     from common.config_files import fit_config
     from lightning_modules.patchtst_config import PatchTSTConfig
     from sizing.accounting import parameter_count

@@ -1,25 +1,39 @@
 """Size and cost of a PatchTST configuration from its geometry: parameters and FLOPs per sample.
 
-`parameter_count` is the one parameter counter: closed form, equal to the built network's `numel()` for
-every config (tests/test_budget.py, tests/test_patchtst.py) and fast enough to sweep a budget's grid.
+`parameter_count` is the one parameter counter: the network itself, built on the meta device (shapes, no
+memory), so the count cannot drift from the model. Its layers are identical, so the count is linear in n_layers:
+two meta builds (1 and 2 layers) per geometry give every depth, fast enough to sweep a budget's grid.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from functools import cache
 from typing import Any
 
 from lightning_modules.patchtst_config import PatchTSTConfig
 
 
 def parameter_count(n_channels: int, context_length: int, cfg: PatchTSTConfig) -> int:
-    """Exact number of parameters of PatchTST(n_channels, context_length, cfg), without building it."""
-    d, f, n = cfg.d_model, cfg.d_ff, cfg.n_patches(context_length)
-    patch_inputs = cfg.patch_length * (n_channels if cfg.channel_mode == "mixing" else 1)
-    layer = 2 * d + (3 * d * d + 3 * d) + (d * d + d) + 2 * d + (d * f + f) + (f * d + d)
-    total = (patch_inputs * d + d) + n * d + cfg.n_layers * layer + 2 * d + (cfg.head_inputs(context_length) + 1)
-    return total + (2 * n_channels if cfg.revin else 0) + (n_channels + 1 if cfg.linear_skip else 0)
+    """Exact number of parameters of PatchTST(n_channels, context_length, cfg), from its meta-device build."""
+    one_layer = tuple(asdict(replace(cfg, n_layers=1)).items())
+    outside, per_layer = _counts(n_channels, context_length, one_layer)
+    return outside + cfg.n_layers * per_layer
+
+
+@cache
+def _counts(n_channels: int, context_length: int, one_layer: tuple) -> tuple[int, int]:
+    """(parameters outside the encoder layers, parameters per layer) of a geometry, built on the meta device."""
+    import torch
+
+    from lightning_modules.patchtst import PatchTST
+
+    cfg = PatchTSTConfig(**dict(one_layer))
+    with torch.device("meta"):
+        one, two = (sum(p.numel() for p in PatchTST(n_channels, context_length, replace(cfg, n_layers=n)).parameters())
+                    for n in (1, 2))  # fmt: skip
+    return one - (two - one), two - one
 
 
 def forward_flops_per_sample(n_channels: int, context_length: int, cfg: PatchTSTConfig) -> int:

@@ -159,8 +159,8 @@ def _merged_net(configs: list[Path]) -> dict[str, Any]:
 
 
 def count_params(configs: list[Path], channels: int = 25, context: int = 80) -> int:
-    """The parameter count of a budget config (+ overlays) on `channels` inputs, without torch (for ordering runs and
-    predicting their time; a run's record holds its exact count)."""
+    """The parameter count of a budget config (+ overlays) on `channels` inputs (for ordering runs and predicting
+    their time; a run's record holds its exact count)."""
     from lightning_modules.patchtst_config import PatchTSTConfig
     from sizing.accounting import parameter_count
 
