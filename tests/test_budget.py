@@ -41,7 +41,7 @@ from sizing.budget import (
         )
     ),  # fmt: skip
 )
-def test_the_meta_device_count_is_the_built_networks_at_any_depth(
+def test_the_meta_count_is_the_built_networks(
     mode, revin, d_model, n_layers, d_ff, patch, head, skip
 ):
     cfg = PatchTSTConfig(d_model=d_model, n_heads=4, n_layers=n_layers, d_ff=d_ff, channel_mode=mode, revin=revin,
