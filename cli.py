@@ -18,8 +18,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
+
+from jsonargparse import ArgumentParser
 
 from common.errors import ConfigError, DataError, MemoryPreflightError
 from datamodules.features import TIERS
@@ -29,48 +32,106 @@ TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 USER_ERRORS = (DataError, ConfigError, MemoryPreflightError)  # bad input or an impossible request: one line, exit 2
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with finscale's conventions: usage errors are one line (exit 2), and every option is spelled the
-    LightningCLI way (`--search_space`, like `--ckpt_path`) while the kebab-case spelling is accepted too."""
+class _Parser(ArgumentParser):
+    """LightningCLI's parser (jsonargparse) for every command: one flag style (`--search_space`, like `--ckpt_path`;
+    the kebab-case spelling is accepted too), help with each option's type and default, and usage errors as one
+    line (exit 2) in argparse's words."""
+
+    def __init__(self, **kwargs) -> None:
+        self.known: set[str] = set()  # option strings, for telling fit overrides apart
+        super().__init__(exit_on_error=False, **kwargs)
 
     def add_argument(self, *names, **kwargs):
         aliases = [name.replace("_", "-") for name in names if name.startswith("--") and "_" in name]
+        self.known.update(names, aliases)
         return super().add_argument(*names, *aliases, **kwargs)
 
-    def error(self, message: str) -> None:  # argparse's own usage errors: a refusal like any other (one line, 2)
-        raise ConfigError(f"{self.prog}: {message}")
+    def parse(self, argv: list[str]):
+        try:
+            return self.parse_args(argv)
+        except argparse.ArgumentError as err:
+            raise ConfigError(f"{self.prog}: {argparse_words(str(err))}") from None
+
+    def split(self, argv: list[str]) -> tuple[list[str], list[str]]:
+        """(this command's arguments, the rest): options it does not know are fit overrides, with their values."""
+        mine, overrides, i = [], [], 0
+        while i < len(argv):
+            arg = argv[i]
+            ours = not arg.startswith("--") or arg.split("=", 1)[0] in self.known
+            take = 1 if "=" in arg or i + 1 == len(argv) or argv[i + 1].startswith("--") else 2
+            (mine if ours else overrides).extend(argv[i : i + (1 if ours else take)])
+            i += 1 if ours else take
+        return mine, overrides
 
 
-def _data_parser() -> argparse.ArgumentParser:
+class Kind:
+    """An option's type: a conversion of its text, named in the help (`type: path`) and in argparse's errors
+    (`invalid float value: 'wide'`). jsonargparse's own float refuses nan and inf before the command's range check
+    can say what is allowed, and it names pathlib.Path `<class 'Path'>`."""
+
+    def __init__(self, name: str, convert) -> None:
+        self.__name__, self.convert = name, convert
+
+    def __call__(self, text: str):
+        return self.convert(text)
+
+    def __str__(self) -> str:
+        return self.__name__
+
+
+INT, REAL, PATH = Kind("int", int), Kind("float", float), Kind("path", Path)
+
+
+def argparse_words(message: str) -> str:
+    """jsonargparse's usage errors as argparse says them, on one line (`required: --trials`, not `trials`)."""
+    required = re.match(r"the following arguments are required: (.*)", message)
+    if required:
+        names = [f"--{name.strip().rsplit('.', 1)[-1]}" for name in required.group(1).split(",")]
+        return f"the following arguments are required: {', '.join(names)}"
+    return " ".join(message.split())
+
+
+def _data_parser() -> _Parser:
     parser = _Parser(prog="cli.py data", description="Raw sources and versioned processed datasets.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    build = commands.add_parser("build", help="compute features and register a processed version")
-    build.add_argument("--ticker", default="GSPC")
-    build.add_argument("--tier", default="a25", choices=sorted(TIERS))
-    build.add_argument("--version", type=int, default=None, help="default: latest if identical, else the next")
-    commands.add_parser("verify", help="check every manifest entry against its file")
-    commands.add_parser("list", help="show registered datasets, the tiers and each budget's size on them")
-    imp = commands.add_parser("import", help="validate and register OHLCV CSVs (all validated before any is copied)")
-    imp.add_argument("--csv", type=Path, nargs="+", required=True, help="one file per ticker")
+    commands = parser.add_subcommands(dest="command", required=True)
+    subs = {name: _Parser(prog=f"cli.py data {name}", description=about) for name, about in DATA_COMMANDS.items()}
+    build = subs["build"]
+    build.add_argument("--ticker", default="GSPC", help="the asset, as registered by `data import`")
+    build.add_argument("--tier", default="a25", choices=sorted(TIERS), help="the feature tier")
+    build.add_argument("--version", type=INT, default=None, help="null: the latest if identical, else the next")
+    imp = subs["import"]
+    imp.add_argument("--csv", type=PATH, nargs="+", required=True, help="one file per ticker")
     imp.add_argument("--ticker", "--tickers", dest="tickers", required=True, help="e.g. SPY, or SPY,DIA for two files")
     imp.add_argument("--no_volume", action="store_true", help="the series has no Volume column (e.g. VIX)")
     imp.add_argument("--allow_implausible", action="store_true", help="the series is real though it breaks a "
                      "plausibility rule (long gap, ×4 day, …); the manifest records which")  # fmt: skip
-    down = commands.add_parser("download", help="fetch daily OHLCV through yfinance, then import it")
+    down = subs["download"]
     down.add_argument("--ticker", "--tickers", dest="tickers", required=True, help="e.g. SPY,DIA,QQQ,^DJI,^IXIC")
     down.add_argument("--symbol", default=None, help="yfinance symbol if it differs (e.g. ^GSPC; one ticker only)")
     down.add_argument("--no_volume", action="store_true", help="the series has no volume (e.g. ^VIX)")
     down.add_argument("--allow_implausible", action="store_true", help="as for import")
-    for sub in commands.choices.values():
-        sub.add_argument("--data_dir", type=Path, default=DATA_DIR)
+    for name, sub in subs.items():
+        sub.add_argument("--data_dir", type=PATH, default=DATA_DIR, help="raw/ and processed/ with their manifests")
+        commands.add_subcommand(name, sub, help=DATA_COMMANDS[name])
     return parser
+
+
+DATA_COMMANDS = {
+    "build": "compute features and register a processed version",
+    "verify": "check every manifest entry against its file",
+    "list": "show registered datasets, the tiers and each budget's size on them",
+    "import": "validate and register OHLCV CSVs (all validated before any is copied)",
+    "download": "fetch daily OHLCV through yfinance, then import it",
+}
 
 
 def data_main(argv: list[str]) -> int:
     from datamodules import commands
     from datamodules.sources import split_tickers
 
-    args = _data_parser().parse_args(argv)
+    parsed = _data_parser().parse(argv)
+    args = parsed[parsed.command]
+    args.command = parsed.command
     with commands.user_errors(args.data_dir):  # OSError and a --data_dir that is a file: one line, exit 2
         if args.command == "build":
             return commands.build(args.ticker, args.tier, args.version, args.data_dir)
@@ -105,41 +166,43 @@ def _budget_counters() -> dict:
     return counters
 
 
-HEARTBEAT_HELP = ("seconds between a running trial's heartbeats (default 60); a trial silent for 5 of them (a "
+HEARTBEAT_HELP = ("seconds between a running trial's heartbeats; a trial silent for 5 of them (a "
                   "dead or hung worker on any machine) is failed and queued again")  # fmt: skip
-KEEP_HELP = ("the best k complete trials of a study keep their checkpoints (default 3); the others' are deleted "
+KEEP_HELP = ("the best k complete trials of a study keep their checkpoints; the others' are deleted "
              "after each trial (their records, predictions and TensorBoard files stay)")  # fmt: skip
 
 
-def _add_worker_options(parser: argparse.ArgumentParser) -> None:
+def _add_worker_options(parser: _Parser) -> None:
     from hpo.retention import KEEP_CHECKPOINTS
     from hpo.storage import HEARTBEAT_S
 
-    parser.add_argument("--heartbeat", type=float, default=HEARTBEAT_S, help=HEARTBEAT_HELP)
-    parser.add_argument("--keep_checkpoints", type=int, default=KEEP_CHECKPOINTS, help=KEEP_HELP)
+    parser.add_argument("--heartbeat", type=REAL, default=HEARTBEAT_S, help=HEARTBEAT_HELP)
+    parser.add_argument("--keep_checkpoints", type=INT, default=KEEP_CHECKPOINTS, help=KEEP_HELP)
 
 
-def _hpo_parser() -> argparse.ArgumentParser:
+def _hpo_parser() -> _Parser:
     from hpo.study import DEFAULT_SPACE
 
     parser = _Parser(prog="cli.py hpo", description="Optuna search; every trial is one `fit` with overrides. "
                      "Other --key value arguments are fit overrides given to every trial.")  # fmt: skip
-    parser.add_argument("--config", type=Path, default=Path(__file__).resolve().parent / "configs" / "2M.yaml",
-                        help="the fit config of every trial (default: configs/2M.yaml of this repository)")  # fmt: skip
-    parser.add_argument("--trials", type=int, required=True, help="finished (complete + pruned) trials wanted")
-    parser.add_argument("--search_space", type=Path, default=DEFAULT_SPACE)
+    parser.add_argument("--config", type=PATH, default=Path(__file__).resolve().parent / "configs" / "2M.yaml",
+                        help="the fit config of every trial (configs/2M.yaml of this repository)")  # fmt: skip
+    parser.add_argument("--trials", type=INT, required=True, help="finished (complete + pruned) trials wanted")
+    parser.add_argument("--search_space", type=PATH, default=DEFAULT_SPACE, help="the search space YAML (configs/hpo/)")
     parser.add_argument("--storage", default=None, help="Optuna RDB URL; default sqlite under <logs>/hpo/<study>/; "
                         "postgresql://user@host/db for workers on several machines")  # fmt: skip
     _add_worker_options(parser)
     parser.add_argument("--study_name", default=None, help="default: <config>-h<h>-<tickers>.dataset.<tier>-v<version>")
-    parser.add_argument("--export_best", type=Path, default=None, help="write the best trial as a fit config")
+    parser.add_argument("--export_best", type=PATH, default=None, help="write the best trial as a fit config")
     return parser
 
 
 def hpo_main(argv: list[str]) -> int:
     from hpo.study import HpoRequest, StudyRunner
 
-    args, overrides = _hpo_parser().parse_known_args(argv)
+    parser = _hpo_parser()
+    argv, overrides = parser.split(argv)
+    args = parser.parse(argv)
     if not args.config.is_file():
         raise ConfigError(f"config not found: {args.config}")
     request = HpoRequest(args.config, args.trials, args.search_space, args.storage, args.study_name,
@@ -147,12 +210,12 @@ def hpo_main(argv: list[str]) -> int:
     return StudyRunner(request).run()
 
 
-def _campaign_parser() -> argparse.ArgumentParser:
+def _campaign_parser() -> _Parser:
     about = ("The HPO study of every cell of a budgets × horizons matrix, smallest first; rerun to resume. "
              "Other --key value arguments are fit overrides.")  # fmt: skip
     parser = _Parser(prog="cli.py campaign", description=about)
-    parser.add_argument("--config", type=Path, required=True, help="a campaign YAML (configs/campaign/)")
-    parser.add_argument("--trials", type=int, default=None, help="finished trials per cell (default: the config's)")
+    parser.add_argument("--config", type=PATH, required=True, help="a campaign YAML (configs/campaign/)")
+    parser.add_argument("--trials", type=INT, default=None, help="finished trials per cell (null: the config's)")
     parser.add_argument("--cells", default=None, help="a subset, e.g. 2M:1,20M:3 (budget:horizon)")
     parser.add_argument("--status", action="store_true", help="print where the campaign stands; run nothing")
     parser.add_argument("--storage", default=None, help="one Optuna RDB URL for every cell's study (e.g. "
@@ -165,25 +228,27 @@ def campaign_main(argv: list[str]) -> int:
     from campaign.plan import load_plan
     from campaign.runner import run_campaign
 
-    args, overrides = _campaign_parser().parse_known_args(argv)
+    parser = _campaign_parser()
+    argv, overrides = parser.split(argv)
+    args = parser.parse(argv)
     plan = load_plan(args.config, args.trials, args.cells, overrides, args.storage, args.heartbeat,
                      args.keep_checkpoints)  # fmt: skip
     return run_campaign(plan, args.status)
 
 
-def _study_parser() -> argparse.ArgumentParser:
+def _study_parser() -> _Parser:
     about = ("Every fit of a study (arms × budgets × data × horizons × seeds), then `test` of each run once all are "
              "final, then the shipped copy and its report; rerun to resume. Other --key value arguments are fit "
              "overrides.")  # fmt: skip
     parser = _Parser(prog="cli.py study", description=about)
-    parser.add_argument("--config", type=Path, required=True, help="a study YAML (configs/study/)")
-    parser.add_argument("--logdir", type=Path, default=Path("logs"), help="runs go to <logdir>/study/<name>/runs/")
+    parser.add_argument("--config", type=PATH, required=True, help="a study YAML (configs/study/)")
+    parser.add_argument("--logdir", type=PATH, default=Path("logs"), help="runs go to <logdir>/study/<name>/runs/")
     parser.add_argument(
         "--results",
-        type=Path,
+        type=PATH,
         default=None,
-        help="where the finished study ships (default: "
-        "results/<name>): runs' configs, records and predictions, report.md, report.csv, plots/",
+        help="where the finished study ships (null: results/<name>): runs' configs, records and predictions, "
+        "report.md, report.csv, plots/",
     )
     parser.add_argument("--status", action="store_true", help="print where the study stands; run nothing")
     return parser
@@ -193,7 +258,9 @@ def study_main(argv: list[str]) -> int:
     from study.plan import load_study
     from study.runner import StudyRunner
 
-    args, overrides = _study_parser().parse_known_args(argv)
+    parser = _study_parser()
+    argv, overrides = parser.split(argv)
+    args = parser.parse(argv)
     plan = load_study(args.config, overrides)
     runner = StudyRunner(plan, args.logdir, args.results or Path("results") / plan.name)
     if args.status:
@@ -202,18 +269,18 @@ def study_main(argv: list[str]) -> int:
     return runner.run()
 
 
-def _report_parser() -> argparse.ArgumentParser:
+def _report_parser() -> _Parser:
     from report.stats import MARGIN
 
     parser = _Parser(prog="cli.py report", description="Scaling table, baselines, intervals, fits and plots "
                      "from the fits and studies under a log folder.")  # fmt: skip
-    parser.add_argument("--logdir", type=Path, default=Path("logs"))
-    parser.add_argument("--out", type=Path, default=None, help="default: <logdir>/report")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
-    parser.add_argument("--block", type=int, default=20, help="trading days per bootstrap block (1: i.i.d.)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the resamples and the baselines")
-    parser.add_argument("--margin", type=float, default=MARGIN, help="BCE differences whose interval lies "
-                        f"within ±margin are equivalent (default {MARGIN}: one recipe's seed spread)")  # fmt: skip
+    parser.add_argument("--logdir", type=PATH, default=Path("logs"), help="the fits and studies to report on")
+    parser.add_argument("--out", type=PATH, default=None, help="default: <logdir>/report")
+    parser.add_argument("--bootstrap", type=INT, default=1000, help="bootstrap resamples for the intervals")
+    parser.add_argument("--block", type=INT, default=20, help="trading days per bootstrap block (1: i.i.d.)")
+    parser.add_argument("--seed", type=INT, default=0, help="seed of the resamples and the baselines")
+    parser.add_argument("--margin", type=REAL, default=MARGIN, help="BCE differences whose interval lies "
+                        "within ±margin are equivalent (the default: one recipe's seed spread)")  # fmt: skip
     parser.add_argument("--no_baselines", action="store_true", help="skip the baselines (no scikit-learn fits)")
     return parser
 
@@ -222,7 +289,7 @@ def report_main(argv: list[str]) -> int:
     from report.evaluate import Options
     from report.make import make_report
 
-    args = _report_parser().parse_args(argv)
+    args = _report_parser().parse(argv)
     options = Options(n_boot=args.bootstrap, block=args.block, seed=args.seed, baselines=not args.no_baselines,
                       margin=args.margin)  # fmt: skip
     return make_report(args.logdir, args.out, options)
