@@ -38,6 +38,7 @@ data: setup
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports    # the layer rules (pyproject.toml, docs/design.md)
 
 bench: setup
 	$(PY) bench/bench_data.py
