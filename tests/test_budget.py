@@ -41,9 +41,7 @@ from sizing.budget import (
         )
     ),  # fmt: skip
 )
-def test_the_meta_count_is_the_built_networks(
-    mode, revin, d_model, n_layers, d_ff, patch, head, skip
-):
+def test_the_meta_count_is_the_built_networks(mode, revin, d_model, n_layers, d_ff, patch, head, skip):
     cfg = PatchTSTConfig(d_model=d_model, n_heads=4, n_layers=n_layers, d_ff=d_ff, channel_mode=mode, revin=revin,
                          patch_length=patch[0], patch_stride=patch[1], head=head, linear_skip=skip)  # fmt: skip
     real = sum(p.numel() for p in PatchTST(7, 64, cfg).parameters())
