@@ -16,7 +16,6 @@ import json
 import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,8 +24,10 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_train import torch_dropout  # noqa: E402  (the network with torch's dropout and SDPA's)
+
 from common.config_files import fit_config  # noqa: E402
-from lightning_modules import cpu_kernels, patchtst  # noqa: E402
+from lightning_modules import cpu_kernels  # noqa: E402
 from lightning_modules.patchtst import PatchTST, PatchTSTConfig  # noqa: E402
 
 C, L, BATCH = 25, 80, 256  # a25 windows, the study's batch
@@ -42,20 +43,6 @@ def study_steps(results: Path = ROOT / "results" / "answer" / "runs") -> dict[st
         fits, steps = out.get(budget, (0, 0))
         out[budget] = (fits + 1, steps + run["epochs_run"] * -(-run["splits"]["train"]["n"] // BATCH))
     return out
-
-
-@contextmanager
-def torch_dropout(on: bool):
-    saved = patchtst.dropout, patchtst.attention
-    if on:
-        patchtst.dropout = lambda x, p, training: F.dropout(x, p, training)
-        patchtst.attention = lambda q, k, v, p, scale=None: F.scaled_dot_product_attention(
-            q, k, v, dropout_p=p, scale=scale
-        )
-    try:
-        yield
-    finally:
-        patchtst.dropout, patchtst.attention = saved
 
 
 def step_time(budget: str, threads: int, steps: int, torch_path: bool) -> float:

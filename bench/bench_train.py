@@ -82,7 +82,9 @@ def torch_dropout(on: bool):
     saved = patchtst.dropout, patchtst.attention
     if on:
         patchtst.dropout = lambda x, p, training: F.dropout(x, p, training)
-        patchtst.attention = lambda q, k, v, p: F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        patchtst.attention = lambda q, k, v, p, scale=None: F.scaled_dot_product_attention(
+            q, k, v, dropout_p=p, scale=scale
+        )
     try:
         yield
     finally:
