@@ -15,16 +15,14 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_train import torch_dropout  # noqa: E402  (the network with torch's dropout and SDPA's)
+from bench_train import step_seconds, torch_dropout  # noqa: E402  (the network with torch's dropout and SDPA's)
 
 from common.config_files import fit_config  # noqa: E402
 from lightning_modules import cpu_kernels  # noqa: E402
@@ -51,17 +49,8 @@ def step_time(budget: str, threads: int, steps: int, torch_path: bool) -> float:
     torch.manual_seed(0)
     net = PatchTST(C, L, PatchTSTConfig(**net_cfg))
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
-    x, y = torch.randn(BATCH, L, C), torch.randint(0, 2, (BATCH,)).float()
-    net.train()
-    times = []
     with torch_dropout(torch_path):
-        for step in range(steps + 3):
-            start = time.perf_counter()
-            F.binary_cross_entropy_with_logits(net(x), y).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if step >= 3:
-                times.append(time.perf_counter() - start)
+        times = step_seconds(net, optimizer, BATCH, steps)
     return sorted(times)[len(times) // 2]
 
 
