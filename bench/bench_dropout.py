@@ -1,5 +1,5 @@
 """Does the C dropout kernel earn its place? Training steps of each budget the answer study fits, at the thread count
-its jobs used, with the kernel (`patchtst.dropout` + hand-written attention) and with torch's own dropout and
+its jobs used, with the kernel (`fast_dropout.dropout` + its attention) and with torch's own dropout and
 SDPA's dropout_p; then what the difference would have cost the shipped study: its training steps per budget (each
 run's epochs × ⌈training windows / 256⌉, from results/answer/runs/*/*/run.json) times each variant's step time.
 

@@ -3,7 +3,7 @@
 Both are measured in the same run: the peak from large square matmuls, the network from real AdamW
 training steps (forward, backward, optimizer) on random (B, 80, 25) windows. Each geometry runs twice:
 "torch" is how finscale trained before issue 18 (torch's dropout, which draws one Bernoulli value per element,
-and the per-tensor AdamW), "finscale" is how it trains now (`patchtst.dropout`, fused AdamW). Channel-independent
+and the per-tensor AdamW), "finscale" is how it trains now (`fast_dropout.dropout`, fused AdamW). Channel-independent
 mode runs at batch 64 (its tokens are C times as many). --compile adds torch.compile of the network (minutes).
 With --fit it also times `cli.py fit --config configs/2M.yaml` to early stopping.
 
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common.config_files import fit_config  # noqa: E402
-from lightning_modules import patchtst  # noqa: E402
+from lightning_modules import fast_dropout  # noqa: E402
 from lightning_modules.patchtst import PatchTST, PatchTSTConfig  # noqa: E402
 from sizing.accounting import parameter_count, training_flops_per_sample  # noqa: E402
 
@@ -79,16 +79,16 @@ def step_seconds(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch
 @contextmanager
 def torch_dropout(on: bool):
     """The network with torch's own dropout and attention (as before issue 18) while the block runs."""
-    saved = patchtst.dropout, patchtst.attention
+    saved = fast_dropout.dropout, fast_dropout.attention
     if on:
-        patchtst.dropout = lambda x, p, training: F.dropout(x, p, training)
-        patchtst.attention = lambda q, k, v, p, scale=None: F.scaled_dot_product_attention(
+        fast_dropout.dropout = lambda x, p, training: F.dropout(x, p, training)
+        fast_dropout.attention = lambda q, k, v, p, scale=None: F.scaled_dot_product_attention(
             q, k, v, dropout_p=p, scale=scale
         )
     try:
         yield
     finally:
-        patchtst.dropout, patchtst.attention = saved
+        fast_dropout.dropout, fast_dropout.attention = saved
 
 
 def time_fit() -> float:

@@ -101,7 +101,7 @@ def keys() -> tuple[int, int]:
 
 def apply_mask(x: torch.Tensor, keys: tuple[int, int], dropped: int, use_kernel: bool = True) -> torch.Tensor:
     """x · keep · 65536 / (65536 − dropped), keep drawn from `keys` (see kernels/dropout.c); a new tensor. x has
-    fewer than MAX_NUMEL values (`patchtst.dropout` sends larger ones to torch's dropout)."""
+    fewer than MAX_NUMEL values (`fast_dropout.dropout` sends larger ones to torch's dropout)."""
     x = x.contiguous()
     scale = 2**MASK_BITS / (2**MASK_BITS - dropped)
     lib = library() if use_kernel else None

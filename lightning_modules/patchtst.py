@@ -11,6 +11,7 @@ Patches are aligned to the END of the window: when (L − P) is not a multiple o
 are dropped, never the last (the most informative) ones. The head reads the N tokens flattened (the paper's),
 the last token, or their mean. An optional linear path maps the last day's C features straight to the logit, so
 that the transformer can be started as, and learn what it adds to, a logistic regression on that day.
+Dropout (on CPU one fused C loop) and attention with dropout come from `fast_dropout.py`.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
-from lightning_modules import cpu_kernels
+from lightning_modules import fast_dropout
 from lightning_modules.patchtst_config import CHANNEL_MODES, HEADS, INIT_STD, PatchTSTConfig  # noqa: F401 (re-exported)
 
 
@@ -39,64 +39,6 @@ class RevIN(nn.Module):
         return (x - mean) / std * self.weight + self.bias
 
 
-class _CounterDropout(torch.autograd.Function):
-    """`cpu_kernels.apply_mask` with its keys kept for backward, which regenerates the mask: no mask is stored."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, dropped: int) -> torch.Tensor:
-        ctx.keys, ctx.dropped = cpu_kernels.keys(), dropped
-        return cpu_kernels.apply_mask(x, ctx.keys, dropped)
-
-    @staticmethod
-    @once_differentiable  # the kernel's output has no graph: a double backward is refused, not silently wrong
-    def backward(ctx, grad: torch.Tensor):
-        return cpu_kernels.apply_mask(grad, ctx.keys, ctx.dropped), None
-
-
-def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Inverted dropout: each value is zeroed with probability p, the rest are scaled by 1 / (1 − p).
-
-    On CPU in float32 it is one fused pass with counter-based random bits (lightning_modules/cpu_kernels.py):
-    torch's dropout spent 30% of a 2M training step drawing masks (bench/RESULTS.md, issue 18). Elsewhere (other
-    devices, other dtypes, tensors of 2^31 values or more) it is torch's own.
-    p is realised to the nearest 1/65536 and the kept values are scaled by its inverse complement, so the
-    expectation is exact. Seeded like torch's: the same seed gives the same masks."""
-    if not training or p == 0.0:
-        return x
-    dropped = round(p * 2**cpu_kernels.MASK_BITS)  # of the 65536 values of 16 bits, this many drop: p as realised
-    ours = x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() < cpu_kernels.MAX_NUMEL
-    if not ours or dropped >= 2**cpu_kernels.MASK_BITS:  # the latter: p within 2^-17 of 1
-        return F.dropout(x, p, True)
-    if dropped == 0:
-        return x
-    return _CounterDropout.apply(x, dropped)
-
-
-class Dropout(nn.Module):
-    """nn.Dropout with `dropout` above."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dropout(x, self.p, self.training)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float, scale: float | None = None) -> torch.Tensor:
-    """softmax(q·kᵀ · scale) · v with dropout p on the weights; (B', H, T, d) each; scale 1/√d unless given. On
-    CPU with dropout, torch's fused kernel is not used (its math path draws a Bernoulli mask per weight): the same
-    maths with `dropout`."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if p == 0.0 or q.device.type != "cpu":
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=scale)
-    weights = torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1)  # (B', H, T, T)
-    return dropout(weights, p, True) @ v
-
-
 class EncoderLayer(nn.Module):
     """Pre-norm transformer layer: x + attn(norm(x)), then x + ffn(norm(x))."""
 
@@ -110,14 +52,14 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.d_model)
         self.ff_in = nn.Linear(cfg.d_model, cfg.d_ff)
         self.ff_out = nn.Linear(cfg.d_ff, cfg.d_model)
-        self.drop = Dropout(cfg.dropout)
+        self.drop = fast_dropout.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B', T, D) → (B', T, D)
         b, t, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).split(d, dim=-1)  # 3 × (B', T, D)
         q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))  # (B', H, T, D/H)
         p = self.attn_dropout if self.training else 0.0
-        a = attention(q, k, v, p, self.scale)  # (B', H, T, D/H)
+        a = fast_dropout.attention(q, k, v, p, self.scale)  # (B', H, T, D/H)
         x = x + self._branch(self.drop(self.proj(a.transpose(1, 2).reshape(b, t, d))))  # (B', T, D)
         return x + self._branch(self.drop(self.ff_out(self.drop(F.gelu(self.ff_in(self.norm2(x)))))))  # (B', T, D)
 
@@ -139,10 +81,10 @@ class PatchTST(nn.Module):
         patch_inputs = cfg.patch_length * (n_channels if cfg.channel_mode == "mixing" else 1)
         self.embed = nn.Linear(patch_inputs, cfg.d_model)
         self.pos = nn.Parameter(torch.zeros(self.n_patches, cfg.d_model))
-        self.embed_drop = Dropout(cfg.dropout)
+        self.embed_drop = fast_dropout.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
-        self.head_drop = Dropout(cfg.head_dropout)
+        self.head_drop = fast_dropout.Dropout(cfg.head_dropout)
         self.head = nn.Linear(cfg.head_inputs(context_length), 1)
         self.skip = nn.Linear(n_channels, 1) if cfg.linear_skip else None
         self._init_weights()

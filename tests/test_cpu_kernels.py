@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from lightning_modules import cpu_kernels
-from lightning_modules.patchtst import PatchTST, PatchTSTConfig, dropout
+from lightning_modules.fast_dropout import dropout
+from lightning_modules.patchtst import PatchTST, PatchTSTConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPILER = os.environ.get("CC", "cc")
@@ -174,7 +175,7 @@ def test_without_a_compiler_the_fallback_runs_and_says_so(setting, tmp_path, mon
     code = (
         "import logging, torch; logging.basicConfig(level=logging.INFO)\n"
         "from lightning_modules import cpu_kernels\n"
-        "from lightning_modules.patchtst import dropout\n"
+        "from lightning_modules.fast_dropout import dropout\n"
         "torch.manual_seed(3); print((dropout(torch.ones(100_000), 0.2, True) != 0).sum().item())\n"
         "print(cpu_kernels.library() is None)\n"
     )

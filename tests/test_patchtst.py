@@ -7,7 +7,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_modules.patchtst import PatchTST, PatchTSTConfig, attention, dropout
+from lightning_modules.fast_dropout import attention, dropout
+from lightning_modules.patchtst import PatchTST, PatchTSTConfig
 from sizing.accounting import forward_flops_per_sample, parameter_count
 
 SMALL = {"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64, "head": "flatten", "linear_skip": False}
