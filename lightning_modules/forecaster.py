@@ -183,7 +183,14 @@ class Forecaster(pl.LightningModule):
         return loss, probs
 
     def on_fit_start(self) -> None:
-        # callbacks ran first: a batch finder may have changed the micro-batch and accumulation
+        self.plan_schedule()  # callbacks' on_fit_start ran first: the batch finder may have changed the batches
+
+    def plan_schedule(self) -> None:
+        """The schedule's horizon in optimizer steps: total, warmup and decay lengths, from the trainer's batches.
+
+        Called twice: when the scheduler is made (`configure_optimizers`, before any callback's `on_fit_start`),
+        and at `on_fit_start`, after the batch finder set the micro-batch and the accumulation. The scheduler reads
+        these values at every step, so the second call is the one training uses."""
         self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         batches = self.trainer.num_training_batches  # inf before the loader exists (max_steps runs)
         per_epoch = (
@@ -339,6 +346,6 @@ class Forecaster(pl.LightningModule):
             # clips gradients itself and refuses an optimizer that unscales them internally (a fused one)
             fused=fused_adamw(self.parameters()) and not self._mixed_precision(),
         )
-        self.on_fit_start()  # the schedule's horizon (a batch finder calls this again after changing batches)
+        self.plan_schedule()  # planned again at on_fit_start, once the batch finder has set the batches
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
