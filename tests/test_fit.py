@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from conftest import ROOT, assert_refused, cli_ok, run_cli, tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -270,3 +271,20 @@ def test_every_shipped_config_loads(config, capsys):
         cli.main(["fit", "--config", str(ROOT / "configs" / config), "--print_config"])
     assert exit_.value.code in (0, None)
     assert "class_path: lightning.pytorch.loggers.TensorBoardLogger" in capsys.readouterr().out
+
+
+def test_print_config_lists_every_callback_a_fit_runs(tmp_path, capsys):
+    """What `fit --print_config` shows is what the trainer runs: every callback but Lightning's own plumbing
+    (the progress bar, the config saver) appears there by its class path, in trainer.callbacks or run_callbacks."""
+    import cli
+    from training.lightning_cli import run_lightning
+
+    path = tiny_config(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=1)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli.main(["fit", "--config", str(path), "--print_config"])
+    shown = yaml.safe_load(capsys.readouterr().out)
+    listed = [c["class_path"].rsplit(".", 1)[-1] for c in shown["trainer"]["callbacks"] + shown["run_callbacks"]]
+    trainer = run_lightning(["fit", "--config", str(path), "--trainer.enable_progress_bar", "false"]).trainer
+    ran = [type(c).__name__ for c in trainer.callbacks if type(c).__name__ != "SaveConfigCallback"]
+    assert sorted(ran) == sorted(listed) and len(listed) == 10
