@@ -39,25 +39,37 @@ class _Parser(ArgumentParser):
 
     def __init__(self, **kwargs) -> None:
         self.known: set[str] = set()  # option strings, for telling fit overrides apart
+        self.spelled: dict[str, str] = {}  # dest → its options as argparse names them: --ticker/--tickers
+        self.commands: dict[str, _Parser] = {}  # subcommand → its parser
         super().__init__(exit_on_error=False, **kwargs)
 
     def add_argument(self, *names, **kwargs):
         aliases = [name.replace("_", "-") for name in names if name.startswith("--") and "_" in name]
         self.known.update(names, aliases)
+        if names and names[0].startswith("--"):
+            self.spelled[kwargs.get("dest") or names[0][2:]] = "/".join(names)
         return super().add_argument(*names, *aliases, **kwargs)
+
+    def add_command(self, commands, name: str, parser: _Parser, about: str) -> None:
+        self.commands[name] = parser
+        commands.add_subcommand(name, parser, help=about)
 
     def parse(self, argv: list[str]):
         try:
             return self.parse_args(argv)
         except argparse.ArgumentError as err:
-            raise ConfigError(f"{self.prog}: {argparse_words(str(err))}") from None
+            command = argv[0] if argv and argv[0] in self.commands else None  # named as argparse names it
+            where, prog = (self.commands[command], f"{self.prog} {command}") if command else (self, self.prog)
+            raise ConfigError(f"{prog}: {argparse_words(str(err), where.spelled)}") from None
 
     def split(self, argv: list[str]) -> tuple[list[str], list[str]]:
         """(this command's arguments, the rest): options it does not know are fit overrides, with their values."""
         mine, overrides, i = [], [], 0
         while i < len(argv):
             arg = argv[i]
-            ours = not arg.startswith("--") or arg.split("=", 1)[0] in self.known
+            name = arg.split("=", 1)[0]
+            # its own: a value, one of its options, or an abbreviation of exactly one (argparse reads those too)
+            ours = not arg.startswith("--") or name in self.known or sum(o.startswith(name) for o in self.known) == 1
             take = 1 if "=" in arg or i + 1 == len(argv) or argv[i + 1].startswith("--") else 2
             (mine if ours else overrides).extend(argv[i : i + (1 if ours else take)])
             i += 1 if ours else take
@@ -80,14 +92,19 @@ class Kind:
 
 
 INT, REAL, PATH = Kind("int", int), Kind("float", float), Kind("path", Path)
+TEXT = str | None  # an optional text: `null` (as the help shows the default) is None
 
 
-def argparse_words(message: str) -> str:
-    """jsonargparse's usage errors as argparse says them, on one line (`required: --trials`, not `trials`)."""
+def argparse_words(message: str, spelled: dict[str, str]) -> str:
+    """jsonargparse's usage errors as argparse says them, on one line (`required: --ticker/--tickers`, not
+    `import.tickers`; a missing subcommand is a required `command`)."""
     required = re.match(r"the following arguments are required: (.*)", message)
     if required:
-        names = [f"--{name.strip().rsplit('.', 1)[-1]}" for name in required.group(1).split(",")]
-        return f"the following arguments are required: {', '.join(names)}"
+        dests = [name.strip().rsplit(".", 1)[-1] for name in required.group(1).split(",")]
+        return f"the following arguments are required: {', '.join(spelled.get(d, f'--{d}') for d in dests)}"
+    missing = re.match(r'expected "(\w+)" to be one of .*, but it was not provided', message)
+    if missing:
+        return f"the following arguments are required: {missing.group(1)}"
     return " ".join(message.split())
 
 
@@ -107,12 +124,14 @@ def _data_parser() -> _Parser:
                      "plausibility rule (long gap, ×4 day, …); the manifest records which")  # fmt: skip
     down = subs["download"]
     down.add_argument("--ticker", "--tickers", dest="tickers", required=True, help="e.g. SPY,DIA,QQQ,^DJI,^IXIC")
-    down.add_argument("--symbol", default=None, help="yfinance symbol if it differs (e.g. ^GSPC; one ticker only)")
+    down.add_argument(
+        "--symbol", type=TEXT, default=None, help="yfinance symbol if it differs (e.g. ^GSPC; one ticker only)"
+    )
     down.add_argument("--no_volume", action="store_true", help="the series has no volume (e.g. ^VIX)")
     down.add_argument("--allow_implausible", action="store_true", help="as for import")
     for name, sub in subs.items():
         sub.add_argument("--data_dir", type=PATH, default=DATA_DIR, help="raw/ and processed/ with their manifests")
-        commands.add_subcommand(name, sub, help=DATA_COMMANDS[name])
+        parser.add_command(commands, name, sub, DATA_COMMANDS[name])
     return parser
 
 
@@ -189,10 +208,12 @@ def _hpo_parser() -> _Parser:
                         help="the fit config of every trial (configs/2M.yaml of this repository)")  # fmt: skip
     parser.add_argument("--trials", type=INT, required=True, help="finished (complete + pruned) trials wanted")
     parser.add_argument("--search_space", type=PATH, default=DEFAULT_SPACE, help="the search space YAML (configs/hpo/)")
-    parser.add_argument("--storage", default=None, help="Optuna RDB URL; default sqlite under <logs>/hpo/<study>/; "
-                        "postgresql://user@host/db for workers on several machines")  # fmt: skip
+    parser.add_argument("--storage", type=TEXT, default=None, help="Optuna RDB URL; null: sqlite under "
+                        "<logs>/hpo/<study>/; postgresql://user@host/db for workers on several machines")  # fmt: skip
     _add_worker_options(parser)
-    parser.add_argument("--study_name", default=None, help="default: <config>-h<h>-<tickers>.dataset.<tier>-v<version>")
+    parser.add_argument(
+        "--study_name", type=TEXT, default=None, help="null: <config>-h<h>-<tickers>.dataset.<tier>-v<version>"
+    )
     parser.add_argument("--export_best", type=PATH, default=None, help="write the best trial as a fit config")
     return parser
 
@@ -216,9 +237,9 @@ def _campaign_parser() -> _Parser:
     parser = _Parser(prog="cli.py campaign", description=about)
     parser.add_argument("--config", type=PATH, required=True, help="a campaign YAML (configs/campaign/)")
     parser.add_argument("--trials", type=INT, default=None, help="finished trials per cell (null: the config's)")
-    parser.add_argument("--cells", default=None, help="a subset, e.g. 2M:1,20M:3 (budget:horizon)")
+    parser.add_argument("--cells", type=TEXT, default=None, help="a subset, e.g. 2M:1,20M:3 (budget:horizon)")
     parser.add_argument("--status", action="store_true", help="print where the campaign stands; run nothing")
-    parser.add_argument("--storage", default=None, help="one Optuna RDB URL for every cell's study (e.g. "
+    parser.add_argument("--storage", type=TEXT, default=None, help="one Optuna RDB URL for every cell's study (e.g. "
                         "postgresql://user@host/db); default: each study's sqlite in <logs>/hpo/<study>/")  # fmt: skip
     _add_worker_options(parser)
     return parser

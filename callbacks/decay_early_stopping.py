@@ -13,21 +13,21 @@ from __future__ import annotations
 import logging
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+
+from common.lightning_compat import CompatEarlyStopping
 
 log = logging.getLogger(__name__)
 
 
-class DecayEarlyStopping(EarlyStopping):
+class DecayEarlyStopping(CompatEarlyStopping):
     """EarlyStopping whose exhausted patience starts the module's learning-rate decay; stops when it ends."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         self._module = pl_module
 
-    def _evaluate_stopping_criteria(self, current):
-        should_stop, reason = super()._evaluate_stopping_criteria(current)
+    def decide(self, current, should_stop: bool, reason: str | None) -> tuple[bool, str | None]:
         module = self._module
         if not getattr(module, "uses_decay_trigger", False):
             return should_stop, reason

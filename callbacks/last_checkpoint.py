@@ -6,7 +6,7 @@ epoch since the last improvement. This callback writes it at every epoch end, wh
 kill at any moment repeats at most the interrupted epoch (`StopFileCallback` also writes it on a stop).
 
 Order: a `Checkpoint` runs after the other callbacks and, at the end of a training epoch, after the module's
-own hook and after `DivergenceGuard`'s epoch check. The file therefore holds the epoch's best checkpoint,
+own hook (and after its divergence check). The file therefore holds the epoch's best checkpoint,
 val_predictions.csv, best metrics, early-stopping and schedule state, and never a diverged epoch.
 
 Atomic: every checkpoint of a fit is written beside its target and renamed over it (training/checkpoint_io.py,

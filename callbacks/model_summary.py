@@ -10,6 +10,7 @@ import logging
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelSummary
+from lightning.pytorch.utilities.model_summary import summarize
 
 log = logging.getLogger(__name__)
 
@@ -18,12 +19,13 @@ class ParameterSummary(ModelSummary):
     """Modules with parameters down to `max_depth`, each with its exact count, and the total."""
 
     def __init__(self, max_depth: int = 2) -> None:
-        super().__init__(max_depth=max_depth)
+        super().__init__(max_depth=max_depth)  # a ModelSummary: Lightning then adds no table of its own
+        self.depth = max_depth
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._max_depth:
+        if not self.depth:
             return
-        summary = self._summary(trainer, pl_module)
+        summary = summarize(pl_module, max_depth=self.depth)
         if trainer.is_global_zero:
             log.info(parameter_table(summary.layer_names, summary.layer_types, summary.param_nums,
                                      summary.total_parameters, summary.trainable_parameters))  # fmt: skip

@@ -204,8 +204,10 @@ class RunRecordCallback(PredictionCollector):
             if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
                 names = [best_tag(name) for name in NAMES] + ["best/epoch", *self.extra_metrics]
                 names += [best_tag(name, a) for a in _pooled_assets(trainer) for name in NAMES]
-                # NaN until a value is logged: TensorBoard shows a metric's last value, never a made-up one
-                logger.log_hyperparams(self._params(trainer, pl_module), dict.fromkeys(names, math.nan))
+                # TensorBoard shows a metric's last value: NaN until a first value (never a made-up one), and a
+                # resumed run's restored best, which the next improvement replaces
+                known = {f"best/{k}": v for k, v in self.best.items() if k != "monitor"}
+                logger.log_hyperparams(self._params(trainer, pl_module), {n: known.get(n, math.nan) for n in names})
 
     def _improved(self, value: float) -> bool:
         if not math.isfinite(value):

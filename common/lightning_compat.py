@@ -11,6 +11,7 @@ import typing
 from collections.abc import Callable
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 # what finscale uses → why (the test checks that each exists, with these parameters where it is a method)
@@ -20,6 +21,8 @@ PRIVATE = {
     "reads its hyperparameters",
     "LightningCLI._run_subcommand(self, subcommand)": "a setting Lightning refuses only once training starts: the "
     "run folder is removed and the error is one line",
+    "EarlyStopping._evaluate_stopping_criteria(self, current)": "DecayEarlyStopping: a plateau starts the "
+    "learning-rate decay instead of ending the run",
     "_FitLoop._combined_loader": "the batch finder rebuilds the train loader with its micro-batch",
     "LightningModule._trainer": "whether a module is attached to a trainer (`module.trainer` raises when not)",
     "Trainer.__init__.__annotations__": "limit_*_batches and friends read as whole batch counts (below)",
@@ -51,6 +54,17 @@ class CompatCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         self.run_subcommand(subcommand, lambda: super(CompatCLI, self)._run_subcommand(subcommand))
+
+
+class CompatEarlyStopping(EarlyStopping):
+    """EarlyStopping whose stopping decision goes through a public hook, `decide` (default: Lightning's)."""
+
+    def decide(self, current, should_stop: bool, reason: str | None) -> tuple[bool, str | None]:
+        """Lightning's decision for the monitored value `current` → the one to act on."""
+        return should_stop, reason
+
+    def _evaluate_stopping_criteria(self, current):
+        return self.decide(current, *super()._evaluate_stopping_criteria(current))
 
 
 def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:

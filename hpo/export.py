@@ -12,6 +12,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
+from common.config_files import fit_config
 from common.errors import ConfigError
 from common.files import atomic_write_text
 from hpo.fit_config import override_keys
@@ -55,7 +56,7 @@ def export_best(study: optuna.Study, settings: StudySettings, path: Path) -> Non
     except ValueError:
         log.warning("--export-best: no complete trial yet; nothing exported")
         return
-    config = OmegaConf.load(settings.config)
+    config = OmegaConf.create(fit_config(settings.config))  # configs/base.yaml with the study's config on it
     for key, text in override_keys(settings.overrides).items():
         OmegaConf.update(config, key, yaml.safe_load(text), merge=False)
     for key, value in best.user_attrs["values"].items():

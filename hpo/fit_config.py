@@ -52,7 +52,9 @@ def stop_file_of(config) -> Path:
 def plain_config(config) -> dict:
     """The fit config as plain data, without what may differ between workers (where logs go, memory limit)."""
     plain = config.as_dict()
-    for key in ("config", "memory_limit", "ckpt_path"):
+    # run_callbacks: the same in every run (and absent from studies made before it existed); __default_config__:
+    # where this worker's configs/base.yaml lies
+    for key in ("config", "memory_limit", "ckpt_path", "run_callbacks", "__default_config__"):
         plain.pop(key, None)
     plain["trainer"].pop("logger", None)
     return plain

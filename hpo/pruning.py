@@ -24,6 +24,7 @@ class TrialPruning(PyTorchLightningPruningCallback):
 
     def __init__(self, trial: optuna.Trial, monitor: str, study_stop=lambda: None) -> None:
         super().__init__(trial, monitor)
+        self.pruner = type(trial.study.pruner).__name__
         self.pruned_reason: str | None = None
         self._study_stop = study_stop
 
@@ -42,9 +43,10 @@ class TrialPruning(PyTorchLightningPruningCallback):
         try:
             super().on_validation_end(trainer, pl_module)
         except optuna.TrialPruned as pruned:
-            pruner = type(self._trial.study.pruner).__name__
             value = float(trainer.callback_metrics[self.monitor])
-            self.pruned_reason = f"pruned at epoch {pl_module.current_epoch} by {pruner}: {self.monitor} {value:.4f}"
+            self.pruned_reason = (
+                f"pruned at epoch {pl_module.current_epoch} by {self.pruner}: {self.monitor} {value:.4f}"
+            )
             del pruned
             trainer.should_stop = True
             trainer.fit_loop.min_epochs = 0

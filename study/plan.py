@@ -152,10 +152,14 @@ def _block_runs(path: Path, block: Any, index: int, budgets: dict, arms: dict) -
 
 def _merged_net(configs: list[Path]) -> dict[str, Any]:
     """model.net of a budget config with its arm's overlays applied (later files win, key by key)."""
-    try:
-        return fit_config(*configs).get("model", {}).get("net") or {}
-    except (OSError, yaml.YAMLError, AttributeError) as err:
-        raise ConfigError(f"{configs[0]}: unreadable fit config ({type(err).__name__})") from None
+    for config in configs:  # each readable on its own, so that a mistake names its file
+        try:
+            fit_config(config)
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{config}: unreadable fit config ({type(err).__name__})") from None
+    model = fit_config(*configs).get("model") or {}
+    net = model.get("net") if isinstance(model, dict) else None
+    return net if isinstance(net, dict) else {}
 
 
 def count_params(configs: list[Path], channels: int = 25, context: int = 80) -> int:

@@ -133,6 +133,22 @@ def test_unknown_commands_are_one_line_exit_2(capsys):
     assert_refused(["frobnicate"], "unknown command 'frobnicate'", capsys)
 
 
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["data"], "error: cli.py data: the following arguments are required: command"),
+        (["data", "import", "--csv", "x.csv"],
+         "error: cli.py data import: the following arguments are required: --ticker/--tickers"),
+        (["data", "build", "--version", "x"], "error: cli.py data build: argument --version: invalid int value: 'x'"),
+        (["hpo"], "error: cli.py hpo: the following arguments are required: --trials"),
+        (["report", "--bootstrap"], "error: cli.py report: argument --bootstrap: expected one argument"),
+    ],
+)  # fmt: skip
+def test_usage_errors_are_worded_as_argparse_words_them(capsys, argv, line):
+    """The commands parse with jsonargparse; their usage errors keep argparse's wording, named by subcommand."""
+    assert assert_refused(argv, line, capsys) == line
+
+
 def test_changed_content_under_an_existing_version_is_refused(data_dir, tmp_path, capsys):
     cli_ok("data", "import", "--csv", write_csv(synthetic_ohlcv(500), tmp_path / "g.csv"), "--ticker", "GSPC",
            "--data-dir", data_dir)  # fmt: skip

@@ -86,6 +86,47 @@ def test_the_fit_config_reader_merges_as_a_later_config_does(tmp_path):
     assert merge({"a": {"b": 1, "c": [1]}}, {"a": {"c": [2]}}) == {"a": {"b": 1, "c": [2]}}
 
 
+@pytest.mark.parametrize("length", [5, 1])
+def test_callback_lists_merge_as_the_cli_merges_them(tmp_path, length):
+    """jsonargparse merges a list as long as the one before item by item (a callback keeps the arguments the overlay
+    leaves out) and replaces a list of another length; fit_config does the same."""
+    from training.lightning_cli import parse_fit_config
+
+    listed = [{"class_path": c["class_path"]} for c in load("base")["trainer"]["callbacks"]][:length]
+    listed[0]["init_args"] = {"monitor": "val/auroc"}
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"trainer": {"callbacks": listed}}))
+    parsed = parse_fit_config(["--config", str(ROOT / "configs" / "2M.yaml"), "--config", str(overlay)])
+    merged = fit_config(ROOT / "configs" / "2M.yaml", overlay)["trainer"]["callbacks"]
+    assert len(parsed.trainer.callbacks) == len(merged) == length
+    checkpoint = parsed.trainer.callbacks[0].init_args
+    assert checkpoint.monitor == merged[0]["init_args"]["monitor"] == "val/auroc"
+    kept = merged[0]["init_args"].get("filename")  # base.yaml's, when merged item by item
+    assert kept == ("best-epoch{epoch:03d}" if length == 5 else None) and (checkpoint.filename == kept)
+
+
+def test_a_runs_saved_config_is_read_without_the_base(tmp_path, capsys):
+    """A run's config.yaml is complete as it was run: a key it lacks (added since) takes the code's default, as when
+    it ran (here: no µP, as before µP existed), never base.yaml's; the run callbacks come as the parser's default."""
+    from training.lightning_cli import reads_base
+
+    saved = yaml.safe_load((ROOT / "results" / "answer" / "runs" / "2M-hybrid" / "h1-GSPC.dataset.a25-v1-s0" /
+                            "config.yaml").read_text())  # fmt: skip
+    del saved["model"]["net"]["mup_base_width"], saved["model"]["net"]["mup_base_depth"]
+    path = tmp_path / "config.yaml"
+    path.write_text("# lightning.pytorch==2.6.6\n" + yaml.safe_dump(saved, sort_keys=False))
+    assert not reads_base(["fit", "--config", str(path)]) and reads_base(["fit", "--config", "configs/2M.yaml"])
+    assert fit_config(path)["model"]["net"].keys() == saved["model"]["net"].keys()
+    import cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli.main(["fit", "--config", str(path), "--print_config"])
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["model"]["net"]["mup_base_width"] is None and shown["model"]["net"]["mup_base_depth"] is None
+    assert len(shown["run_callbacks"]) == 5 and "__default_config__" not in shown
+
+
 def test_the_network_and_optimizer_defaults_are_2m_yaml():
     """All but mup_base_width and mup_base_depth, whose defaults stay null: a checkpoint from before µP holds no such
     keys and must load as the network it trained (µP changes the forward: attention, output and branch scales)."""
@@ -132,3 +173,13 @@ def test_the_transformer_arm_overlays_every_budget(name):
     )
     assert config.model.net.d_model == load(name)["model"]["net"]["d_model"]  # the budget's shape is kept
     assert config.trainer.logger.init_args.name == name
+
+
+def test_a_missing_base_config_is_one_line(tmp_path, monkeypatch, capsys):
+    """jsonargparse skips a default config file that is not there: a run would go on without its callbacks."""
+    from conftest import assert_refused
+
+    import common.config_files
+
+    monkeypatch.setattr(common.config_files, "BASE", tmp_path / "base.yaml")
+    assert_refused(["fit", "--config", str(ROOT / "configs" / "2M.yaml")], "base.yaml is missing", capsys, tmp_path)

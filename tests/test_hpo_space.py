@@ -8,6 +8,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+import yaml
 from conftest import ROOT
 
 from common.errors import ConfigError
@@ -273,3 +274,36 @@ def test_the_proxy_space_searches_the_recipe_at_the_base_shape():
     assert space.architecture is None and space.keys == ["model.optim.lr", "model.optim.warmup_epochs"]
     values = space.suggest(optuna.trial.FixedTrial({"model.optim.lr": 0.01, "model.optim.warmup_epochs": 1.0}))
     assert values["model.optim.warmup_steps"] is None
+
+
+def test_the_study_fingerprint_holds_the_runs_settings_only():
+    """Neither where this worker's configs/base.yaml lies nor the run callbacks: workers in other folders, and a
+    study made before run_callbacks existed, join the same study."""
+    from hpo.fit_config import plain_config
+
+    config = parse_fit_config(["--config", str(ROOT / "configs" / "2M.yaml")])
+    assert set(plain_config(config)) == {"seed_everything", "trainer", "model", "data"}
+
+
+def test_the_export_of_a_study_over_a_budget_overlay_carries_the_whole_recipe(tmp_path):
+    """configs/2M.yaml is an overlay: the export starts from configs/base.yaml under it, so the transfer file holds
+    every model setting but the size's (µP included), and says the learning rate carries across widths."""
+    from types import SimpleNamespace
+
+    import optuna
+
+    from hpo.export import export_best, transfer_path
+
+    study = optuna.create_study()
+    values = {"model.optim.lr": 0.01, "model.net.dropout": 0.2}
+    study.add_trial(optuna.trial.create_trial(value=0.3, params={}, distributions={},
+                                              user_attrs={"values": values}))  # fmt: skip
+    settings = SimpleNamespace(config=ROOT / "configs" / "2M.yaml", overrides=[], name="s", storage_url="memory",
+                               monitor="val/loss")  # fmt: skip
+    export_best(study, settings, tmp_path / "best.yaml")
+    transfer = yaml.safe_load(transfer_path(tmp_path / "best.yaml").read_text())["model"]
+    assert transfer["net"]["mup_base_width"] == 32 and transfer["net"]["dropout"] == 0.2
+    assert {"d_model", "n_layers", "n_heads", "d_ff"}.isdisjoint(transfer["net"]) and transfer["optim"]["lr"] == 0.01
+    assert "µP" in transfer_path(tmp_path / "best.yaml").read_text()
+    whole = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    assert whole["model"]["net"]["d_model"] == 128 and whole["trainer"]["callbacks"]

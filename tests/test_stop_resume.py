@@ -134,6 +134,12 @@ def test_kill_9_repeats_at_most_the_interrupted_epoch(tmp_path, caplog, cli_proc
     assert run_dir(tmp_path) == killed_dir  # same run directory, one TensorBoard run
     record = json.loads((killed_dir / "run.json").read_text())
     assert record["epochs_run"] == 6 and record["status"] == "finished" and "finished" in record
+    # the resumed run declares its HParams metrics again with the restored best (epoch 0 never improved on), not NaN
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for event_file in sorted(killed_dir.glob("events.out.tfevents.*")):
+        scalars = EventAccumulator(str(event_file)).Reload().Scalars("best/epoch")
+        assert scalars[-1].value == 0.0, event_file.name
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, capsys):

@@ -12,7 +12,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.cli import LightningCLI
 from omegaconf.errors import OmegaConfBaseException
 
-from common.config_files import BASE
+from common.config_files import base_config, is_saved_run
 from common.errors import ConfigError, DataError
 from common.files import disk_error, remove_temporaries
 from common.lightning_compat import CompatCLI, whole_numbers_stay_batch_counts
@@ -40,8 +40,15 @@ USER_ERRORS = (ConfigError, DataError, MisconfigurationException)  # raised by L
 whole_numbers_stay_batch_counts()
 
 
-RUN_CALLBACKS_HELP = ("callbacks every run has, whatever trainer.callbacks says (configs/base.yaml lists them: the "
-                      "run record the report reads, the parameter table, throughput, predict's writer, fit's "
+RUN_CALLBACKS = [{"class_path": f"callbacks.{path}"} for path in (
+    "run_record.RunRecordCallback",  # run.json, the HParams record, the best epoch (the report reads them)
+    "model_summary.ParameterSummary",  # the parameter table at fit start
+    "throughput.ThroughputCallback",  # samples/s and FLOP/s per epoch
+    "prediction_writer.PredictionWriter",  # predictions.csv of `predict`
+    "fit_summary.FitSummaryCallback",  # fit's closing summary against the baselines
+)]  # fmt: skip
+RUN_CALLBACKS_HELP = ("callbacks every run has, whatever trainer.callbacks says (the run record the report "
+                      "reads, the parameter table, throughput, predict's writer, fit's "
                       "summary)")  # fmt: skip
 
 
@@ -60,7 +67,7 @@ class FinscaleCLI(CompatCLI):
         self.record = record
         self.created: list[Path] = []  # the run folder this run claimed and the parents it made, deepest first
         parser_kwargs = {"parser_mode": "omegaconf", "exit_on_error": False}
-        base = {"default_config_files": [str(BASE)]}
+        base = {"default_config_files": [str(base_config())] if reads_base(argv) else []}
         parser_kwargs |= {self._only: base} if self._only else base  # the subcommand's parser, or the only one
         super().__init__(*args, parser_kwargs=parser_kwargs, **kwargs)
 
@@ -72,7 +79,7 @@ class FinscaleCLI(CompatCLI):
     def add_arguments_to_parser(self, parser) -> None:
         limit_help = "memory the pre-flight may plan for (e.g. 16GB); default: what the device has free"
         parser.add_argument("--memory_limit", type=str | None, default=None, help=limit_help)
-        parser.add_argument("--run_callbacks", type=list[Callback] | None, default=None, help=RUN_CALLBACKS_HELP)
+        parser.add_argument("--run_callbacks", type=list[Callback], default=RUN_CALLBACKS, help=RUN_CALLBACKS_HELP)
         parser.link_arguments("data.context_length", "model.context_length")
         channels = lambda dm: dm.n_channels  # noqa: E731 - known from the tier, before any data is read
         parser.link_arguments("data", "model.n_channels", compute_fn=channels, apply_on="instantiate")
@@ -139,8 +146,13 @@ class FinscaleCLI(CompatCLI):
         """The trainer with trainer.callbacks, then run_callbacks (the hpo trial's record in place of the own)."""
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         listed = config["trainer"].get("callbacks") or []
-        always = [self.record if self.record is not None and type(c) is type(self.record) else c
-                  for c in config.get("run_callbacks") or []]  # fmt: skip
+        always = list(config.get("run_callbacks") or [])
+        if self.record is not None:  # an hpo trial's record, which knows its study
+            mine = [i for i, c in enumerate(always) if type(c) is type(self.record)]
+            if not mine:
+                raise ConfigError(f"run_callbacks lists no {type(self.record).__name__}: an hpo trial records its "
+                                  "run through it")  # fmt: skip
+            always[mine[0]] = self.record
         listed = listed if isinstance(listed, list) else [listed]
         return super().instantiate_trainer(**kwargs, callbacks=[*listed, *always])
 
@@ -156,6 +168,16 @@ class FinscaleCLI(CompatCLI):
             _remove_created(self.created)
             raise
         atomic_checkpoints(self.trainer)
+
+
+def reads_base(argv: list[str]) -> bool:
+    """configs/base.yaml goes under the configs, unless the first `--config` is a run's saved config.yaml: that one is
+    complete as it was run, and a key it lacks (added since) takes the code's default, never base.yaml's."""
+    at = next((i for i, a in enumerate(argv) if a == "--config" or a.startswith("--config=")), None)
+    if at is None:
+        return True
+    first = argv[at].split("=", 1)[1] if "=" in argv[at] else (argv[at + 1] if at + 1 < len(argv) else "")
+    return not is_saved_run(Path(first))
 
 
 def _remove_created(folders: list[Path]) -> None:
