@@ -183,3 +183,11 @@ def test_a_missing_base_config_is_one_line(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(common.config_files, "BASE", tmp_path / "base.yaml")
     assert_refused(["fit", "--config", str(ROOT / "configs" / "2M.yaml")], "base.yaml is missing", capsys, tmp_path)
+
+
+def test_the_patience_arm_changes_the_patience_only():
+    """configs/arms/patience10.yaml restates base.yaml's callbacks with DecayEarlyStopping's patience at 10."""
+    arm = yaml.safe_load((ROOT / "configs" / "arms" / "patience10.yaml").read_text())
+    base, mine = by_class(load("base")["trainer"]["callbacks"]), by_class(arm["trainer"]["callbacks"])
+    assert {k: v for k, v in mine.items() if base.get(k) != v} == {"DecayEarlyStopping.patience": 10}
+    assert mine.keys() == base.keys() and keys(arm) == {"trainer.callbacks"}
