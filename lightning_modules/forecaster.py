@@ -1,4 +1,4 @@
-"""Forecaster: the LightningModule around PatchTST. Owns loss, metrics, optimizer and logging only.
+"""Forecaster: the LightningModule around PatchTST: loss, metrics, optimizer, schedule, logging, divergence check.
 
 What others need from a fit lives in callbacks: FLOPs and throughput (`callbacks/throughput.py`, counted by
 `sizing.accounting`), the per-sample predictions of an epoch (`callbacks/prediction_collector.py`, from what

@@ -24,6 +24,7 @@ from training.run_setup import (
     _root_data_error,
     check_checkpoint,
     check_config_files,
+    config_files,
     name_run,
     resolve_last,
     run_folder,
@@ -48,8 +49,7 @@ RUN_CALLBACKS = [{"class_path": f"callbacks.{path}"} for path in (
     "fit_summary.FitSummaryCallback",  # fit's closing summary against the baselines
 )]  # fmt: skip
 RUN_CALLBACKS_HELP = ("callbacks every run has, whatever trainer.callbacks says (the run record the report "
-                      "reads, the parameter table, throughput, predict's writer, fit's "
-                      "summary)")  # fmt: skip
+                      "reads, the parameter table, throughput, predict's writer, fit's summary)")  # fmt: skip
 
 
 class FinscaleCLI(CompatCLI):
@@ -146,6 +146,7 @@ class FinscaleCLI(CompatCLI):
         """The trainer with trainer.callbacks, then run_callbacks (the hpo trial's record in place of the own)."""
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         listed = config["trainer"].get("callbacks") or []
+        listed = listed if isinstance(listed, list) else [listed]
         always = list(config.get("run_callbacks") or [])
         if self.record is not None:  # an hpo trial's record, which knows its study
             mine = [i for i, c in enumerate(always) if type(c) is type(self.record)]
@@ -153,7 +154,6 @@ class FinscaleCLI(CompatCLI):
                 raise ConfigError(f"run_callbacks lists no {type(self.record).__name__}: an hpo trial records its "
                                   "run through it")  # fmt: skip
             always[mine[0]] = self.record
-        listed = listed if isinstance(listed, list) else [listed]
         return super().instantiate_trainer(**kwargs, callbacks=[*listed, *always])
 
     def instantiate_classes(self) -> None:
@@ -173,11 +173,8 @@ class FinscaleCLI(CompatCLI):
 def reads_base(argv: list[str]) -> bool:
     """configs/base.yaml goes under the configs, unless the first `--config` is a run's saved config.yaml: that one is
     complete as it was run, and a key it lacks (added since) takes the code's default, never base.yaml's."""
-    at = next((i for i, a in enumerate(argv) if a == "--config" or a.startswith("--config=")), None)
-    if at is None:
-        return True
-    first = argv[at].split("=", 1)[1] if "=" in argv[at] else (argv[at + 1] if at + 1 < len(argv) else "")
-    return not is_saved_run(Path(first))
+    files = config_files(argv)
+    return not files or not is_saved_run(Path(files[0]))
 
 
 def _remove_created(folders: list[Path]) -> None:
@@ -290,7 +287,7 @@ def run_summary(argv: list[str]) -> int:
     class SummaryCLI(FinscaleCLI):
         def before_instantiate_classes(self) -> None:
             size, available, where = size_from_config(self.config)
-            title = f"{argv[argv.index('--config') + 1] if '--config' in argv else 'config'}: {size.budget} budget"
+            title = f"{(config_files(argv) or ['config'])[0]}: {size.budget} budget"
             extra = len(tickers_of(self.config.data.tickers)) if self.config.data.asset_channels else 0
             by_tier = {tier: len(columns) + extra for tier, columns in TIERS.items()}
             table = summary_table(size, available, where, title, by_tier, float(self.config.model.optim.lr))

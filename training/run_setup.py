@@ -172,14 +172,17 @@ def resolve_last(config) -> Path:
     return max(candidates, key=lambda p: p.stat().st_mtime)
 
 
+def config_files(argv: list[str]) -> list[str]:
+    """The values of every `--config FILE` and `--config=FILE` in argv, in order ("" for a trailing --config)."""
+    return [arg.split("=", 1)[1] if "=" in arg else (argv[at + 1] if at + 1 < len(argv) else "")
+            for at, arg in enumerate(argv) if arg == "--config" or arg.startswith("--config=")]  # fmt: skip
+
+
 def check_config_files(argv: list[str]) -> list[str]:
     """Every `--config FILE` names a readable, non-empty YAML mapping (jsonargparse's own errors say little)."""
     import yaml
 
-    for at, arg in enumerate(argv):
-        if arg != "--config" and not arg.startswith("--config="):
-            continue
-        value = arg.split("=", 1)[1] if "=" in arg else (argv[at + 1] if at + 1 < len(argv) else "")
+    for value in config_files(argv):
         path = Path(value)
         if not path.is_file():
             raise ConfigError(f"config not found: {value}" if not path.exists() else f"config {value} is not a file")
